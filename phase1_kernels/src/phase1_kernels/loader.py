@@ -1,0 +1,136 @@
+"""Build a LLaMA model from a HuggingFace directory (safetensors) or with random weights.
+
+Memory: the model is allocated once, uninitialised, directly on the target device and dtype;
+checkpoint tensors are then streamed one at a time from memory-mapped safetensors files
+(single or sharded through ``model.safetensors.index.json``), converted and copied into place.
+No second full copy of the weights ever exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import ModelConfig
+from .layers.attention import AttentionBackend
+from .layers.linear import LinearFactory
+from .models.llama import LlamaForCausalLM
+
+LOAD_FORMATS = ("auto", "safetensors", "dummy")
+
+
+class WeightsError(RuntimeError):
+    """The checkpoint's tensors do not match the model."""
+
+
+def safetensors_files(model_dir: Path) -> list[Path]:
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = sorted({model_dir / f for f in weight_map.values()})
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise WeightsError(f"{index.name} names shard files that do not exist: {missing}")
+        return files
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        others = [p.name for p in model_dir.glob("*.bin")] + [p.name for p in model_dir.glob("*.pt")]
+        hint = f" (found {others}: convert them to safetensors)" if others else ""
+        raise WeightsError(f"no .safetensors files in {model_dir}{hint}")
+    return files
+
+
+def iterate_safetensors(model_dir: Path, progress: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(name, tensor)`` for every tensor in the directory's safetensors files."""
+    from safetensors import safe_open
+
+    files = safetensors_files(model_dir)
+    for path in tqdm(files, desc="loading safetensors", unit="file", disable=not progress or len(files) < 2):
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            for name in handle.keys():
+                yield name, handle.get_tensor(name)
+
+
+@contextlib.contextmanager
+def _building_on(device: torch.device, dtype: torch.dtype):
+    """Default device and dtype while the model's parameters are created (restored after)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _dummy_fill(model: torch.nn.Module, seed: int) -> None:
+    """Random weights like vLLM's ``load_format="dummy"``: speed does not depend on values."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    for name, param in model.named_parameters():
+        if name.endswith("norm.weight"):
+            param.data.fill_(1.0)
+            continue
+        std = 0.02
+        # generate in chunks on the CPU generator for reproducibility across devices
+        flat = param.data.view(-1)
+        chunk = 1 << 24
+        for start in range(0, flat.numel(), chunk):
+            part = flat[start : start + chunk]
+            values = torch.randn(part.numel(), generator=generator) * std
+            part.copy_(values.to(part.dtype))
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``None``/``"auto"``: fp32 on CPU (no fast bf16 there), bf16 on GPU."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.float32 if device.type == "cpu" else torch.bfloat16
+    names = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+             "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if dtype not in names:
+        raise ValueError(f"dtype {dtype!r} is not one of {sorted(names)}")
+    return names[dtype]
+
+
+def build_model(
+    config: ModelConfig,
+    model_dir: Path | None = None,
+    load_format: str = "auto",
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    attn_backend: str | AttentionBackend | None = None,
+    linear_factory: LinearFactory | None = None,
+    kernel_impl: str | None = None,
+    seed: int = 0,
+) -> LlamaForCausalLM:
+    """Allocate the model on ``device``/``dtype`` and fill it from ``model_dir`` or randomly."""
+    if load_format not in LOAD_FORMATS:
+        raise ValueError(f"load_format {load_format!r} is not one of {LOAD_FORMATS}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = resolve_dtype(dtype, device)
+    with _building_on(device, dtype):
+        model = LlamaForCausalLM(config, attn_backend, linear_factory, kernel_impl)
+    model.eval()
+    if load_format == "dummy":
+        _dummy_fill(model, seed)
+        return model
+    if model_dir is None:
+        raise ValueError("a model directory is needed unless load_format='dummy'")
+    try:
+        with torch.inference_mode():
+            loaded = model.load_weights(iterate_safetensors(Path(model_dir)))
+    except (KeyError, ValueError) as error:
+        raise WeightsError(f"{model_dir}: {error.args[0]}") from None
+    missing = model.expected_checkpoint_parts() - loaded
+    if missing:
+        raise WeightsError(
+            f"{len(missing)} tensors missing from the checkpoint in {model_dir}, e.g. {sorted(missing)[:5]}"
+        )
+    return model

@@ -1,0 +1,3 @@
+from .llama import LlamaForCausalLM, LlamaModel
+
+__all__ = ["LlamaForCausalLM", "LlamaModel"]
