@@ -18,3 +18,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    """The embedded SmolLM2-135M-Instruct as an HF directory (converted once, then cached)."""
+    from shared.model_registry import resolve_model
+
+    return resolve_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    """A random 2-layer GQA LLaMA checkpoint written by transformers."""
+    from shared.fixtures import write_random_llama
+
+    return write_random_llama(tmp_path_factory.mktemp("tiny_llama"))
