@@ -69,20 +69,17 @@ def _building_on(device: torch.device, dtype: torch.dtype):
 
 
 def _dummy_fill(model: torch.nn.Module, seed: int) -> None:
-    """Random weights like vLLM's ``load_format="dummy"``: speed does not depend on values."""
-    generator = torch.Generator(device="cpu").manual_seed(seed)
+    """Random weights like vLLM's ``load_format="dummy"``: speed does not depend on values.
+    Drawn on the parameters' own device (seconds for 8B on a GPU), reproducible per seed."""
+    generators: dict[torch.device, torch.Generator] = {}
     for name, param in model.named_parameters():
         if name.endswith("norm.weight"):
             param.data.fill_(1.0)
             continue
-        std = 0.02
-        # generate in chunks on the CPU generator for reproducibility across devices
-        flat = param.data.view(-1)
-        chunk = 1 << 24
-        for start in range(0, flat.numel(), chunk):
-            part = flat[start : start + chunk]
-            values = torch.randn(part.numel(), generator=generator) * std
-            part.copy_(values.to(part.dtype))
+        device = param.device
+        if device not in generators:
+            generators[device] = torch.Generator(device=device).manual_seed(seed)
+        param.data.normal_(0.0, 0.02, generator=generators[device])
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
