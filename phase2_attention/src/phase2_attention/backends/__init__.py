@@ -1,0 +1,35 @@
+"""Phase 2's attention backends, registered by name in phase 1's backend registry so that
+``LlamaForCausalLM(attn_backend="triton_paged")`` (or env ``LIGHTVLLM_ATTENTION_BACKEND``) picks
+them without any change to the model."""
+
+from __future__ import annotations
+
+import torch
+
+from phase1_kernels.layers.attention import register_backend
+
+from .flash_attn import FlashAttnBackend, flash_attn_available
+from .sdpa import SdpaBackend
+from .torch_paged import TorchPagedBackend
+from .triton_paged import TritonPagedBackend
+
+PAGED_BACKENDS = ("torch_paged", "triton_paged", "flash_attn", "sdpa")
+
+register_backend("torch_paged", TorchPagedBackend)
+register_backend("sdpa", SdpaBackend)
+register_backend("flash_attn", FlashAttnBackend)
+register_backend("triton_paged", TritonPagedBackend)
+
+
+def best_paged_backend(device: torch.device | str, block_size: int = 16) -> str:
+    """flash-attn where importable and its block size fits, else our Triton kernels on GPU,
+    else the torch-native paged backend (CPU)."""
+    if torch.device(device).type == "cuda":
+        if flash_attn_available() and block_size % 256 == 0:
+            return "flash_attn"
+        return "triton_paged"
+    return "torch_paged"
+
+
+__all__ = ["FlashAttnBackend", "SdpaBackend", "TorchPagedBackend", "TritonPagedBackend",
+           "PAGED_BACKENDS", "best_paged_backend", "flash_attn_available"]
