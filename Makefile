@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch
 BIN := $(VENV)/bin
-PHASES := shared phase1_kernels phase2_attention
+PHASES := shared phase1_kernels phase2_attention phase3_scheduling
 STAMP := $(VENV)/.installed
 
 .PHONY: install demo test test-gpu bench-kernels clean

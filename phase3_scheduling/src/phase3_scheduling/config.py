@@ -1,0 +1,64 @@
+"""Engine configuration: ``EngineArgs`` (what a user passes) and the validated configs it yields."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from phase2_attention import CacheConfig
+
+
+@dataclass
+class SchedulerConfig:
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    max_model_len: int = 4096
+    enable_chunked_prefill: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        if self.max_num_batched_tokens < 1:
+            raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
+        if not self.enable_chunked_prefill and self.max_num_batched_tokens < self.max_model_len:
+            raise ValueError(
+                f"without chunked prefill max_num_batched_tokens ({self.max_num_batched_tokens}) "
+                f"must be >= max_model_len ({self.max_model_len}) so every prompt fits one step"
+            )
+
+
+@dataclass
+class EngineArgs:
+    """Everything that configures an engine; names follow vLLM's ``EngineArgs``."""
+
+    model: str | None = None  # built-in name or local HF directory (default: embedded SmolLM2)
+    dtype: str = "auto"
+    device: str | None = None
+    load_format: str = "auto"  # "dummy": random weights, shape from model or hf_config
+    hf_config: dict | None = None  # config.json-style dict for load_format="dummy" without files
+    seed: int = 0
+    max_model_len: int | None = None  # default: the model's, capped at 4096
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int | None = None
+    enable_chunked_prefill: bool = True
+    block_size: int = 16
+    gpu_memory_utilization: float = 0.9
+    kv_cache_gib: float = 1.0  # CPU KV cache size
+    num_gpu_blocks_override: int | None = None
+    enable_prefix_caching: bool = True
+    enforce_eager: bool = False  # True: no CUDA graphs
+    attention_backend: str | None = None  # default: best paged backend for the device
+    kernel_impl: str | None = None
+    tokenizer: str | None = None  # directory with tokenizer.json (default: the model's)
+    extra: dict = field(default_factory=dict)
+
+    def cache_config(self) -> CacheConfig:
+        return CacheConfig(block_size=self.block_size, gpu_memory_utilization=self.gpu_memory_utilization,
+                           cpu_kv_cache_gib=self.kv_cache_gib, num_blocks=self.num_gpu_blocks_override,
+                           enable_prefix_caching=self.enable_prefix_caching)
+
+    def scheduler_config(self, model_max_len: int) -> SchedulerConfig:
+        max_len = self.max_model_len or min(model_max_len, 4096)
+        if max_len > model_max_len:
+            raise ValueError(f"max_model_len {max_len} exceeds the model's limit {model_max_len}")
+        batched = self.max_num_batched_tokens or (2048 if self.enable_chunked_prefill else max_len)
+        return SchedulerConfig(self.max_num_seqs, batched, max_len, self.enable_chunked_prefill)

@@ -1,0 +1,190 @@
+"""The model runner: turns a scheduled step into one flattened varlen batch and runs it.
+
+It owns the model, the paged KV cache (sized by profiling on GPU), persistent input buffers
+(no per-step allocation of device tensors) and, on CUDA, graphs of the decode step captured at
+padded batch sizes and sharing one memory pool (launching ~500 kernels of a decode step from
+Python costs more than the GPU work at small batch; a graph replay costs one launch).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from phase1_kernels import LightvLLM, ModelConfig
+from phase2_attention import PagedAttentionMetadata, allocate_kv_cache, best_paged_backend
+from phase2_attention.kv_cache import determine_num_blocks
+from phase2_attention.kv_cache_manager import cdiv
+
+from .config import EngineArgs
+from .sampler import Sampler, SamplingInputs
+from .scheduler import SchedulerOutput
+
+
+@dataclass
+class ModelRunnerOutput:
+    sampled: dict[str, int]
+    logprobs: dict[str, tuple] | None = None  # id -> (chosen logprob, rank, top list)
+
+
+class ModelRunner:
+    def __init__(self, args: EngineArgs):
+        start = time.perf_counter()
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = device
+        backend = args.attention_backend or best_paged_backend(device, args.block_size)
+        config = ModelConfig.from_dict(args.hf_config) if args.hf_config else None
+        name = None if (args.load_format == "dummy" and config is not None) else args.model
+        self.llm = LightvLLM.from_pretrained(name, dtype=args.dtype, device=device,
+                                             load_format=args.load_format, attn_backend=backend,
+                                             kernel_impl=args.kernel_impl, config=config,
+                                             seed=args.seed)
+        self.model = self.llm.model
+        self.model_config = self.model.config
+        self.scheduler_config = args.scheduler_config(self.model_config.max_position_embeddings)
+        self.block_size = args.block_size
+        self.num_blocks = determine_num_blocks(self.model, args.cache_config(),
+                                               self.scheduler_config.max_num_batched_tokens)
+        allocate_kv_cache(self.model, self.num_blocks, self.block_size)
+        self.max_blocks_per_seq = cdiv(self.scheduler_config.max_model_len, self.block_size)
+        tokens, seqs = self.scheduler_config.max_num_batched_tokens, self.scheduler_config.max_num_seqs
+        tokens = max(tokens, seqs)
+        self.input_ids = torch.zeros(tokens, dtype=torch.long, device=device)
+        self.positions = torch.zeros(tokens, dtype=torch.long, device=device)
+        self.slot_mapping = torch.full((tokens,), -1, dtype=torch.long, device=device)
+        self.block_tables = torch.zeros(seqs, self.max_blocks_per_seq, dtype=torch.int32, device=device)
+        self.seq_lens = torch.ones(seqs, dtype=torch.int32, device=device)
+        self.query_start_loc = torch.zeros(seqs + 1, dtype=torch.int32, device=device)
+        self.sampler = Sampler()
+        self.generators: dict[str, torch.Generator] = {}
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.backend_name = backend
+        if device.type == "cuda" and not args.enforce_eager:
+            self.capture_decode_graphs()
+        self.startup_seconds = time.perf_counter() - start
+
+    # ---- description for the engine ------------------------------------------------------------
+    def describe(self) -> dict:
+        return dict(num_blocks=self.num_blocks, block_size=self.block_size,
+                    scheduler_config=self.scheduler_config, model_config=self.model_config,
+                    model_dir=None if self.llm.model_dir is None else str(self.llm.model_dir),
+                    device=str(self.device), dtype=str(self.llm.dtype), backend=self.backend_name,
+                    graph_sizes=sorted(self.graphs), startup_seconds=getattr(self, "startup_seconds", None))
+
+    # ---- one step ------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def execute_model(self, out: SchedulerOutput) -> ModelRunnerOutput:
+        for rid in out.finished_ids + out.preempted_ids:
+            if rid in out.finished_ids:
+                self.generators.pop(rid, None)
+        if out.is_empty:
+            return ModelRunnerOutput({})
+        reqs = out.scheduled
+        ids, positions, slots, q_lens, seq_lens = [], [], [], [], []
+        bs = self.block_size
+        for r in reqs:
+            ids += r.token_ids
+            start, n = r.start_position, r.num_tokens
+            positions += range(start, start + n)
+            slots += [r.block_ids[p // bs] * bs + p % bs for p in range(start, start + n)]
+            q_lens.append(n)
+            seq_lens.append(start + n)
+        num_decodes = 0
+        while num_decodes < len(reqs) and q_lens[num_decodes] == 1 and seq_lens[num_decodes] > 1:
+            num_decodes += 1
+        num_tokens, batch = len(ids), len(reqs)
+        graph_size = self._graph_size(batch) if num_decodes == batch else None
+        rows = graph_size or batch
+        table = torch.zeros(rows, self.max_blocks_per_seq, dtype=torch.int32)
+        for i, r in enumerate(reqs):
+            table[i, : len(r.block_ids)] = torch.tensor(r.block_ids, dtype=torch.int32)
+        padded_tokens = graph_size or num_tokens
+        pad = padded_tokens - num_tokens
+        self.input_ids[:padded_tokens].copy_(torch.tensor(ids + [0] * pad), non_blocking=True)
+        self.positions[:padded_tokens].copy_(torch.tensor(positions + [0] * pad), non_blocking=True)
+        self.slot_mapping[:padded_tokens].copy_(torch.tensor(slots + [-1] * pad), non_blocking=True)
+        self.block_tables[:rows].copy_(table, non_blocking=True)
+        self.seq_lens[:rows].copy_(torch.tensor(seq_lens + [1] * (rows - batch), dtype=torch.int32),
+                                   non_blocking=True)
+        starts = [0]
+        for n in q_lens + [1] * (rows - batch):
+            starts.append(starts[-1] + n)
+        self.query_start_loc[: rows + 1].copy_(torch.tensor(starts, dtype=torch.int32), non_blocking=True)
+
+        sample_rows = [i for i, r in enumerate(reqs) if r.sample]
+        if graph_size is not None:
+            graph, logits = self.graphs[graph_size]
+            graph.replay()
+            logits = logits[sample_rows]
+        else:
+            metadata = PagedAttentionMetadata(
+                query_start_loc=self.query_start_loc[: batch + 1], seq_lens=self.seq_lens[:batch],
+                query_lens_cpu=q_lens, seq_lens_cpu=seq_lens, slot_mapping=self.slot_mapping[:num_tokens],
+                block_tables=self.block_tables[:batch], block_size=bs, num_decodes=num_decodes)
+            hidden = self.model(self.input_ids[:num_tokens], self.positions[:num_tokens], metadata)
+            last = torch.tensor([starts[i + 1] - 1 for i in sample_rows], device=self.device)
+            logits = self.model.compute_logits(hidden[last])
+        if not sample_rows:
+            return ModelRunnerOutput({})
+        sampling = [reqs[i] for i in sample_rows]
+        inputs = SamplingInputs(
+            params=[r.params for r in sampling],
+            output_token_ids=[r.output_token_ids for r in sampling],
+            prompt_token_ids=[r.prompt_token_ids for r in sampling],
+            generators=[self._generator(r) for r in sampling],
+            min_tokens_block=[
+                (r.eos_token_ids + r.params.stop_token_ids)
+                if len(r.output_token_ids) < r.params.min_tokens else [] for r in sampling],
+        )
+        result = self.sampler(logits, inputs)
+        sampled = {r.request_id: t for r, t in zip(sampling, result.token_ids)}
+        logprobs = None
+        if result.logprobs is not None:
+            logprobs = {r.request_id: (lp, rank, top) for r, lp, rank, top in
+                        zip(sampling, result.logprobs, result.ranks, result.top_logprobs)}
+        return ModelRunnerOutput(sampled, logprobs)
+
+    def _generator(self, r) -> torch.Generator | None:
+        if r.params.seed is None or r.params.greedy:
+            return None
+        gen = self.generators.get(r.request_id)
+        if gen is None:
+            gen = torch.Generator(device=self.device).manual_seed(r.params.seed)
+            self.generators[r.request_id] = gen
+        return gen
+
+    # ---- CUDA graphs -------------------------------------------------------------------------
+    def _graph_size(self, batch: int) -> int | None:
+        for size in sorted(self.graphs):
+            if size >= batch:
+                return size
+        return None
+
+    def capture_decode_graphs(self) -> None:
+        """Capture one decode step per padded batch size, largest first, into a shared pool."""
+        limit = min(self.scheduler_config.max_num_seqs, 512)
+        sizes = [s for s in [1, 2, 4, 8] + list(range(16, limit + 1, 16)) if s <= limit]
+        pool = None
+        self.slot_mapping.fill_(-1)
+        self.seq_lens.fill_(1)
+        self.block_tables.zero_()
+        for size in tqdm(sorted(sizes, reverse=True), desc="capturing CUDA graphs", unit="graph"):
+            metadata = PagedAttentionMetadata(
+                query_start_loc=self.query_start_loc[: size + 1], seq_lens=self.seq_lens[:size],
+                query_lens_cpu=[1] * size, seq_lens_cpu=[2] * size,
+                slot_mapping=self.slot_mapping[:size], block_tables=self.block_tables[:size],
+                block_size=self.block_size, num_decodes=size)
+            self.query_start_loc[: size + 1].copy_(torch.arange(size + 1, dtype=torch.int32))
+            args = (self.input_ids[:size], self.positions[:size], metadata)
+            with torch.inference_mode():
+                self.model.compute_logits(self.model(*args))  # warm-up (Triton autotune, cuBLAS)
+                torch.cuda.synchronize()
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    logits = self.model.compute_logits(self.model(*args))
+            pool = graph.pool()
+            self.graphs[size] = (graph, logits)
+        torch.cuda.synchronize()
