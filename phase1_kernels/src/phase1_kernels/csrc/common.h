@@ -1,0 +1,150 @@
+// Input checks shared by the CPU and CUDA kernels.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <c10/util/Exception.h>
+
+// Dispatch over the three dtypes the kernels support (float32, float16, bfloat16); `scalar_t`
+// names the type inside the body. Narrower than AT_DISPATCH_FLOATING_TYPES_AND2 (no double):
+// fewer template instances, faster builds.
+#define LIGHTVLLM_DISPATCH_FLOATING_TYPES(TYPE, NAME, ...)              \
+  AT_DISPATCH_SWITCH(TYPE, NAME,                                        \
+                     AT_DISPATCH_CASE(at::ScalarType::Float, __VA_ARGS__) \
+                     AT_DISPATCH_CASE(at::ScalarType::Half, __VA_ARGS__)  \
+                     AT_DISPATCH_CASE(at::ScalarType::BFloat16, __VA_ARGS__))
+
+namespace lightvllm {
+
+inline bool is_float_type(at::ScalarType t) {
+  return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
+}
+
+// A [..., H] tensor as rows of H contiguous elements, `row_stride` elements apart.
+struct Rows {
+  int64_t num_rows;
+  int64_t hidden;
+  int64_t row_stride;
+};
+
+// Views `t` as rows without copying: the last dim must be contiguous and the leading dims must
+// collapse into one (true for contiguous tensors and for slices such as x[:, :H]).
+inline Rows as_rows(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.dim() >= 1, name, " must have at least one dim");
+  TORCH_CHECK(t.stride(-1) == 1 || t.size(-1) == 1, name,
+              " must be contiguous in its last dim, got strides ", t.strides());
+  const int64_t hidden = t.size(-1);
+  int64_t num_rows = 1;
+  for (int64_t d = 0; d + 1 < t.dim(); ++d) num_rows *= t.size(d);
+  int64_t row_stride = hidden;
+  if (t.dim() >= 2) {
+    row_stride = t.stride(-2);
+    // Leading dims must collapse: stride[d] == stride[d+1] * size[d+1] (ignoring size-1 dims).
+    for (int64_t d = t.dim() - 3; d >= 0; --d) {
+      TORCH_CHECK(t.size(d) == 1 || t.stride(d) == t.stride(d + 1) * t.size(d + 1), name,
+                  " has leading dims that cannot be viewed as rows (strides ", t.strides(), ")");
+    }
+    if (num_rows <= 1) row_stride = hidden;
+  }
+  return {num_rows, hidden, row_stride};
+}
+
+inline void check_same_device(const at::Tensor& a, const at::Tensor& b, const char* an,
+                              const char* bn) {
+  TORCH_CHECK(a.device() == b.device(), an, " is on ", a.device(), " but ", bn, " is on ",
+              b.device());
+}
+
+inline void check_norm_args(const at::Tensor& input, const at::Tensor& weight) {
+  TORCH_CHECK(is_float_type(input.scalar_type()), "input must be float32, float16 or bfloat16, got ",
+              input.scalar_type());
+  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == input.size(-1), "weight must be [",
+              input.size(-1), "], got ", weight.sizes());
+  TORCH_CHECK(weight.scalar_type() == input.scalar_type(), "weight dtype ", weight.scalar_type(),
+              " differs from input dtype ", input.scalar_type());
+  TORCH_CHECK(weight.is_contiguous(), "weight must be contiguous");
+  check_same_device(input, weight, "input", "weight");
+}
+
+inline void check_rms_norm(const at::Tensor& out, const at::Tensor& input,
+                           const at::Tensor& weight) {
+  check_norm_args(input, weight);
+  TORCH_CHECK(out.sizes() == input.sizes(), "out shape ", out.sizes(), " differs from input shape ",
+              input.sizes());
+  TORCH_CHECK(out.scalar_type() == input.scalar_type(), "out dtype differs from input dtype");
+  TORCH_CHECK(out.is_contiguous(), "out must be contiguous");
+  check_same_device(out, input, "out", "input");
+}
+
+inline void check_fused_add_rms_norm(const at::Tensor& input, const at::Tensor& residual,
+                                     const at::Tensor& weight) {
+  check_norm_args(input, weight);
+  TORCH_CHECK(residual.sizes() == input.sizes(), "residual shape ", residual.sizes(),
+              " differs from input shape ", input.sizes());
+  TORCH_CHECK(residual.scalar_type() == input.scalar_type(),
+              "residual dtype differs from input dtype");
+  TORCH_CHECK(residual.is_contiguous(), "residual must be contiguous");
+  check_same_device(input, residual, "input", "residual");
+}
+
+inline void check_silu_and_mul(const at::Tensor& out, const at::Tensor& input) {
+  TORCH_CHECK(is_float_type(input.scalar_type()), "input must be float32, float16 or bfloat16, got ",
+              input.scalar_type());
+  TORCH_CHECK(input.size(-1) % 2 == 0, "input's last dim must be even, got ", input.size(-1));
+  TORCH_CHECK(input.is_contiguous(), "input must be contiguous");
+  TORCH_CHECK(out.is_contiguous(), "out must be contiguous");
+  TORCH_CHECK(out.dim() == input.dim(), "out must have the input's rank");
+  for (int64_t d = 0; d + 1 < input.dim(); ++d)
+    TORCH_CHECK(out.size(d) == input.size(d), "out shape ", out.sizes(), " does not match input ",
+                input.sizes());
+  TORCH_CHECK(out.size(-1) * 2 == input.size(-1), "out's last dim must be half the input's");
+  TORCH_CHECK(out.scalar_type() == input.scalar_type(), "out dtype differs from input dtype");
+  check_same_device(out, input, "out", "input");
+}
+
+// Query or key as [T, heads, head_size] with any token stride; returns (heads, token_stride).
+inline std::pair<int64_t, int64_t> rope_layout(const at::Tensor& t, int64_t num_tokens,
+                                               int64_t head_size, const char* name) {
+  TORCH_CHECK(t.dim() == 2 || t.dim() == 3, name, " must be [T, H*head_size] or [T, H, head_size]");
+  TORCH_CHECK(t.size(0) == num_tokens, name, " has ", t.size(0), " tokens but positions has ",
+              num_tokens);
+  int64_t heads;
+  if (t.dim() == 2) {
+    TORCH_CHECK(t.size(1) % head_size == 0, name, " width ", t.size(1),
+                " is not a multiple of head_size ", head_size);
+    TORCH_CHECK(t.stride(1) == 1, name, " must be contiguous within a token");
+    heads = t.size(1) / head_size;
+  } else {
+    TORCH_CHECK(t.size(2) == head_size, name, " last dim ", t.size(2), " != head_size ", head_size);
+    TORCH_CHECK(t.stride(2) == 1 && (t.size(1) == 1 || t.stride(1) == head_size), name,
+                " must be contiguous within a token");
+    heads = t.size(1);
+  }
+  return {heads, num_tokens > 1 ? t.stride(0) : heads * head_size};
+}
+
+inline void check_rope(const at::Tensor& positions, const at::Tensor& query, const at::Tensor& key,
+                       int64_t head_size, const at::Tensor& cache) {
+  TORCH_CHECK(positions.scalar_type() == at::kLong || positions.scalar_type() == at::kInt,
+              "positions must be int64 or int32");
+  TORCH_CHECK(is_float_type(query.scalar_type()), "query must be float32, float16 or bfloat16");
+  TORCH_CHECK(key.scalar_type() == query.scalar_type(), "key dtype differs from query dtype");
+  TORCH_CHECK(is_float_type(cache.scalar_type()), "cos_sin_cache must be a float tensor");
+  TORCH_CHECK(cache.dim() == 2 && cache.is_contiguous(), "cos_sin_cache must be a contiguous 2-D tensor");
+  TORCH_CHECK(cache.size(1) % 2 == 0 && cache.size(1) <= head_size && cache.size(1) > 0,
+              "cos_sin_cache width (rot_dim) ", cache.size(1), " must be even and <= head_size ",
+              head_size);
+  TORCH_CHECK(head_size > 0, "head_size must be positive");
+  check_same_device(positions, query, "positions", "query");
+  check_same_device(query, key, "query", "key");
+  check_same_device(query, cache, "query", "cos_sin_cache");
+}
+
+inline void check_vector_add(const at::Tensor& a, const at::Tensor& b) {
+  TORCH_CHECK(a.sizes() == b.sizes(), "a and b shapes differ: ", a.sizes(), " vs ", b.sizes());
+  TORCH_CHECK(a.scalar_type() == b.scalar_type(), "a and b dtypes differ");
+  TORCH_CHECK(is_float_type(a.scalar_type()), "vector_add supports float32, float16, bfloat16");
+  check_same_device(a, b, "a", "b");
+}
+
+}  // namespace lightvllm

@@ -1,0 +1,515 @@
+// CUDA kernels of the lightvllm ops.
+//
+// All four LLaMA ops are memory-bound: each element is touched once or twice and needs a handful
+// of flops, so speed is bytes per second. The habits that get near the H100's ~3 TB/s:
+//   * coalescing: consecutive threads touch consecutive 16-byte chunks, so a warp reads 512
+//     contiguous bytes per instruction;
+//   * 16-byte vector accesses (8 bf16/fp16 or 4 fp32 per load), falling back to scalar ones when
+//     the size or the alignment does not allow them (template parameter VEC == 1);
+//   * fp32 arithmetic on values loaded once into registers, one rounding on the way out.
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "../common.h"
+
+namespace lightvllm {
+namespace {
+
+// N elements of T moved as one access of N * sizeof(T) bytes (16 for the vector paths).
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Vec {
+  T v[N];
+};
+
+template <typename T>
+constexpr int vec_width() {
+  return 16 / sizeof(T);
+}
+
+inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// Sum of `v` over the whole block (blockDim.x a multiple of 32): shuffle within each warp, then
+// one shared-memory slot per warp, then shuffle again in warp 0. Every thread gets the result.
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+__device__ float block_sum(float v) {
+  __shared__ float partial[32];
+  __shared__ float total;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  v = warp_sum(v);
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    const int num_warps = blockDim.x >> 5;
+    v = warp_sum(lane < num_warps ? partial[lane] : 0.f);
+    if (lane == 0) total = v;
+  }
+  __syncthreads();
+  return total;
+}
+
+// ------------------------------------------------------------------ rms_norm
+// One block per token. CACHE > 0: each thread keeps its CACHE vectors of the row in registers
+// between the two phases (sum of squares, then scale), so the row is read from memory once.
+// CACHE == 0 (very wide rows): the second phase reads the row again.
+template <typename T, int VEC, int CACHE>
+__global__ void __launch_bounds__(1024) rms_norm_kernel(T* __restrict__ out, const T* __restrict__ in,
+                                const T* __restrict__ weight, int64_t row_stride, int hidden,
+                                float eps) {
+  using V = Vec<T, VEC>;
+  const int nvec = hidden / VEC;
+  const V* x = reinterpret_cast<const V*>(in + blockIdx.x * row_stride);
+  const V* w = reinterpret_cast<const V*>(weight);
+  V* y = reinterpret_cast<V*>(out + blockIdx.x * static_cast<int64_t>(hidden));
+  float ss = 0.f;
+  if constexpr (CACHE > 0) {
+    V regs[CACHE];
+#pragma unroll
+    for (int j = 0; j < CACHE; ++j) {
+      const int i = threadIdx.x + j * blockDim.x;
+      if (i < nvec) regs[j] = x[i];
+    }
+#pragma unroll
+    for (int j = 0; j < CACHE; ++j) {
+      const int i = threadIdx.x + j * blockDim.x;
+      if (i < nvec) {
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) {
+          const float f = static_cast<float>(regs[j].v[k]);
+          ss += f * f;
+        }
+      }
+    }
+    const float inv_rms = rsqrtf(block_sum(ss) / hidden + eps);
+#pragma unroll
+    for (int j = 0; j < CACHE; ++j) {
+      const int i = threadIdx.x + j * blockDim.x;
+      if (i < nvec) {
+        const V wv = w[i];
+        V o;
+#pragma unroll
+        for (int k = 0; k < VEC; ++k)
+          o.v[k] = static_cast<T>(static_cast<float>(regs[j].v[k]) * inv_rms *
+                                  static_cast<float>(wv.v[k]));
+        y[i] = o;
+      }
+    }
+  } else {
+    for (int i = threadIdx.x; i < nvec; i += blockDim.x) {
+      const V xv = x[i];
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        const float f = static_cast<float>(xv.v[k]);
+        ss += f * f;
+      }
+    }
+    const float inv_rms = rsqrtf(block_sum(ss) / hidden + eps);
+    for (int i = threadIdx.x; i < nvec; i += blockDim.x) {
+      const V xv = x[i], wv = w[i];
+      V o;
+#pragma unroll
+      for (int k = 0; k < VEC; ++k)
+        o.v[k] = static_cast<T>(static_cast<float>(xv.v[k]) * inv_rms * static_cast<float>(wv.v[k]));
+      y[i] = o;
+    }
+  }
+}
+
+// ------------------------------------------------------------------ fused_add_rms_norm
+// residual += x; x = rms_norm(residual). Unfused this is two kernels: the add reads x and
+// residual and writes residual, then the norm reads residual again and writes x (5 passes over
+// a row). Fused, x and residual are read once and written once (4 passes), and the norm uses the
+// fp32 sum held in registers instead of its rounded copy.
+template <typename T, int VEC, int CACHE>
+__global__ void __launch_bounds__(1024) fused_add_rms_norm_kernel(T* __restrict__ in, T* __restrict__ residual,
+                                          const T* __restrict__ weight, int64_t row_stride,
+                                          int hidden, float eps) {
+  using V = Vec<T, VEC>;
+  const int nvec = hidden / VEC;
+  V* x = reinterpret_cast<V*>(in + blockIdx.x * row_stride);
+  V* r = reinterpret_cast<V*>(residual + blockIdx.x * static_cast<int64_t>(hidden));
+  const V* w = reinterpret_cast<const V*>(weight);
+  float ss = 0.f;
+  if constexpr (CACHE > 0) {
+    float sum[CACHE][VEC];
+    V xr[CACHE], rr[CACHE];
+#pragma unroll
+    for (int j = 0; j < CACHE; ++j) {
+      const int i = threadIdx.x + j * blockDim.x;
+      if (i < nvec) {
+        xr[j] = x[i];
+        rr[j] = r[i];
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < CACHE; ++j) {
+      const int i = threadIdx.x + j * blockDim.x;
+      if (i < nvec) {
+        V h;
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) {
+          const float s = static_cast<float>(xr[j].v[k]) + static_cast<float>(rr[j].v[k]);
+          sum[j][k] = s;
+          ss += s * s;
+          h.v[k] = static_cast<T>(s);
+        }
+        r[i] = h;
+      }
+    }
+    const float inv_rms = rsqrtf(block_sum(ss) / hidden + eps);
+#pragma unroll
+    for (int j = 0; j < CACHE; ++j) {
+      const int i = threadIdx.x + j * blockDim.x;
+      if (i < nvec) {
+        const V wv = w[i];
+        V o;
+#pragma unroll
+        for (int k = 0; k < VEC; ++k)
+          o.v[k] = static_cast<T>(sum[j][k] * inv_rms * static_cast<float>(wv.v[k]));
+        x[i] = o;
+      }
+    }
+  } else {
+    // Wide rows: phase 1 only reads (so the fp32 sum can be recomputed from the untouched
+    // inputs); phase 2 re-reads, then writes both. Each element belongs to one thread, so no race.
+    for (int i = threadIdx.x; i < nvec; i += blockDim.x) {
+      const V xv = x[i], rv = r[i];
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        const float s = static_cast<float>(xv.v[k]) + static_cast<float>(rv.v[k]);
+        ss += s * s;
+      }
+    }
+    const float inv_rms = rsqrtf(block_sum(ss) / hidden + eps);
+    for (int i = threadIdx.x; i < nvec; i += blockDim.x) {
+      const V xv = x[i], rv = r[i], wv = w[i];
+      V o, h;
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        const float s = static_cast<float>(xv.v[k]) + static_cast<float>(rv.v[k]);
+        h.v[k] = static_cast<T>(s);
+        o.v[k] = static_cast<T>(s * inv_rms * static_cast<float>(wv.v[k]));
+      }
+      r[i] = h;
+      x[i] = o;
+    }
+  }
+}
+
+// Launch shape for the norms: VEC-wide accesses when the row allows them, enough threads that
+// each holds two vectors (up to 1024 threads), CACHE = vectors per thread rounded up to 2 or 4;
+// wider rows (more than 4096 vectors) re-read (CACHE = 0). CACHE = 8 would need 80-95 registers
+// per thread, more than the 64 a 1024-thread block can have (the launch fails).
+struct NormLaunch {
+  int vec, threads, cache;
+};
+
+template <typename T>
+NormLaunch norm_launch(int64_t hidden, int64_t row_stride, std::initializer_list<const void*> ptrs) {
+  int vec = vec_width<T>();
+  bool ok = hidden % vec == 0 && row_stride % vec == 0;
+  for (const void* p : ptrs) ok = ok && aligned16(p);
+  if (!ok) vec = 1;
+  const int64_t nvec = hidden / vec;
+  const int64_t want = (nvec + 1) / 2;  // two vectors per thread
+  const int threads = static_cast<int>(std::min<int64_t>(1024, std::max<int64_t>(32, (want + 31) / 32 * 32)));
+  const int64_t per_thread = (nvec + threads - 1) / threads;
+  int cache = 0;
+  for (int c : {2, 4})
+    if (per_thread <= c) {
+      cache = c;
+      break;
+    }
+  return {vec, threads, cache};
+}
+
+// Calls f(std::integral_constant<int, VEC>, std::integral_constant<int, CACHE>) with the chosen
+// compile-time pair, so each kernel is instantiated for the combinations it can meet.
+template <typename T, typename F>
+void with_norm_config(const NormLaunch& l, F&& f) {
+  constexpr int W = vec_width<T>();
+  auto by_cache = [&](auto vec) {
+    switch (l.cache) {
+      case 2: return f(vec, std::integral_constant<int, 2>{});
+      case 4: return f(vec, std::integral_constant<int, 4>{});
+      default: return f(vec, std::integral_constant<int, 0>{});
+    }
+  };
+  if (l.vec == W)
+    by_cache(std::integral_constant<int, W>{});
+  else
+    by_cache(std::integral_constant<int, 1>{});
+}
+
+void rms_norm(at::Tensor& out, const at::Tensor& input, const at::Tensor& weight, double eps) {
+  check_rms_norm(out, input, weight);
+  const Rows r = as_rows(input, "input");
+  if (r.num_rows == 0 || r.hidden == 0) return;
+  const c10::cuda::OptionalCUDAGuard guard(device_of(input));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  LIGHTVLLM_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rms_norm_cuda", [&] {
+    using T = scalar_t;
+    const NormLaunch l = norm_launch<T>(r.hidden, r.row_stride,
+                                        {input.const_data_ptr(), out.const_data_ptr(), weight.const_data_ptr()});
+    with_norm_config<T>(l, [&](auto vec, auto cache) {
+      rms_norm_kernel<T, decltype(vec)::value, decltype(cache)::value>
+          <<<r.num_rows, l.threads, 0, stream>>>(out.data_ptr<T>(), input.const_data_ptr<T>(),
+                                                  weight.const_data_ptr<T>(), r.row_stride,
+                                                  static_cast<int>(r.hidden), static_cast<float>(eps));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+}
+
+void fused_add_rms_norm(at::Tensor& input, at::Tensor& residual, const at::Tensor& weight,
+                        double eps) {
+  check_fused_add_rms_norm(input, residual, weight);
+  const Rows r = as_rows(input, "input");
+  if (r.num_rows == 0 || r.hidden == 0) return;
+  const c10::cuda::OptionalCUDAGuard guard(device_of(input));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  LIGHTVLLM_DISPATCH_FLOATING_TYPES(input.scalar_type(), "fused_add_rms_norm_cuda", [&] {
+    using T = scalar_t;
+    const NormLaunch l = norm_launch<T>(
+        r.hidden, r.row_stride,
+        {input.const_data_ptr(), residual.const_data_ptr(), weight.const_data_ptr()});
+    with_norm_config<T>(l, [&](auto vec, auto cache) {
+      fused_add_rms_norm_kernel<T, decltype(vec)::value, decltype(cache)::value>
+          <<<r.num_rows, l.threads, 0, stream>>>(input.data_ptr<T>(), residual.data_ptr<T>(),
+                                                  weight.const_data_ptr<T>(), r.row_stride,
+                                                  static_cast<int>(r.hidden), static_cast<float>(eps));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+}
+
+// ------------------------------------------------------------------ rotary_embedding
+// One block per token; its threads walk over (head, chunk) items of both query and key heads.
+// An item is P rotation pairs. NeoX pairs channel i with i + rot_dim/2: an item is P consecutive
+// channels from each half (two P-wide accesses). GPT-J pairs 2i with 2i+1: an item is 2P
+// consecutive channels (one access). cos/sin for the token's position are read from the cache
+// row, in whatever dtype the cache has (often fp32 while q/k are bf16).
+template <typename T, int N, bool VECTORIZED>
+__device__ __forceinline__ void load_n(const T* p, float* f) {
+  if constexpr (VECTORIZED) {
+    const Vec<T, N> v = *reinterpret_cast<const Vec<T, N>*>(p);
+#pragma unroll
+    for (int k = 0; k < N; ++k) f[k] = static_cast<float>(v.v[k]);
+  } else {
+#pragma unroll
+    for (int k = 0; k < N; ++k) f[k] = static_cast<float>(p[k]);
+  }
+}
+
+template <typename T, int N, bool VECTORIZED>
+__device__ __forceinline__ void store_n(T* p, const float* f) {
+  if constexpr (VECTORIZED) {
+    Vec<T, N> v;
+#pragma unroll
+    for (int k = 0; k < N; ++k) v.v[k] = static_cast<T>(f[k]);
+    *reinterpret_cast<Vec<T, N>*>(p) = v;
+  } else {
+#pragma unroll
+    for (int k = 0; k < N; ++k) p[k] = static_cast<T>(f[k]);
+  }
+}
+
+template <typename T, typename C, int P, bool NEOX, bool VECTORIZED>
+__global__ void rotary_embedding_kernel(const int64_t* __restrict__ positions, T* __restrict__ query,
+                                        T* __restrict__ key, const C* __restrict__ cache,
+                                        int rot_dim, int head_size, int q_heads, int k_heads,
+                                        int64_t q_stride, int64_t k_stride) {
+  const int64_t token = blockIdx.x;
+  const C* cos = cache + positions[token] * rot_dim;
+  const int half = rot_dim / 2;
+  const C* sin = cos + half;
+  const int items = half / P;  // per head
+  const int total = (q_heads + k_heads) * items;
+  for (int it = threadIdx.x; it < total; it += blockDim.x) {
+    const int head = it / items, chunk = it - head * items;
+    T* base = head < q_heads ? query + token * q_stride + head * head_size
+                             : key + token * k_stride + (head - q_heads) * head_size;
+    const int i0 = chunk * P;  // first pair index
+    float c[P], s[P], x1[P], x2[P];
+#pragma unroll
+    for (int k = 0; k < P; ++k) {
+      c[k] = static_cast<float>(cos[i0 + k]);
+      s[k] = static_cast<float>(sin[i0 + k]);
+    }
+    if constexpr (NEOX) {
+      load_n<T, P, VECTORIZED>(base + i0, x1);
+      load_n<T, P, VECTORIZED>(base + half + i0, x2);
+      float o1[P], o2[P];
+#pragma unroll
+      for (int k = 0; k < P; ++k) {
+        o1[k] = x1[k] * c[k] - x2[k] * s[k];
+        o2[k] = x2[k] * c[k] + x1[k] * s[k];
+      }
+      store_n<T, P, VECTORIZED>(base + i0, o1);
+      store_n<T, P, VECTORIZED>(base + half + i0, o2);
+    } else {
+      float xy[2 * P];
+      load_n<T, 2 * P, VECTORIZED>(base + 2 * i0, xy);
+#pragma unroll
+      for (int k = 0; k < P; ++k) {
+        const float a = xy[2 * k], b = xy[2 * k + 1];
+        xy[2 * k] = a * c[k] - b * s[k];
+        xy[2 * k + 1] = b * c[k] + a * s[k];
+      }
+      store_n<T, 2 * P, VECTORIZED>(base + 2 * i0, xy);
+    }
+  }
+}
+
+void rotary_embedding(const at::Tensor& positions, at::Tensor& query, at::Tensor& key,
+                      int64_t head_size, const at::Tensor& cache, bool is_neox) {
+  check_rope(positions, query, key, head_size, cache);
+  const int64_t num_tokens = positions.numel();
+  const auto q_layout = rope_layout(query, num_tokens, head_size, "query");
+  const auto k_layout = rope_layout(key, num_tokens, head_size, "key");
+  const int64_t q_heads = q_layout.first, q_stride = q_layout.second;
+  const int64_t k_heads = k_layout.first, k_stride = k_layout.second;
+  if (num_tokens == 0) return;
+  const c10::cuda::OptionalCUDAGuard guard(device_of(query));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const at::Tensor pos = positions.reshape(-1).to(at::kLong).contiguous();
+  const int rot_dim = static_cast<int>(cache.size(1)), half = rot_dim / 2;
+  LIGHTVLLM_DISPATCH_FLOATING_TYPES(query.scalar_type(), "rope_cuda", [&] {
+    using T = scalar_t;
+    LIGHTVLLM_DISPATCH_FLOATING_TYPES(cache.scalar_type(), "rope_cache", [&] {
+      using C = scalar_t;
+      constexpr int W = vec_width<T>();  // elements per 16-byte access
+      // NeoX: P = W pairs per item (two W-wide accesses); GPT-J: P = W/2 (one W-wide access).
+      const int p_vec = is_neox ? W : W / 2;
+      const bool vec_ok = half % p_vec == 0 && head_size % W == 0 && q_stride % W == 0 &&
+                          k_stride % W == 0 && aligned16(query.const_data_ptr()) &&
+                          aligned16(key.const_data_ptr());
+      const int p = vec_ok ? p_vec : 1;
+      const int items = static_cast<int>((q_heads + k_heads) * (half / p));
+      const int threads = std::min(512, std::max(32, (items + 31) / 32 * 32));
+      auto launch = [&](auto kernel) {
+        kernel<<<num_tokens, threads, 0, stream>>>(
+            pos.const_data_ptr<int64_t>(), query.data_ptr<T>(), key.data_ptr<T>(),
+            cache.const_data_ptr<C>(), rot_dim, static_cast<int>(head_size),
+            static_cast<int>(q_heads), static_cast<int>(k_heads), q_stride, k_stride);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      };
+      if (is_neox)
+        vec_ok ? launch(rotary_embedding_kernel<T, C, W, true, true>)
+               : launch(rotary_embedding_kernel<T, C, 1, true, false>);
+      else
+        vec_ok ? launch(rotary_embedding_kernel<T, C, W / 2, false, true>)
+               : launch(rotary_embedding_kernel<T, C, 1, false, false>);
+    });
+  });
+}
+
+// ------------------------------------------------------------------ silu_and_mul
+// Elementwise: thread (x, y) handles one VEC-wide chunk of output row y; blocks stride over
+// rows when there are more rows than grid.y allows. No integer division in the hot loop.
+template <typename T, int VEC>
+__global__ void silu_and_mul_kernel(T* __restrict__ out, const T* __restrict__ in, int64_t rows,
+                                    int64_t d) {
+  using V = Vec<T, VEC>;
+  const int64_t c = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
+  if (c >= d) return;
+  for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
+    const T* g = in + row * 2 * d + c;
+    const V gv = *reinterpret_cast<const V*>(g);
+    const V uv = *reinterpret_cast<const V*>(g + d);
+    V o;
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      const float a = static_cast<float>(gv.v[k]);
+      o.v[k] = static_cast<T>(a / (1.f + __expf(-a)) * static_cast<float>(uv.v[k]));
+    }
+    *reinterpret_cast<V*>(out + row * d + c) = o;
+  }
+}
+
+void silu_and_mul(at::Tensor& out, const at::Tensor& input) {
+  check_silu_and_mul(out, input);
+  const int64_t d = input.size(-1) / 2;
+  if (d == 0 || out.numel() == 0) return;
+  const int64_t rows = out.numel() / d;
+  const c10::cuda::OptionalCUDAGuard guard(device_of(input));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  LIGHTVLLM_DISPATCH_FLOATING_TYPES(input.scalar_type(), "silu_and_mul_cuda", [&] {
+    using T = scalar_t;
+    constexpr int W = vec_width<T>();
+    const bool vec_ok = d % W == 0 && aligned16(input.const_data_ptr()) && aligned16(out.const_data_ptr());
+    const int vec = vec_ok ? W : 1;
+    const int threads = static_cast<int>(std::min<int64_t>(256, ((d / vec) + 31) / 32 * 32));
+    const dim3 grid(static_cast<unsigned>((d / vec + threads - 1) / threads),
+                    static_cast<unsigned>(std::min<int64_t>(rows, 65535)));
+    if (vec_ok)
+      silu_and_mul_kernel<T, W><<<grid, threads, 0, stream>>>(out.data_ptr<T>(), input.const_data_ptr<T>(), rows, d);
+    else
+      silu_and_mul_kernel<T, 1><<<grid, threads, 0, stream>>>(out.data_ptr<T>(), input.const_data_ptr<T>(), rows, d);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+// ------------------------------------------------------------------ vector_add
+// The first CUDA exercise: c[i] = a[i] + b[i], grid-stride loop over 16-byte chunks plus a
+// scalar tail.
+template <typename T, int VEC>
+__global__ void vector_add_kernel(T* __restrict__ c, const T* __restrict__ a,
+                                  const T* __restrict__ b, int64_t n) {
+  using V = Vec<T, VEC>;
+  const int64_t nvec = n / VEC;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  for (int64_t i = tid; i < nvec; i += stride) {
+    const V av = reinterpret_cast<const V*>(a)[i], bv = reinterpret_cast<const V*>(b)[i];
+    V cv;
+#pragma unroll
+    for (int k = 0; k < VEC; ++k)
+      cv.v[k] = static_cast<T>(static_cast<float>(av.v[k]) + static_cast<float>(bv.v[k]));
+    reinterpret_cast<V*>(c)[i] = cv;
+  }
+  for (int64_t i = nvec * VEC + tid; i < n; i += stride)
+    c[i] = static_cast<T>(static_cast<float>(a[i]) + static_cast<float>(b[i]));
+}
+
+at::Tensor vector_add(const at::Tensor& a, const at::Tensor& b) {
+  check_vector_add(a, b);
+  const at::Tensor ac = a.contiguous(), bc = b.contiguous();
+  at::Tensor c = at::empty_like(ac);
+  const int64_t n = ac.numel();
+  if (n == 0) return c;
+  const c10::cuda::OptionalCUDAGuard guard(device_of(a));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, a.get_device()));
+  LIGHTVLLM_DISPATCH_FLOATING_TYPES(a.scalar_type(), "vector_add_cuda", [&] {
+    using T = scalar_t;
+    constexpr int W = vec_width<T>();
+    const int threads = 256;
+    const int64_t blocks = std::min<int64_t>((n / W + threads - 1) / threads + 1, sms * 8);
+    if (aligned16(ac.const_data_ptr()) && aligned16(bc.const_data_ptr()) && aligned16(c.const_data_ptr()))
+      vector_add_kernel<T, W><<<blocks, threads, 0, stream>>>(c.data_ptr<T>(), ac.const_data_ptr<T>(), bc.const_data_ptr<T>(), n);
+    else
+      vector_add_kernel<T, 1><<<blocks, threads, 0, stream>>>(c.data_ptr<T>(), ac.const_data_ptr<T>(), bc.const_data_ptr<T>(), n);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return c;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lightvllm, CUDA, m) {
+  m.impl("rms_norm", &rms_norm);
+  m.impl("fused_add_rms_norm", &fused_add_rms_norm);
+  m.impl("rotary_embedding", &rotary_embedding);
+  m.impl("silu_and_mul", &silu_and_mul);
+  m.impl("vector_add", &vector_add);
+}
+
+}  // namespace lightvllm

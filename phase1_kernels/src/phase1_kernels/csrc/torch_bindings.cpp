@@ -1,0 +1,24 @@
+// Schemas of the lightvllm ops (vLLM style: results go into out-parameters marked `Tensor!`).
+//
+// Only the schemas live here. The kernels register themselves per device:
+//   cpu/*.cpp   -> TORCH_LIBRARY_IMPL(lightvllm, CPU, m)
+//   cuda/*.cu   -> TORCH_LIBRARY_IMPL(lightvllm, CUDA, m)
+// and the shape-only (fake/meta) implementations that torch.compile and opcheck need are
+// registered from Python (phase1_kernels/ops/compiled.py, torch.library.register_fake).
+#include <torch/library.h>
+
+TORCH_LIBRARY(lightvllm, m) {
+  // out = input / sqrt(mean(input^2) + epsilon) * weight, over the last dim.
+  m.def("rms_norm(Tensor! out, Tensor input, Tensor weight, float epsilon) -> ()");
+  // residual += input; input = rms_norm(residual) (from the fp32 sum). Both in place.
+  m.def(
+      "fused_add_rms_norm(Tensor! input, Tensor! residual, Tensor weight, float epsilon) -> ()");
+  // Rotary position embedding applied in place to query and key.
+  m.def(
+      "rotary_embedding(Tensor positions, Tensor! query, Tensor! key, int head_size, "
+      "Tensor cos_sin_cache, bool is_neox) -> ()");
+  // out = silu(input[..., :d]) * input[..., d:].
+  m.def("silu_and_mul(Tensor! out, Tensor input) -> ()");
+  // The first exercise: c = a + b.
+  m.def("vector_add(Tensor a, Tensor b) -> Tensor");
+}

@@ -1,0 +1,119 @@
+"""The phase-1 ops through our C++/CUDA extension (``torch.ops.lightvllm.*``).
+
+Same calling convention as ``native``. The registered ops take out-parameters (vLLM style); these
+wrappers allocate the outputs, and hand the kernels tensors whose rows they can address: a
+row-strided input (``x[:, :H]`` of a wider tensor) goes through without a copy, anything else is
+made contiguous first (and, for the in-place ops, copied back afterwards).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import extension
+
+_fakes_registered = False
+
+
+def _ops():
+    if not extension.load():
+        raise RuntimeError(f"lightvllm extension unavailable: {extension.why_unavailable('cpu')}")
+    return torch.ops.lightvllm
+
+
+def register_fakes() -> None:
+    """Shape-only implementations for FakeTensor / torch.compile / opcheck (once per process)."""
+    global _fakes_registered
+    if _fakes_registered:
+        return
+    _fakes_registered = True
+
+    @torch.library.register_fake("lightvllm::rms_norm")
+    def _rms_norm_fake(out, input, weight, epsilon):
+        return None
+
+    @torch.library.register_fake("lightvllm::fused_add_rms_norm")
+    def _fused_add_rms_norm_fake(input, residual, weight, epsilon):
+        return None
+
+    @torch.library.register_fake("lightvllm::rotary_embedding")
+    def _rotary_embedding_fake(positions, query, key, head_size, cos_sin_cache, is_neox):
+        return None
+
+    @torch.library.register_fake("lightvllm::silu_and_mul")
+    def _silu_and_mul_fake(out, input):
+        return None
+
+    @torch.library.register_fake("lightvllm::vector_add")
+    def _vector_add_fake(a, b):
+        return torch.empty_like(a, memory_format=torch.contiguous_format)
+
+
+def _rows_addressable(x: torch.Tensor) -> bool:
+    """True if ``x`` is rows of contiguous elements at a fixed stride (what the kernels take)."""
+    if x.dim() == 0 or (x.stride(-1) != 1 and x.size(-1) != 1):
+        return False
+    for d in range(x.dim() - 2):
+        if x.size(d) != 1 and x.stride(d) != x.stride(d + 1) * x.size(d + 1):
+            return False
+    return True
+
+
+def _heads_addressable(t: torch.Tensor) -> bool:
+    """True if each token of ``t`` ([T, H*hs] or [T, H, hs]) is contiguous (any token stride)."""
+    if t.dim() == 2:
+        return t.stride(1) == 1
+    return t.dim() == 3 and t.stride(2) == 1 and (t.size(1) == 1 or t.stride(1) == t.size(2))
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    if not _rows_addressable(x):
+        x = x.contiguous()
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    _ops().rms_norm(out, x, weight.contiguous(), float(eps))
+    return out
+
+
+def fused_add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    xk = x if _rows_addressable(x) else x.contiguous()
+    rk = residual if residual.is_contiguous() else residual.contiguous()
+    _ops().fused_add_rms_norm(xk, rk, weight.contiguous(), float(eps))
+    if xk is not x:
+        x.copy_(xk)
+    if rk is not residual:
+        residual.copy_(rk)
+    return x, residual
+
+
+def rotary_embedding(
+    positions: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    head_size: int,
+    cos_sin_cache: torch.Tensor,
+    is_neox: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    qk = query if _heads_addressable(query) else query.contiguous()
+    kk = key if _heads_addressable(key) else key.contiguous()
+    cache = cos_sin_cache if cos_sin_cache.is_contiguous() else cos_sin_cache.contiguous()
+    _ops().rotary_embedding(positions, qk, kk, int(head_size), cache, bool(is_neox))
+    if qk is not query:
+        query.copy_(qk)
+    if kk is not key:
+        key.copy_(kk)
+    return query, key
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    x = x.contiguous()
+    d = x.shape[-1] // 2
+    out = torch.empty((*x.shape[:-1], d), dtype=x.dtype, device=x.device)
+    _ops().silu_and_mul(out, x)
+    return out
+
+
+def vector_add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a + b`` through the roadmap's first kernel (CPU loop or CUDA grid-stride kernel)."""
+    return _ops().vector_add(a, b)

@@ -1,0 +1,133 @@
+"""Build and load the C++/CUDA kernels (``torch.ops.lightvllm.*``) once per process.
+
+``torch.utils.cpp_extension.load`` compiles the sources with ninja into a cache directory keyed
+by the torch version, the CUDA version and a hash of the sources, so an edit rebuilds and an
+unchanged tree reuses the previous build (torch's file baton serialises concurrent builds).
+CPU sources are always built; CUDA sources only when this torch has CUDA and ``nvcc`` is found.
+If the build fails the reason is printed once and ``is_available`` answers False, so callers fall
+back to the native ops. Env ``LIGHTVLLM_NO_EXTENSION=1`` skips the build altogether.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import threading
+from pathlib import Path
+
+import torch
+
+NAME = "lightvllm_C"
+CSRC = Path(__file__).resolve().parent.parent / "csrc"
+DEFAULT_CUDA_ARCH_FLAGS = (
+    "-gencode=arch=compute_90,code=sm_90 -gencode=arch=compute_90,code=compute_90"
+)
+
+_lock = threading.Lock()
+_state: dict[str, object] = {"tried": False, "ok": False, "cuda": False, "error": None}
+
+
+def _sources() -> tuple[list[Path], list[Path]]:
+    cpu = [CSRC / "torch_bindings.cpp", *sorted((CSRC / "cpu").glob("*.cpp"))]
+    cuda = sorted((CSRC / "cuda").glob("*.cu"))
+    return cpu, cuda
+
+
+def find_nvcc() -> str | None:
+    """Path of ``nvcc`` from ``CUDA_HOME``/``CUDA_PATH`` or PATH, else None."""
+    for env in ("CUDA_HOME", "CUDA_PATH"):
+        home = os.environ.get(env)
+        if home and (Path(home) / "bin" / "nvcc").is_file():
+            return str(Path(home) / "bin" / "nvcc")
+    return shutil.which("nvcc")
+
+
+def _cuda_home_for(nvcc: str) -> str:
+    return os.environ.get("CUDA_HOME") or str(Path(nvcc).resolve().parent.parent)
+
+
+def _build_tag(files: list[Path], with_cuda: bool, cuda_flags: str) -> str:
+    h = hashlib.sha256()
+    for f in sorted(CSRC.rglob("*")):  # every source and header under csrc/
+        if f.is_file() and f.suffix in {".cpp", ".cu", ".h", ".cuh"}:
+            h.update(str(f.relative_to(CSRC)).encode())
+            h.update(f.read_bytes())
+    if with_cuda:
+        h.update(cuda_flags.encode())
+    cuda = f"cu{torch.version.cuda}" if with_cuda else "cpu"
+    return f"torch{torch.__version__}-{cuda}-{h.hexdigest()[:16]}".replace("+", "_")
+
+
+def load(verbose: bool = False) -> bool:
+    """Build (or reuse) and load the extension; True if ``torch.ops.lightvllm`` is usable."""
+    if _state["tried"]:
+        return bool(_state["ok"])
+    with _lock:
+        if _state["tried"]:
+            return bool(_state["ok"])
+        try:
+            _build_and_load(verbose)
+            _state["ok"] = True
+        except Exception as exc:  # noqa: BLE001 - any build failure means: fall back to native
+            reason = str(exc).strip().splitlines()
+            _state["error"] = f"{type(exc).__name__}: {reason[-1] if reason else exc}"
+            print(f"[lightvllm] C++/CUDA kernels unavailable, using native ops: {_state['error']}",
+                  file=sys.stderr, flush=True)
+        _state["tried"] = True
+    return bool(_state["ok"])
+
+
+def _build_and_load(verbose: bool) -> None:
+    if os.environ.get("LIGHTVLLM_NO_EXTENSION", "") not in ("", "0"):
+        raise RuntimeError("disabled by LIGHTVLLM_NO_EXTENSION")
+    from torch.utils import cpp_extension
+
+    from shared.paths import cache_dir
+
+    cpu_src, cuda_src = _sources()
+    nvcc = find_nvcc() if torch.version.cuda else None
+    with_cuda = bool(cuda_src) and nvcc is not None
+    cuda_flags = os.environ.get("LIGHTVLLM_CUDA_ARCH_FLAGS", DEFAULT_CUDA_ARCH_FLAGS)
+    if with_cuda:
+        os.environ.setdefault("CUDA_HOME", _cuda_home_for(nvcc))
+    sources = cpu_src + (cuda_src if with_cuda else [])
+    build_dir = cache_dir("torch_extensions", _build_tag(sources, with_cuda, cuda_flags))
+    cpp_extension.load(
+        name=NAME,
+        sources=[str(s) for s in sources],
+        build_directory=str(build_dir),
+        extra_cflags=["-O3", "-std=c++17"],
+        extra_cuda_cflags=["-O3", "--use_fast_math", "-std=c++17", *cuda_flags.split()],
+        extra_include_paths=[str(CSRC)],
+        with_cuda=with_cuda,
+        is_python_module=False,
+        verbose=verbose,
+    )
+    _state["cuda"] = with_cuda
+    from . import compiled
+
+    compiled.register_fakes()
+
+
+def is_available(device: torch.device | str = "cpu") -> bool:
+    """CPU kernels for cpu devices, CUDA kernels (if they were compiled) for cuda devices."""
+    device = torch.device(device)
+    if device.type not in ("cpu", "cuda") or not load():
+        return False
+    return device.type == "cpu" or bool(_state["cuda"])
+
+
+def why_unavailable(device: torch.device | str = "cpu") -> str:
+    """Empty string if available on ``device``, else the reason."""
+    device = torch.device(device)
+    if is_available(device):
+        return ""
+    if device.type not in ("cpu", "cuda"):
+        return f"no lightvllm kernels for device type {device.type!r}"
+    if not _state["ok"]:
+        return f"the extension did not build or load: {_state['error']}"
+    if not torch.version.cuda:
+        return "this torch build has no CUDA, so the CUDA kernels were not built"
+    return "nvcc was not found (set CUDA_HOME or put nvcc on PATH), so the CUDA kernels were not built"

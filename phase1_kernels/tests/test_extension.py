@@ -1,0 +1,69 @@
+"""Building, loading and choosing the C++ extension."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from phase1_kernels.ops import extension, resolve_impl, triton_ops
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_cpu_kernels_are_available_and_registered():
+    assert extension.load(), extension.why_unavailable("cpu")
+    assert extension.is_available("cpu")
+    assert extension.why_unavailable("cpu") == ""
+    for name in ("rms_norm", "fused_add_rms_norm", "rotary_embedding", "silu_and_mul", "vector_add"):
+        assert hasattr(torch.ops.lightvllm, name)
+    assert resolve_impl("cpp", "cpu") == "cpp"
+    assert resolve_impl("auto", "cpu") == "cpp"
+
+
+def test_cuda_kernels_report_why_not():
+    if torch.cuda.is_available() and torch.version.cuda and extension.find_nvcc():
+        assert extension.is_available("cuda")
+    else:
+        assert not extension.is_available("cuda")
+        assert extension.why_unavailable("cuda")
+
+
+def test_unknown_device_type():
+    assert not extension.is_available("meta")
+    assert "meta" in extension.why_unavailable("meta")
+
+
+def test_build_tag_tracks_sources_and_versions():
+    cpu, cuda = extension._sources()
+    tag = extension._build_tag(cpu, False, "")
+    assert tag.startswith(f"torch{torch.__version__}".replace("+", "_")) and "-cpu-" in tag
+    assert tag == extension._build_tag(cpu, False, "")
+
+
+def test_triton_availability_matches_environment():
+    if torch.cuda.is_available():
+        assert triton_ops.is_available("cuda")
+    interp = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    assert triton_ops.is_available("cpu") == interp
+    if not interp:
+        assert "TRITON_INTERPRET" in triton_ops.why_unavailable("cpu")
+
+
+def test_disabled_by_env_falls_back_with_one_line():
+    env = dict(os.environ, LIGHTVLLM_NO_EXTENSION="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT / "shared" / "src"),
+                                           str(ROOT / "phase1_kernels" / "src"),
+                                           os.environ.get("PYTHONPATH", "")]))
+    code = ("from phase1_kernels.ops import extension, resolve_impl\n"
+            "assert not extension.load()\n"
+            "assert 'LIGHTVLLM_NO_EXTENSION' in extension.why_unavailable('cpu')\n"
+            "assert resolve_impl('auto', 'cpu') in ('native', 'triton')\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if "lightvllm" in ln]
+    assert len(lines) == 1, proc.stderr
