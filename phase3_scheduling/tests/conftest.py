@@ -1,0 +1,24 @@
+import pytest
+
+from phase3_scheduling import LLM
+
+
+def pool_is_full(llm: LLM) -> bool:
+    kv = llm.engine.kv_manager
+    return kv.num_free_blocks == kv.pool.num_blocks - 1 and not llm.engine.has_unfinished_requests()
+
+
+@pytest.fixture(scope="session")
+def smol_llm(smollm2_dir):
+    """The embedded model behind the engine with default settings (CPU, fp32)."""
+    llm = LLM(str(smollm2_dir), kv_cache_gib=0.25)
+    yield llm
+    assert pool_is_full(llm), "a test leaked KV blocks"
+
+
+@pytest.fixture(scope="session")
+def hf_smol(smollm2_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()

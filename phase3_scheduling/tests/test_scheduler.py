@@ -1,0 +1,79 @@
+"""The scheduler alone, with a real KV manager and no model: budgets, mixing, preemption."""
+
+from phase2_attention import KVCacheManager
+from phase3_scheduling import SamplingParams
+from phase3_scheduling.config import SchedulerConfig
+from phase3_scheduling.request import Request, RequestStatus
+from phase3_scheduling.scheduler import Scheduler
+
+
+def make(num_blocks=64, block=4, budget=32, seqs=8, chunked=True, max_len=256):
+    kv = KVCacheManager(num_blocks, block)
+    return Scheduler(SchedulerConfig(seqs, budget, max_len, chunked), kv)
+
+
+def req(rid, n, max_tokens=3):
+    base = 1000 * (sum(map(ord, rid)) % 50)  # distinct prompts: no accidental prefix hits
+    return Request(rid, list(range(base, base + n)), SamplingParams(max_tokens=max_tokens), [], 256)
+
+
+def run_step(s, token=7):
+    out = s.schedule()
+    s.update_from_output(out, {x.request_id: token for x in out.scheduled if x.sample})
+    return out
+
+
+def test_prefill_and_decode_mix_in_one_step_within_the_budget():
+    s = make(budget=20)
+    s.add_request(req("a", 10))
+    run_step(s)  # a prefilled (10 tokens), sampled one
+    s.add_request(req("b", 30))
+    out = run_step(s)
+    assert [(x.request_id, x.num_tokens) for x in out.scheduled] == [("a", 1), ("b", 19)]
+    assert out.scheduled[0].sample and not out.scheduled[1].sample
+    out = run_step(s)
+    assert [(x.request_id, x.num_tokens) for x in out.scheduled] == [("a", 1), ("b", 11)]
+    assert out.scheduled[1].sample and out.scheduled[1].start_position == 19
+
+
+def test_without_chunking_a_prompt_waits_for_a_whole_step():
+    s = make(budget=16, chunked=False, max_len=16)
+    s.add_request(req("a", 12))
+    s.add_request(req("b", 8))
+    out = run_step(s)
+    assert [x.request_id for x in out.scheduled] == ["a"]  # FCFS: b does not jump ahead
+    out = run_step(s)
+    assert [(x.request_id, x.num_tokens) for x in out.scheduled] == [("a", 1), ("b", 8)]
+
+
+def test_max_num_seqs_caps_the_batch():
+    s = make(seqs=2)
+    for i in range(4):
+        s.add_request(req(str(i), 3))
+    assert len(run_step(s).scheduled) == 2 and len(s.waiting) == 2
+
+
+def test_preemption_frees_the_newest_and_recomputes_it_later():
+    s = make(num_blocks=9, block=4, budget=64)  # 8 usable blocks = 32 slots; each needs 28
+    s.add_request(req("old", 8, max_tokens=20))
+    s.add_request(req("new", 8, max_tokens=20))
+    run_step(s)
+    for _ in range(30):
+        out = run_step(s)
+        if out.preempted_ids:
+            break
+    assert out.preempted_ids == ["new"]
+    new = s.requests["new"]
+    assert new.status is RequestStatus.PREEMPTED and new.num_computed_tokens == 0
+    assert s.waiting[0] is new and len(new.output_token_ids) > 0
+    while s.requests.get("old") is not None:
+        run_step(s)
+    out = run_step(s)
+    resumed = out.scheduled[0]
+    assert resumed.request_id == "new" and resumed.start_position % 4 == 0
+    # recomputed from scratch, except what its freed blocks still hold in the prefix cache
+    known = len(resumed.prompt_token_ids) + len(resumed.output_token_ids)
+    assert resumed.start_position + resumed.num_tokens == known and resumed.sample
+    while s.num_unfinished:
+        run_step(s)
+    assert s.kv.num_free_blocks == 8
