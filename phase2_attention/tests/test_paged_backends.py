@@ -44,7 +44,7 @@ def test_paged_backend_matches_float64(backend, case, dtype):
         dtype = torch.bfloat16
     q_lens, s_lens = CASES[case]
     torch.manual_seed(0)
-    hq, hk, d, bs = 4, 2, 32, 4
+    hq, hk, d, bs = 4, 2, 32, 16
     n_blocks = 40
     perm = torch.randperm(n_blocks - 1) + 1  # scattered blocks, never the null block
     tables, used = [], 0

@@ -98,9 +98,9 @@ class ModelRunner:
         num_tokens, batch = len(ids), len(reqs)
         graph_size = self._graph_size(batch) if num_decodes == batch else None
         rows = graph_size or batch
-        table = torch.zeros(rows, self.max_blocks_per_seq, dtype=torch.int32)
-        for i, r in enumerate(reqs):
-            table[i, : len(r.block_ids)] = torch.tensor(r.block_ids, dtype=torch.int32)
+        width = self.max_blocks_per_seq
+        table = torch.tensor([r.block_ids + [0] * (width - len(r.block_ids)) for r in reqs]
+                             + [[0] * width] * (rows - batch), dtype=torch.int32)
         padded_tokens = graph_size or num_tokens
         pad = padded_tokens - num_tokens
         self.input_ids[:padded_tokens].copy_(torch.tensor(ids + [0] * pad), non_blocking=True)

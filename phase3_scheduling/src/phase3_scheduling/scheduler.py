@@ -123,6 +123,7 @@ class Scheduler:
             if request.num_computed_tokens == 0:
                 hits, cached = self.kv.get_computed_blocks(request.all_token_ids)
             request.num_computed_tokens = cached
+            request.num_cached_blocks = len(hits)
             n = self._tokens_for(request, budget)
             if n == 0 or not self.kv.can_allocate(request.request_id, cached + n, hits):
                 request.num_computed_tokens = 0
@@ -140,12 +141,13 @@ class Scheduler:
         plan.sort(key=lambda item: not (item[1] == 1 and item[0].num_computed_tokens > 0))
         for request, n in plan:
             start = request.num_computed_tokens
-            tokens = request.all_token_ids
             out.scheduled.append(ScheduledRequest(
-                request_id=request.request_id, token_ids=tokens[start:start + n], start_position=start,
-                block_ids=self.kv.block_ids(request.request_id), sample=start + n == len(tokens),
-                params=request.params, prompt_token_ids=request.prompt_token_ids,
-                output_token_ids=list(request.output_token_ids), eos_token_ids=request.eos_token_ids,
+                request_id=request.request_id, token_ids=request.token_slice(start, start + n),
+                start_position=start, block_ids=self.kv.block_ids(request.request_id),
+                sample=start + n == request.num_tokens, params=request.params,
+                prompt_token_ids=request.prompt_token_ids,
+                output_token_ids=request.output_token_ids,  # shared, read-only for the runner
+                eos_token_ids=request.eos_token_ids,
             ))
         out.finished_ids, self._finished_ids = self._finished_ids, []
         return out
@@ -161,6 +163,7 @@ class Scheduler:
         self.kv.free(request.request_id)
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0
+        request.num_cached_blocks = 0
         request.metrics.num_preemptions += 1
         self.num_preemptions += 1
         self.waiting.appendleft(request)
@@ -177,7 +180,10 @@ class Scheduler:
             if request is None or request.status is not RequestStatus.RUNNING:
                 continue  # aborted meanwhile
             request.num_computed_tokens += item.num_tokens
-            self.kv.cache_blocks(request.request_id, request.all_token_ids, request.num_computed_tokens)
+            if request.num_computed_tokens // self.kv.block_size > request.num_cached_blocks:
+                self.kv.cache_blocks(request.request_id, request.all_token_ids,
+                                     request.num_computed_tokens)
+                request.num_cached_blocks = request.num_computed_tokens // self.kv.block_size
             if not item.sample:
                 continue
             token = sampled[item.request_id]

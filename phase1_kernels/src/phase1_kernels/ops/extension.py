@@ -99,7 +99,7 @@ def _build_and_load(verbose: bool) -> None:
         sources=[str(s) for s in sources],
         build_directory=str(build_dir),
         extra_cflags=["-O3", "-std=c++17"],
-        extra_cuda_cflags=["-O3", "--use_fast_math", "-std=c++17", *cuda_flags.split()],
+        extra_cuda_cflags=["-O3", "-std=c++17", *cuda_flags.split()],
         extra_include_paths=[str(CSRC)],
         with_cuda=with_cuda,
         is_python_module=False,

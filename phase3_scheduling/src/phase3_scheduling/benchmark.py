@@ -1,0 +1,252 @@
+"""Offline benchmarks behind ``lightvllm bench throughput`` and ``lightvllm bench latency``.
+
+Workloads (DESIGN.md section 4): B2 latency (batch 1, 128 in, 256 out), B3 throughput (256
+requests, lengths uniform in [100, 1024], seed 0, ignore_eos), B5 CPU throughput (64 x 128/128).
+Prompts are random token ids, so any model shape works with ``--load-format dummy``. ``--hf``
+also runs HuggingFace ``generate`` on the same requests in the same process, for the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import random
+import time
+from dataclasses import dataclass
+
+import torch
+
+from shared.bench import hardware, markdown_table
+
+PRESETS = {"llama-3.1-8b": "LLAMA_3_1_8B"}
+
+
+@dataclass
+class Workload:
+    prompts: list[list[int]]
+    output_lens: list[int]
+
+    @property
+    def input_tokens(self) -> int:
+        return sum(len(p) for p in self.prompts)
+
+    @property
+    def output_tokens(self) -> int:
+        return sum(self.output_lens)
+
+
+def make_workload(num: int, input_len: tuple[int, int], output_len: tuple[int, int],
+                  vocab: int, seed: int) -> Workload:
+    rng = random.Random(seed)
+    prompts, outs = [], []
+    for _ in range(num):
+        n_in = rng.randint(*input_len)
+        prompts.append([rng.randrange(100, vocab - 100) for _ in range(n_in)])
+        outs.append(rng.randint(*output_len))
+    return Workload(prompts, outs)
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="built-in name or HF directory (default: embedded SmolLM2)")
+    parser.add_argument("--load-format", default="auto", choices=["auto", "safetensors", "dummy"])
+    parser.add_argument("--hf-config", default=None,
+                        help=f"model shape for dummy weights: a preset ({', '.join(PRESETS)}) or a config.json path")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--max-model-len", type=int, default=None)
+    parser.add_argument("--max-num-seqs", type=int, default=256)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=None)
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    parser.add_argument("--kv-cache-gib", type=float, default=1.0)
+    parser.add_argument("--enforce-eager", action="store_true")
+    parser.add_argument("--no-prefix-caching", action="store_true")
+    parser.add_argument("--attention-backend", default=None)
+    parser.add_argument("--hf", action="store_true", help="also run HF transformers generate")
+    parser.add_argument("--hf-batch-size", type=int, default=None)
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+
+
+def _hf_config(spec: str | None) -> dict | None:
+    if spec is None:
+        return None
+    if spec in PRESETS:
+        import phase1_kernels
+
+        return dict(getattr(phase1_kernels, PRESETS[spec]))
+    with open(spec) as handle:
+        return json.load(handle)
+
+
+def build_llm(args):
+    from .llm import LLM
+
+    kwargs = dict(dtype=args.dtype, device=args.device, load_format=args.load_format,
+                  hf_config=_hf_config(args.hf_config), max_model_len=args.max_model_len,
+                  max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+                  gpu_memory_utilization=args.gpu_memory_utilization, kv_cache_gib=args.kv_cache_gib,
+                  enforce_eager=args.enforce_eager, enable_prefix_caching=not args.no_prefix_caching,
+                  attention_backend=args.attention_backend)
+    start = time.perf_counter()
+    llm = LLM(args.model, **kwargs)
+    return llm, time.perf_counter() - start
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run_engine(llm, work: Workload, use_tqdm: bool = True) -> float:
+    from .sampling_params import SamplingParams
+
+    params = [SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=n) for n in work.output_lens]
+    device = llm.engine.info["device"]
+    _sync(device)
+    start = time.perf_counter()
+    outs = llm.generate(work.prompts, params, use_tqdm=use_tqdm)
+    _sync(device)
+    elapsed = time.perf_counter() - start
+    produced = sum(len(o.outputs[0].token_ids) for o in outs)
+    if produced != work.output_tokens:
+        raise RuntimeError(f"engine produced {produced} tokens, expected {work.output_tokens}")
+    return elapsed
+
+
+def hf_model(args, llm_info: dict):
+    """HF's LlamaForCausalLM for the same shape: the same checkpoint, or random weights."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    dtype = {"torch.float32": torch.float32, "torch.bfloat16": torch.bfloat16,
+             "torch.float16": torch.float16}[llm_info["dtype"]]
+    device = llm_info["device"]
+    if args.load_format == "dummy" and args.hf_config:
+        cfg = _hf_config(args.hf_config)
+        rope = {"rope_type": (cfg.get("rope_scaling") or {}).get("rope_type", "default"),
+                "rope_theta": cfg.get("rope_theta", 10000.0), **(cfg.get("rope_scaling") or {})}
+        keep = {k: v for k, v in cfg.items() if k not in ("rope_scaling", "rope_theta")}
+        config = LlamaConfig(**keep, rope_parameters=rope)
+        with torch.device(device):
+            model = LlamaForCausalLM(config).to(dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(llm_info["model_dir"], dtype=dtype).to(device)
+    return model.eval()
+
+
+@torch.inference_mode()
+def run_hf(model, work: Workload, batch_size: int, device: str) -> float:
+    """HF generate in batches (left-padded), forced to each batch's output length."""
+    _sync(device)
+    start = time.perf_counter()
+    for i in range(0, len(work.prompts), batch_size):
+        chunk = work.prompts[i:i + batch_size]
+        new = max(work.output_lens[i:i + batch_size])
+        width = max(len(p) for p in chunk)
+        ids = torch.tensor([[0] * (width - len(p)) + p for p in chunk], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
+        model.generate(ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
+                       do_sample=False, eos_token_id=None, pad_token_id=0)
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def throughput_main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(prog="lightvllm bench throughput", description=__doc__)
+    add_model_args(parser)
+    parser.add_argument("--num-prompts", type=int, default=256)
+    parser.add_argument("--input-len", type=int, nargs="+", default=[100, 1024], help="N or MIN MAX")
+    parser.add_argument("--output-len", type=int, nargs="+", default=[100, 1024], help="N or MIN MAX")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workload", default="custom")
+    args = parser.parse_args(argv)
+    in_range = (args.input_len[0], args.input_len[-1])
+    out_range = (args.output_len[0], args.output_len[-1])
+    llm, startup = build_llm(args)
+    info = llm.engine.info
+    work = make_workload(args.num_prompts, in_range, out_range, llm.engine.model_config.vocab_size, args.seed)
+    run_engine(llm, make_workload(2, (16, 16), (4, 4), llm.engine.model_config.vocab_size, 1), False)
+    elapsed = run_engine(llm, work)
+    rows = [dict(workload=args.workload, engine="LightvLLM", requests=len(work.prompts),
+                 input_tokens=work.input_tokens, output_tokens=work.output_tokens, seconds=elapsed,
+                 output_tok_s=work.output_tokens / elapsed,
+                 total_tok_s=(work.input_tokens + work.output_tokens) / elapsed,
+                 startup_s=startup, backend=info["backend"], kv_blocks=info["num_blocks"],
+                 preemptions=llm.engine.scheduler.num_preemptions)]
+    if info["device"].startswith("cuda"):
+        rows[0]["gpu_mem_gib"] = torch.cuda.max_memory_reserved() / 2**30
+    if args.hf:
+        llm.engine.shutdown()
+        model_dir = info["model_dir"]
+        del llm
+        gc.collect()
+        if info["device"].startswith("cuda"):
+            torch.cuda.empty_cache()
+        model = hf_model(args, dict(info, model_dir=model_dir))
+        batch = args.hf_batch_size or len(work.prompts)
+        hf_elapsed = run_hf(model, work, batch, info["device"])
+        rows.append(dict(workload=args.workload, engine=f"HF generate (batch {batch})",
+                         requests=len(work.prompts), input_tokens=work.input_tokens,
+                         output_tokens=work.output_tokens, seconds=hf_elapsed,
+                         output_tok_s=work.output_tokens / hf_elapsed,
+                         total_tok_s=(work.input_tokens + work.output_tokens) / hf_elapsed))
+        rows[0]["vs_hf"] = hf_elapsed / elapsed
+    _print(rows, ["workload", "engine", "requests", "input_tokens", "output_tokens", "seconds",
+                  "output_tok_s", "total_tok_s", "startup_s", "vs_hf"], args.out)
+    return rows
+
+
+def latency_main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(prog="lightvllm bench latency", description=__doc__)
+    add_model_args(parser)
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--input-len", type=int, default=128)
+    parser.add_argument("--output-len", type=int, default=256)
+    parser.add_argument("--num-iters", type=int, default=3)
+    parser.add_argument("--hf-output-len", type=int, default=None, help="shorter HF run (it is slow)")
+    parser.add_argument("--workload", default="custom")
+    args = parser.parse_args(argv)
+    llm, startup = build_llm(args)
+    info = llm.engine.info
+    vocab = llm.engine.model_config.vocab_size
+    times = []
+    for i in range(args.num_iters + 1):  # the first is a warm-up
+        work = make_workload(args.batch_size, (args.input_len,) * 2, (args.output_len,) * 2, vocab, i)
+        llm.engine.kv_manager.pool.cached.clear()
+        t = run_engine(llm, work, use_tqdm=False)
+        if i:
+            times.append(t)
+    times.sort()
+    median = times[len(times) // 2]
+    tokens = args.batch_size * args.output_len
+    rows = [dict(workload=args.workload, engine="LightvLLM", batch=args.batch_size,
+                 input_len=args.input_len, output_len=args.output_len, seconds=median,
+                 output_tok_s=tokens / median, ms_per_token=1000 * median / args.output_len,
+                 startup_s=startup, cuda_graphs=bool(info["graph_sizes"]))]
+    if args.hf:
+        llm.engine.shutdown()
+        model_dir = info["model_dir"]
+        del llm
+        gc.collect()
+        if info["device"].startswith("cuda"):
+            torch.cuda.empty_cache()
+        model = hf_model(args, dict(info, model_dir=model_dir))
+        out_len = args.hf_output_len or args.output_len
+        work = make_workload(args.batch_size, (args.input_len,) * 2, (out_len,) * 2, vocab, 0)
+        run_hf(model, make_workload(args.batch_size, (args.input_len,) * 2, (4,) * 2, vocab, 9),
+               args.batch_size, info["device"])
+        t = run_hf(model, work, args.batch_size, info["device"])
+        rows.append(dict(workload=args.workload, engine="HF generate", batch=args.batch_size,
+                         input_len=args.input_len, output_len=out_len, seconds=t,
+                         output_tok_s=args.batch_size * out_len / t, ms_per_token=1000 * t / out_len))
+        rows[0]["vs_hf"] = rows[0]["output_tok_s"] / rows[1]["output_tok_s"]
+    _print(rows, ["workload", "engine", "batch", "input_len", "output_len", "seconds",
+                  "output_tok_s", "ms_per_token", "startup_s", "vs_hf"], args.out)
+    return rows
+
+
+def _print(rows: list[dict], columns: list[str], out: str | None) -> None:
+    print(f"\n{hardware()}")
+    print(markdown_table(columns, [[r.get(c, "") for c in columns] for r in rows]))
+    if out:
+        with open(out, "w") as handle:
+            json.dump(rows, handle, indent=2, default=str)
