@@ -103,16 +103,30 @@ class ModelRunner:
                              + [[0] * width] * (rows - batch), dtype=torch.int32)
         padded_tokens = graph_size or num_tokens
         pad = padded_tokens - num_tokens
-        self.input_ids[:padded_tokens].copy_(torch.tensor(ids + [0] * pad), non_blocking=True)
-        self.positions[:padded_tokens].copy_(torch.tensor(positions + [0] * pad), non_blocking=True)
-        self.slot_mapping[:padded_tokens].copy_(torch.tensor(slots + [-1] * pad), non_blocking=True)
-        self.block_tables[:rows].copy_(table, non_blocking=True)
-        self.seq_lens[:rows].copy_(torch.tensor(seq_lens + [1] * (rows - batch), dtype=torch.int32),
-                                   non_blocking=True)
         starts = [0]
         for n in q_lens + [1] * (rows - batch):
             starts.append(starts[-1] + n)
-        self.query_start_loc[: rows + 1].copy_(torch.tensor(starts, dtype=torch.int32), non_blocking=True)
+        # one host->device copy of everything, then device-side scatter into the fixed buffers
+        staged = torch.tensor(
+            ids + [0] * pad + positions + [0] * pad + slots + [-1] * pad
+            + seq_lens + [1] * (rows - batch) + starts, dtype=torch.int64).pin_memory() \
+            if self.device.type == "cuda" else None
+        if staged is not None:
+            dev = staged.to(self.device, non_blocking=True)
+            t, r = padded_tokens, rows
+            self.input_ids[:t].copy_(dev[:t])
+            self.positions[:t].copy_(dev[t:2 * t])
+            self.slot_mapping[:t].copy_(dev[2 * t:3 * t])
+            self.seq_lens[:r].copy_(dev[3 * t:3 * t + r])
+            self.query_start_loc[: r + 1].copy_(dev[3 * t + r:])
+            self.block_tables[:rows].copy_(table.pin_memory(), non_blocking=True)
+        else:
+            self.input_ids[:num_tokens].copy_(torch.tensor(ids))
+            self.positions[:num_tokens].copy_(torch.tensor(positions))
+            self.slot_mapping[:num_tokens].copy_(torch.tensor(slots))
+            self.seq_lens[:batch].copy_(torch.tensor(seq_lens, dtype=torch.int32))
+            self.query_start_loc[: batch + 1].copy_(torch.tensor(starts, dtype=torch.int32))
+            self.block_tables[:batch].copy_(table)
 
         sample_rows = [i for i, r in enumerate(reqs) if r.sample]
         if graph_size is not None:

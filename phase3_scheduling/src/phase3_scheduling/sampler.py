@@ -44,15 +44,16 @@ class Sampler:
         want_logprobs = any(p.logprobs is not None for p in params)
         raw_logprobs = torch.log_softmax(logits, dim=-1) if want_logprobs else None
 
-        logits = logits.clone()
-        for i, block in enumerate(inputs.min_tokens_block):
-            if block:
-                logits[i, block] = float("-inf")
+        if any(inputs.min_tokens_block):
+            logits = logits.clone()
+            for i, block in enumerate(inputs.min_tokens_block):
+                if block:
+                    logits[i, block] = float("-inf")
         self._apply_penalties(logits, inputs)
 
-        greedy = torch.tensor([p.greedy for p in params], device=device)
         token_ids = logits.argmax(dim=-1)
-        if not bool(greedy.all()):
+        if not all(p.greedy for p in params):  # decided on the host: no device sync
+            greedy = torch.tensor([p.greedy for p in params], device=device)
             sampled = self._sample(logits, params, inputs.generators)
             token_ids = torch.where(greedy, token_ids, sampled)
 
