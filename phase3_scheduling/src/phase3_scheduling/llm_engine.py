@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -52,8 +53,11 @@ class LLMEngine:
         self.model_config = info["model_config"]
         self.scheduler_config = info["scheduler_config"]
         self.max_model_len = self.scheduler_config.max_model_len
-        tokenizer_dir = args.tokenizer or info["model_dir"]
-        self.tokenizer = Tokenizer(tokenizer_dir) if tokenizer_dir else None
+        self.tokenizer = None
+        if args.tokenizer:
+            self.tokenizer = Tokenizer(args.tokenizer)
+        elif info["model_dir"] and (Path(info["model_dir"]) / "tokenizer.json").is_file():
+            self.tokenizer = Tokenizer(info["model_dir"])
         eos = self.tokenizer.eos_token_ids if self.tokenizer else []
         self.eos_token_ids = eos or self.model_config.eos_token_ids
         self.kv_manager = KVCacheManager(info["num_blocks"], info["block_size"],
