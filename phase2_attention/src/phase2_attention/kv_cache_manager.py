@@ -37,8 +37,8 @@ class KVCacheManager:
     def usage(self) -> float:
         return self.pool.usage
 
-    def block_ids(self, request_id: str) -> list[int]:
-        return [b.block_id for b in self.req_blocks.get(request_id, [])]
+    def block_ids(self, request_id: str, start: int = 0) -> list[int]:
+        return [b.block_id for b in self.req_blocks.get(request_id, [])[start:]]
 
     def get_computed_blocks(self, token_ids: Sequence[int]) -> tuple[list[KVCacheBlock], int]:
         """Longest prefix of ``token_ids`` already in cached full blocks, and its token count.
@@ -137,9 +137,9 @@ class ContiguousKVCacheManager:
     def usage(self) -> float:
         return 1.0 - len(self.free_regions) / self.num_regions
 
-    def block_ids(self, request_id: str) -> list[int]:
-        start = 1 + self.req_region[request_id] * self.blocks_per_region
-        return list(range(start, start + self.blocks_per_region))
+    def block_ids(self, request_id: str, start: int = 0) -> list[int]:
+        first = 1 + self.req_region[request_id] * self.blocks_per_region
+        return list(range(first + start, first + self.blocks_per_region))
 
     def get_computed_blocks(self, token_ids: Sequence[int]) -> tuple[list, int]:
         return [], 0

@@ -166,6 +166,7 @@ def throughput_main(argv: list[str] | None = None) -> list[dict]:
     work = make_workload(args.num_prompts, in_range, out_range, llm.engine.model_config.vocab_size, args.seed)
     run_engine(llm, make_workload(2, (16, 16), (4, 4), llm.engine.model_config.vocab_size, 1), False)
     elapsed = run_engine(llm, work)
+    print(step_profile(llm))
     rows = [dict(workload=args.workload, engine="LightvLLM", requests=len(work.prompts),
                  input_tokens=work.input_tokens, output_tokens=work.output_tokens, seconds=elapsed,
                  output_tok_s=work.output_tokens / elapsed,
@@ -215,6 +216,7 @@ def latency_main(argv: list[str] | None = None) -> list[dict]:
         t = run_engine(llm, work, use_tqdm=False)
         if i:
             times.append(t)
+    print(step_profile(llm))
     times.sort()
     median = times[len(times) // 2]
     tokens = args.batch_size * args.output_len
@@ -242,6 +244,21 @@ def latency_main(argv: list[str] | None = None) -> list[dict]:
     _print(rows, ["workload", "engine", "batch", "input_len", "output_len", "seconds",
                   "output_tok_s", "ms_per_token", "startup_s", "vs_hf"], args.out)
     return rows
+
+
+def step_profile(llm) -> str:
+    """Where a step's time went: scheduler, input preparation, model + sampler, bookkeeping."""
+    eng = llm.engine.timings
+    run = llm.engine.executor.collective_rpc("get_timings")[0]
+    steps = max(eng["steps"], 1)
+    parts = [f"{eng['steps']:.0f} steps, per step (ms): schedule {1e3 * eng['schedule'] / steps:.2f}, "
+             f"execute {1e3 * eng['execute'] / steps:.2f}, update {1e3 * eng['update'] / steps:.2f}"]
+    for kind in ("decode", "eager"):
+        n = run.get(kind + "_steps", 0)
+        if n:
+            parts.append(f"{kind} steps {n:.0f}: prepare {1e3 * run[kind + '_prepare'] / n:.2f} ms, "
+                         f"run+sample {1e3 * run[kind + '_run'] / n:.2f} ms")
+    return "step profile: " + "; ".join(parts)
 
 
 def _print(rows: list[dict], columns: list[str], out: str | None) -> None:

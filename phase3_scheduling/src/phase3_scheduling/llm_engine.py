@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import time
 from pathlib import Path
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -67,6 +68,7 @@ class LLMEngine:
         self._counter = itertools.count()
         self.prompt_tokens = 0
         self.generation_tokens = 0
+        self.timings: dict[str, float] = defaultdict(float)
 
     # ---- requests ------------------------------------------------------------------------------
     def tokenize_prompt(self, prompt: str | Sequence[int]) -> tuple[str | None, list[int]]:
@@ -130,6 +132,7 @@ class LLMEngine:
 
     # ---- the loop ------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        t0 = time.perf_counter()
         sched = self.scheduler.schedule()
         if sched.is_empty:
             if self.scheduler.waiting and not self.scheduler.running:
@@ -140,11 +143,18 @@ class LLMEngine:
                     f"than the whole cache ({self.kv_manager.pool.num_blocks - 1} blocks of "
                     f"{self.kv_manager.block_size}); it was aborted")
             return []
+        t1 = time.perf_counter()
         result = self.executor.execute_model(sched)
+        t2 = time.perf_counter()
         touched = self.scheduler.update_from_output(sched, result.sampled, result.logprobs)
         self.generation_tokens += len(result.sampled)
         parents = dict.fromkeys(r.parent_id for r in touched)
-        return [self._output(pid) for pid in parents if pid in self._children]
+        outputs = [self._output(pid) for pid in parents if pid in self._children]
+        self.timings["schedule"] += t1 - t0
+        self.timings["execute"] += t2 - t1
+        self.timings["update"] += time.perf_counter() - t2
+        self.timings["steps"] += 1
+        return outputs
 
     def _output(self, parent_id: str) -> RequestOutput:
         children = self._children[parent_id]

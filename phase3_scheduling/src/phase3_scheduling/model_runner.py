@@ -9,7 +9,10 @@ Python costs more than the GPU work at small batch; a graph replay costs one lau
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from dataclasses import dataclass
+
+import numpy as np
 
 import torch
 from tqdm.auto import tqdm
@@ -58,6 +61,10 @@ class ModelRunner:
         self.block_tables = torch.zeros(seqs, self.max_blocks_per_seq, dtype=torch.int32, device=device)
         self.seq_lens = torch.ones(seqs, dtype=torch.int32, device=device)
         self.query_start_loc = torch.zeros(seqs + 1, dtype=torch.int32, device=device)
+        self.cpu_block_table = np.zeros((seqs, self.max_blocks_per_seq), dtype=np.int32)
+        self.rows: dict[str, int] = {}
+        self.free_rows = list(range(seqs))
+        self.timings: dict[str, float] = defaultdict(float)
         self.sampler = Sampler()
         self.generators: dict[str, torch.Generator] = {}
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
@@ -77,56 +84,63 @@ class ModelRunner:
     # ---- one step ------------------------------------------------------------------------------
     @torch.inference_mode()
     def execute_model(self, out: SchedulerOutput) -> ModelRunnerOutput:
+        t0 = time.perf_counter()
+        for rid in out.finished_ids:
+            self.generators.pop(rid, None)
         for rid in out.finished_ids + out.preempted_ids:
-            if rid in out.finished_ids:
-                self.generators.pop(rid, None)
+            row = self.rows.pop(rid, None)
+            if row is not None:
+                self.free_rows.append(row)
         if out.is_empty:
             return ModelRunnerOutput({})
         reqs = out.scheduled
-        ids, positions, slots, q_lens, seq_lens = [], [], [], [], []
         bs = self.block_size
-        for r in reqs:
-            ids += r.token_ids
-            start, n = r.start_position, r.num_tokens
-            positions += range(start, start + n)
-            slots += [r.block_ids[p // bs] * bs + p % bs for p in range(start, start + n)]
-            q_lens.append(n)
-            seq_lens.append(start + n)
+        row_ids = []
+        for r in reqs:  # persistent block table: write only the blocks this worker has not seen
+            row = self.rows.get(r.request_id)
+            if row is None:
+                row = self.rows[r.request_id] = self.free_rows.pop()
+            if r.new_block_ids:
+                self.cpu_block_table[row, r.block_offset : r.block_offset + len(r.new_block_ids)] = r.new_block_ids
+            row_ids.append(row)
+        q_lens = [r.num_tokens for r in reqs]
+        seq_lens = [r.start_position + r.num_tokens for r in reqs]
         num_decodes = 0
         while num_decodes < len(reqs) and q_lens[num_decodes] == 1 and seq_lens[num_decodes] > 1:
             num_decodes += 1
-        num_tokens, batch = len(ids), len(reqs)
+        batch = len(reqs)
+        num_tokens = sum(q_lens)
         graph_size = self._graph_size(batch) if num_decodes == batch else None
         rows = graph_size or batch
-        width = self.max_blocks_per_seq
-        table = torch.tensor([r.block_ids + [0] * (width - len(r.block_ids)) for r in reqs]
-                             + [[0] * width] * (rows - batch), dtype=torch.int32)
         padded_tokens = graph_size or num_tokens
         pad = padded_tokens - num_tokens
-        starts = [0]
-        for n in q_lens + [1] * (rows - batch):
-            starts.append(starts[-1] + n)
-        # one host->device copy of everything, then device-side scatter into the fixed buffers
-        staged = torch.tensor(
-            ids + [0] * pad + positions + [0] * pad + slots + [-1] * pad
-            + seq_lens + [1] * (rows - batch) + starts, dtype=torch.int64).pin_memory() \
-            if self.device.type == "cuda" else None
-        if staged is not None:
-            dev = staged.to(self.device, non_blocking=True)
-            t, r = padded_tokens, rows
-            self.input_ids[:t].copy_(dev[:t])
-            self.positions[:t].copy_(dev[t:2 * t])
-            self.slot_mapping[:t].copy_(dev[2 * t:3 * t])
-            self.seq_lens[:r].copy_(dev[3 * t:3 * t + r])
-            self.query_start_loc[: r + 1].copy_(dev[3 * t + r:])
-            self.block_tables[:rows].copy_(table.pin_memory(), non_blocking=True)
+        ids = [t for r in reqs for t in r.token_ids]
+        positions = np.concatenate([np.arange(r.start_position, r.start_position + r.num_tokens)
+                                    for r in reqs]) if num_decodes < batch else np.array(seq_lens) - 1
+        table = np.zeros((rows, self.max_blocks_per_seq), dtype=np.int32)
+        table[:batch] = self.cpu_block_table[row_ids]
+        token_rows = np.repeat(np.arange(batch), q_lens)
+        slots = table[token_rows, positions // bs].astype(np.int64) * bs + positions % bs
+        starts = np.zeros(rows + 1, dtype=np.int64)
+        starts[1:] = np.cumsum(q_lens + [1] * (rows - batch))
+        staged = torch.from_numpy(np.concatenate([
+            np.array(ids + [0] * pad, dtype=np.int64), np.pad(positions, (0, pad)),
+            np.pad(slots, (0, pad), constant_values=-1),
+            np.array(seq_lens + [1] * (rows - batch), dtype=np.int64), starts]))
+        nt, nr = padded_tokens, rows
+        if self.device.type == "cuda":  # one host->device copy, then device-side scatter
+            dev = staged.pin_memory().to(self.device, non_blocking=True)
+            self.block_tables[:rows].copy_(torch.from_numpy(table).pin_memory(), non_blocking=True)
         else:
-            self.input_ids[:num_tokens].copy_(torch.tensor(ids))
-            self.positions[:num_tokens].copy_(torch.tensor(positions))
-            self.slot_mapping[:num_tokens].copy_(torch.tensor(slots))
-            self.seq_lens[:batch].copy_(torch.tensor(seq_lens, dtype=torch.int32))
-            self.query_start_loc[: batch + 1].copy_(torch.tensor(starts, dtype=torch.int32))
-            self.block_tables[:batch].copy_(table)
+            dev = staged
+            self.block_tables[:rows].copy_(torch.from_numpy(table))
+        self.input_ids[:nt].copy_(dev[:nt])
+        self.positions[:nt].copy_(dev[nt:2 * nt])
+        self.slot_mapping[:nt].copy_(dev[2 * nt:3 * nt])
+        self.seq_lens[:nr].copy_(dev[3 * nt:3 * nt + nr])
+        self.query_start_loc[: nr + 1].copy_(dev[3 * nt + nr:])
+        starts = starts.tolist()
+        t1 = time.perf_counter()
 
         sample_rows = [i for i, r in enumerate(reqs) if r.sample]
         if graph_size is not None:
@@ -154,12 +168,20 @@ class ModelRunner:
                 if len(r.output_token_ids) < r.params.min_tokens else [] for r in sampling],
         )
         result = self.sampler(logits, inputs)
+        kind = "decode" if graph_size is not None else "eager"
+        self.timings[kind + "_prepare"] += t1 - t0
+        self.timings[kind + "_run"] += time.perf_counter() - t1
+        self.timings[kind + "_steps"] += 1
         sampled = {r.request_id: t for r, t in zip(sampling, result.token_ids)}
         logprobs = None
         if result.logprobs is not None:
             logprobs = {r.request_id: (lp, rank, top) for r, lp, rank, top in
                         zip(sampling, result.logprobs, result.ranks, result.top_logprobs)}
         return ModelRunnerOutput(sampled, logprobs)
+
+    def get_timings(self) -> dict[str, float]:
+        """Seconds spent preparing inputs and running (forward + sampling) per step kind."""
+        return dict(self.timings)
 
     def _generator(self, r) -> torch.Generator | None:
         if r.params.seed is None or r.params.greedy:

@@ -54,6 +54,7 @@ class Request:
         self.status = RequestStatus.WAITING
         self.num_computed_tokens = 0
         self.num_cached_blocks = 0  # full blocks already published to the prefix cache
+        self.num_blocks_sent = 0  # block ids already sent to the workers
         self.stop_reason: int | str | None = None
         self.logprobs: list[dict[int, Logprob]] | None = [] if params.logprobs is not None else None
         self.cumulative_logprob = 0.0

@@ -29,7 +29,8 @@ class ScheduledRequest:
     request_id: str
     token_ids: list[int]  # the tokens to run now
     start_position: int  # = num_computed_tokens before this step
-    block_ids: list[int]
+    new_block_ids: list[int]  # blocks the worker has not seen yet, from index block_offset
+    block_offset: int
     sample: bool  # the step reaches the end of the known tokens: a new token is sampled
     params: object  # SamplingParams
     prompt_token_ids: list[int]
@@ -141,9 +142,12 @@ class Scheduler:
         plan.sort(key=lambda item: not (item[1] == 1 and item[0].num_computed_tokens > 0))
         for request, n in plan:
             start = request.num_computed_tokens
+            sent = request.num_blocks_sent
+            new_blocks = self.kv.block_ids(request.request_id, sent)
+            request.num_blocks_sent = sent + len(new_blocks)
             out.scheduled.append(ScheduledRequest(
                 request_id=request.request_id, token_ids=request.token_slice(start, start + n),
-                start_position=start, block_ids=self.kv.block_ids(request.request_id),
+                start_position=start, new_block_ids=new_blocks, block_offset=sent,
                 sample=start + n == request.num_tokens, params=request.params,
                 prompt_token_ids=request.prompt_token_ids,
                 output_token_ids=request.output_token_ids,  # shared, read-only for the runner
@@ -164,6 +168,7 @@ class Scheduler:
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0
         request.num_cached_blocks = 0
+        request.num_blocks_sent = 0
         request.metrics.num_preemptions += 1
         self.num_preemptions += 1
         self.waiting.appendleft(request)
