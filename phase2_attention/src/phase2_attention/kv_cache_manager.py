@@ -78,6 +78,8 @@ class KVCacheManager:
         copied. Raises ``OutOfKVBlocksError`` and changes nothing when the pool is short.
         """
         needed = self.blocks_needed(request_id, num_tokens, computed_blocks)
+        if needed == 0 and not computed_blocks:
+            return []  # the common decode step: the last block still has room
         if needed > self.num_free_blocks:
             raise OutOfKVBlocksError(
                 f"request {request_id!r} needs {needed} more KV blocks for {num_tokens} tokens, "

@@ -35,7 +35,7 @@ class LLM:
         ids = []
         try:
             for prompt, p in zip(prompts, params):
-                ids.append(self.engine.add_request(None, prompt, p))
+                ids.append(self.engine.add_request(None, prompt, p, stream=False))
         except Exception:
             self.engine.abort_request(ids)
             raise

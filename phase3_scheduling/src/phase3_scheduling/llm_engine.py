@@ -65,6 +65,7 @@ class LLMEngine:
                                          args.enable_prefix_caching)
         self.scheduler = Scheduler(self.scheduler_config, self.kv_manager)
         self._children: dict[str, list[Request]] = {}
+        self._stream: dict[str, bool] = {}
         self._counter = itertools.count()
         self.prompt_tokens = 0
         self.generation_tokens = 0
@@ -94,8 +95,10 @@ class LLMEngine:
                 f"(at least one token must remain for the output)")
 
     def add_request(self, request_id: str | None, prompt: str | Sequence[int],
-                    params: SamplingParams | None = None, arrival_time: float | None = None) -> str:
-        """Queue a request (``n`` child sequences for ``params.n > 1``); returns its id."""
+                    params: SamplingParams | None = None, arrival_time: float | None = None,
+                    stream: bool = True) -> str:
+        """Queue a request (``n`` child sequences for ``params.n > 1``); returns its id.
+        ``stream=False``: ``step`` reports it only once finished (no per-token output objects)."""
         params = params or SamplingParams()
         request_id = request_id or f"req-{next(self._counter)}"
         if request_id in self._children:
@@ -114,6 +117,7 @@ class LLMEngine:
             children.append(Request(child_id, ids, child_params, self.eos_token_ids, self.max_model_len,
                                     detok, text, arrival, parent_id=request_id, index=i))
         self._children[request_id] = children
+        self._stream[request_id] = stream
         for child in children:
             self.scheduler.add_request(child)
         self.prompt_tokens += len(ids)
@@ -121,6 +125,7 @@ class LLMEngine:
 
     def abort_request(self, request_ids: str | Sequence[str]) -> None:
         for rid in [request_ids] if isinstance(request_ids, str) else request_ids:
+            self._stream.pop(rid, None)
             for child in self._children.pop(rid, []):
                 self.scheduler.finish_request(child.request_id, RequestStatus.FINISHED_ABORTED)
 
@@ -149,7 +154,8 @@ class LLMEngine:
         touched = self.scheduler.update_from_output(sched, result.sampled, result.logprobs)
         self.generation_tokens += len(result.sampled)
         parents = dict.fromkeys(r.parent_id for r in touched)
-        outputs = [self._output(pid) for pid in parents if pid in self._children]
+        outputs = [self._output(pid) for pid in parents if pid in self._children
+                   and (self._stream[pid] or all(c.is_finished for c in self._children[pid]))]
         self.timings["schedule"] += t1 - t0
         self.timings["execute"] += t2 - t1
         self.timings["update"] += time.perf_counter() - t2
@@ -171,6 +177,7 @@ class LLMEngine:
                             metrics=first.metrics, num_cached_tokens=first.metrics.num_cached_tokens)
         if finished:
             del self._children[parent_id]
+            del self._stream[parent_id]
         return out
 
     def get_stats(self) -> EngineStats:

@@ -65,6 +65,14 @@ class ModelRunner:
         self.rows: dict[str, int] = {}
         self.free_rows = list(range(seqs))
         self.timings: dict[str, float] = defaultdict(float)
+        # pinned host staging buffers (reused every step) and their device twin
+        pin = device.type == "cuda"
+        self.stage_cpu = torch.zeros(4 * tokens + 2 * seqs + 1, dtype=torch.int64, pin_memory=pin)
+        self.stage_np = self.stage_cpu.numpy()
+        self.stage_dev = torch.zeros_like(self.stage_cpu, device=device)
+        self.table_cpu = torch.zeros(seqs, self.max_blocks_per_seq, dtype=torch.int32, pin_memory=pin)
+        self.table_np = self.table_cpu.numpy()
+        self._staged = None
         self.sampler = Sampler()
         self.generators: dict[str, torch.Generator] = {}
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
@@ -117,28 +125,38 @@ class ModelRunner:
         ids = [t for r in reqs for t in r.token_ids]
         positions = np.concatenate([np.arange(r.start_position, r.start_position + r.num_tokens)
                                     for r in reqs]) if num_decodes < batch else np.array(seq_lens) - 1
-        table = np.zeros((rows, self.max_blocks_per_seq), dtype=np.int32)
-        table[:batch] = self.cpu_block_table[row_ids]
-        token_rows = np.repeat(np.arange(batch), q_lens)
-        slots = table[token_rows, positions // bs].astype(np.int64) * bs + positions % bs
+        token_rows = np.asarray(row_ids)[np.repeat(np.arange(batch), q_lens)]
+        slots = self.cpu_block_table[token_rows, positions // bs].astype(np.int64) * bs + positions % bs
         starts = np.zeros(rows + 1, dtype=np.int64)
         starts[1:] = np.cumsum(q_lens + [1] * (rows - batch))
-        staged = torch.from_numpy(np.concatenate([
-            np.array(ids + [0] * pad, dtype=np.int64), np.pad(positions, (0, pad)),
-            np.pad(slots, (0, pad), constant_values=-1),
-            np.array(seq_lens + [1] * (rows - batch), dtype=np.int64), starts]))
         nt, nr = padded_tokens, rows
-        if self.device.type == "cuda":  # one host->device copy, then device-side scatter
-            dev = staged.pin_memory().to(self.device, non_blocking=True)
-            self.block_tables[:rows].copy_(torch.from_numpy(table).pin_memory(), non_blocking=True)
-        else:
-            dev = staged
-            self.block_tables[:rows].copy_(torch.from_numpy(table))
+        if self._staged is not None:
+            self._staged.synchronize()  # the previous step's copies out of the pinned buffers
+        stage, table_stage = self.stage_np, self.table_np
+        stage[:num_tokens] = ids
+        stage[num_tokens:nt] = 0
+        stage[nt:nt + num_tokens] = positions
+        stage[nt + num_tokens:2 * nt] = 0
+        stage[2 * nt:2 * nt + num_tokens] = slots
+        stage[2 * nt + num_tokens:3 * nt] = -1
+        stage[3 * nt:3 * nt + batch] = seq_lens
+        stage[3 * nt + batch:3 * nt + nr] = 1
+        end = 3 * nt + 2 * nr + 1
+        stage[3 * nt + nr:end] = starts
+        table_stage[:batch] = self.cpu_block_table[row_ids]
+        table_stage[batch:rows] = 0
+        # one host->device copy of the scalars and one of the block table, then device scatter
+        dev = self.stage_dev[:end]
+        dev.copy_(self.stage_cpu[:end], non_blocking=True)
+        self.block_tables[:rows].copy_(self.table_cpu[:rows], non_blocking=True)
+        if self.device.type == "cuda":
+            self._staged = torch.cuda.Event()
+            self._staged.record()
         self.input_ids[:nt].copy_(dev[:nt])
         self.positions[:nt].copy_(dev[nt:2 * nt])
         self.slot_mapping[:nt].copy_(dev[2 * nt:3 * nt])
         self.seq_lens[:nr].copy_(dev[3 * nt:3 * nt + nr])
-        self.query_start_loc[: nr + 1].copy_(dev[3 * nt + nr:])
+        self.query_start_loc[: nr + 1].copy_(dev[3 * nt + nr:end])
         starts = starts.tolist()
         t1 = time.perf_counter()
 

@@ -104,15 +104,18 @@ class Scheduler:
             if n == 0:
                 index += 1
                 continue
-            while not self.kv.can_allocate(request.request_id, request.num_computed_tokens + n):
-                victim = self.running[-1]
-                self._preempt(victim)
-                out.preempted_ids.append(victim.request_id)
-                if victim is request:
+            while True:
+                try:
+                    self.kv.allocate_slots(request.request_id, request.num_computed_tokens + n)
                     break
+                except OutOfKVBlocksError:
+                    victim = self.running[-1]
+                    self._preempt(victim)
+                    out.preempted_ids.append(victim.request_id)
+                    if victim is request:
+                        break
             if request.status is not RequestStatus.RUNNING:
                 break  # preempted itself: nothing smaller to give up
-            self.kv.allocate_slots(request.request_id, request.num_computed_tokens + n)
             plan.append((request, n))
             budget -= n
             index += 1
