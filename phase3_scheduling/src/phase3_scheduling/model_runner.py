@@ -171,10 +171,11 @@ class ModelRunner:
                 query_lens_cpu=q_lens, seq_lens_cpu=seq_lens, slot_mapping=self.slot_mapping[:num_tokens],
                 block_tables=self.block_tables[:batch], block_size=bs, num_decodes=num_decodes)
             hidden = self.model(self.input_ids[:num_tokens], self.positions[:num_tokens], metadata)
-            last = torch.tensor([starts[i + 1] - 1 for i in sample_rows], device=self.device)
+            if not sample_rows:  # only mid-prompt chunks ran: nothing to sample
+                return ModelRunnerOutput({})
+            last = torch.tensor([starts[i + 1] - 1 for i in sample_rows], dtype=torch.long,
+                                device=self.device)
             logits = self.model.compute_logits(hidden[last])
-        if not sample_rows:
-            return ModelRunnerOutput({})
         sampling = [reqs[i] for i in sample_rows]
         inputs = SamplingInputs(
             params=[r.params for r in sampling],
