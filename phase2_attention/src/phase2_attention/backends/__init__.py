@@ -23,12 +23,12 @@ register_backend("triton_paged", TritonPagedBackend)
 
 def best_paged_backend(device: torch.device | str, block_size: int = 16) -> str:
     """flash-attn where importable and its block size fits, else our Triton kernels on GPU,
-    else the torch-native paged backend (CPU)."""
+    else PyTorch's SDPA over the paged cache (CPU: its fused, multithreaded kernel)."""
     if torch.device(device).type == "cuda":
         if flash_attn_available() and block_size % 256 == 0:
             return "flash_attn"
         return "triton_paged"
-    return "torch_paged"
+    return "sdpa"
 
 
 __all__ = ["FlashAttnBackend", "SdpaBackend", "TorchPagedBackend", "TritonPagedBackend",

@@ -33,6 +33,22 @@ def sdpa_one(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scal
     return out.squeeze(0).transpose(0, 1)
 
 
+def sdpa_decode(query: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
+                seq_lens: torch.Tensor, max_len: int, scale: float) -> torch.Tensor:
+    """Every decode sequence in one SDPA call: gather each sequence's blocks (padded to the
+    longest), mask the padding. query [B, Hq, D] -> [B, Hq, D]."""
+    batch, num_heads, dim = query.shape
+    block_size, num_kv_heads = kv_cache.shape[2], kv_cache.shape[3]
+    blocks = block_tables[:, : -(-max_len // block_size)].reshape(-1).long()
+    length = blocks.numel() // batch * block_size
+    k = kv_cache[0].index_select(0, blocks).view(batch, length, num_kv_heads, dim).transpose(1, 2)
+    v = kv_cache[1].index_select(0, blocks).view(batch, length, num_kv_heads, dim).transpose(1, 2)
+    q = query.view(batch, num_kv_heads, num_heads // num_kv_heads, dim)  # GQA: a group per kv head
+    valid = torch.arange(length, device=query.device) < seq_lens.unsqueeze(1)  # [B, L]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=valid[:, None, None, :], scale=scale)
+    return out.reshape(batch, num_heads, dim)
+
+
 class SdpaBackend(AttentionBackend):
     name = "sdpa"
 
@@ -41,11 +57,17 @@ class SdpaBackend(AttentionBackend):
         paged = cache is not None and getattr(metadata, "block_tables", None) is not None
         if cache is not None and not paged:
             raise ValueError("the sdpa backend reads a paged cache; pass PagedAttentionMetadata")
-        if paged:
-            store_kv(key, value, cache, metadata.slot_mapping)
         out = torch.empty_like(query)
         start = 0
-        for i, (q_len, s_len) in enumerate(zip(metadata.query_lens_cpu, metadata.seq_lens_cpu)):
+        if paged:
+            store_kv(key, value, cache, metadata.slot_mapping)
+            start = nd = metadata.num_decodes
+            if nd:
+                out[:nd] = sdpa_decode(query[:nd], cache, metadata.block_tables[:nd],
+                                       metadata.seq_lens[:nd], max(metadata.seq_lens_cpu[:nd]),
+                                       layer.scale)
+        for i in range(start, metadata.num_seqs):
+            q_len, s_len = metadata.query_lens_cpu[i], metadata.seq_lens_cpu[i]
             end = start + q_len
             if not q_len:
                 continue
