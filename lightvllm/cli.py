@@ -1,4 +1,4 @@
-"""The ``lightvllm`` command: ``bench throughput|latency``, ``generate`` (more in later phases)."""
+"""The ``lightvllm`` command: ``serve``, ``chat``, ``generate``, ``bench throughput|latency|serve``."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ def _generate(argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    usage = "usage: lightvllm {bench throughput|bench latency|generate} ..."
+    usage = ("usage: lightvllm {serve [MODEL]|chat|generate PROMPT|"
+             "bench throughput|bench latency|bench serve} ... (--help after any for its options)")
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)
         return
@@ -36,6 +37,18 @@ def main(argv: list[str] | None = None) -> None:
         from phase3_scheduling import benchmark
 
         (benchmark.throughput_main if rest[0] == "throughput" else benchmark.latency_main)(rest[1:])
+    elif command == "bench" and rest and rest[0] == "serve":
+        from phase5_server.cli import bench_serve
+
+        bench_serve.main(rest[1:])
+    elif command == "serve":
+        from phase5_server.cli import serve
+
+        serve.main(rest)
+    elif command == "chat":
+        from phase5_server.cli import chat
+
+        chat.main(rest)
     elif command == "generate":
         _generate(rest)
     else:

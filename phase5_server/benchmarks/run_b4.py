@@ -1,0 +1,92 @@
+"""B4 (online serving) end to end: start ``lightvllm serve`` in a subprocess, wait for /health,
+run ``bench serve`` at each request rate, stop the server with SIGINT, write the rows as JSON.
+
+    python phase5_server/benchmarks/run_b4.py --preset cpu --out docs/results/cpu_b4_serve.json
+    python phase5_server/benchmarks/run_b4.py --preset h100 --out h100_b4_serve.json
+
+Presets: ``h100`` is DESIGN.md's B4 (Llama-3.1-8B shape, dummy bf16 weights, 500 requests of 512
+random token ids / 128 out, Poisson 4, 16, inf req/s); ``cpu`` is the small CPU variant against
+the embedded SmolLM2 (fp32, 64 requests of 128 / 32, rates 1, 4, inf).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+
+PRESETS = {
+    "h100": dict(
+        serve=["--load-format", "dummy", "--hf-config", "llama-3.1-8b", "--dtype", "bfloat16",
+               "--max-num-seqs", "256", "--max-model-len", "2048"],
+        bench=["--num-prompts", "500", "--input-len", "512", "--output-len", "128",
+               "--request-rate", "4", "16", "inf", "--vocab-size", "128000", "--workload", "B4"]),
+    "cpu": dict(
+        serve=["--dtype", "float32", "--max-num-seqs", "64", "--max-model-len", "1024"],
+        bench=["--num-prompts", "64", "--input-len", "128", "--output-len", "32",
+               "--request-rate", "1", "4", "inf", "--workload", "B4-cpu-small"]),
+}
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> float:
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode} before it was ready")
+        try:
+            if httpx.get(url + "/health", timeout=2, trust_env=False).status_code == 200:
+                return time.perf_counter() - start
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"the server was not healthy after {timeout} s")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--server-log", default=None)
+    parser.add_argument("--startup-timeout", type=float, default=600)
+    parser.add_argument("--extra-bench", nargs=argparse.REMAINDER, default=[],
+                        help="more bench serve options (after everything else)")
+    args = parser.parse_args(argv)
+    preset = PRESETS[args.preset]
+    url = f"http://127.0.0.1:{args.port}"
+    log = open(args.server_log, "w") if args.server_log else None
+    cmd = [sys.executable, "-m", "lightvllm.cli", "serve", "--port", str(args.port), *preset["serve"]]
+    print("server:", " ".join(cmd), flush=True)
+    proc = subprocess.Popen(cmd, stdout=log or sys.stdout, stderr=subprocess.STDOUT, env=os.environ.copy())
+    try:
+        startup = wait_healthy(url, proc, args.startup_timeout)
+        print(f"server healthy after {startup:.1f} s", flush=True)
+        from phase5_server.cli.bench_serve import run
+
+        bench = ["--base-url", url, *preset["bench"], *args.extra_bench]
+        print("bench: lightvllm bench serve", " ".join(bench), flush=True)
+        rows = run(bench)
+        from shared.bench import hardware
+
+        for row in rows:
+            row.update(server_startup_s=startup, hardware=hardware(), preset=args.preset,
+                       server_cmd="lightvllm serve " + " ".join(preset["serve"]),
+                       date=time.strftime("%Y-%m-%d"))
+        with open(args.out, "w") as handle:
+            json.dump(rows, handle, indent=2)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+if __name__ == "__main__":
+    main()

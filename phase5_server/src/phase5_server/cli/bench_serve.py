@@ -1,0 +1,218 @@
+"""``lightvllm bench serve``: online-serving benchmark against any OpenAI-compatible server (B4).
+
+Requests go to streaming ``/v1/completions`` with random token-id prompts (works without a
+tokenizer; vLLM accepts them too) or text prompts, arriving as a Poisson process at each
+``--request-rate`` (``inf``: all at once), optionally capped at ``--max-concurrency`` in flight.
+Per request it measures TTFT (first token chunk), ITL (gaps between chunks) and TPOT
+((latency - TTFT) / (output tokens - 1)), with output tokens from the final usage chunk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+
+import httpx
+
+WORDS = ("the of and to in is was for on that with as by at from his her an which are be this "
+         "or had not but were they all one their what so up out if about who get would make "
+         "time when can more like no just him know take people into year your good some could "
+         "them see other than then now look only come its over think also back after use two "
+         "how our work first well way even new want because any these give day most us").split()
+
+
+@dataclass
+class Result:
+    ok: bool = False
+    ttft: float = 0.0
+    latency: float = 0.0
+    itl: list[float] = field(default_factory=list)
+    output_tokens: int = 0
+    prompt_tokens: int = 0
+    error: str = ""
+
+
+def make_prompts(args, rng: random.Random) -> list:
+    if args.prompts_file:
+        with open(args.prompts_file) as handle:
+            lines = [line.rstrip("\n") for line in handle if line.strip()]
+        prompts = [json.loads(line)["prompt"] if line.lstrip().startswith("{") else line for line in lines]
+        return [prompts[i % len(prompts)] for i in range(args.num_prompts)]
+    if args.prompt_type == "text":
+        return [" ".join(rng.choice(WORDS) for _ in range(args.input_len)) for _ in range(args.num_prompts)]
+    low, high = 100, args.vocab_size - 1
+    return [[rng.randrange(low, high) for _ in range(args.input_len)] for _ in range(args.num_prompts)]
+
+
+async def one_request(client: httpx.AsyncClient, url: str, model: str | None, prompt,
+                      output_len: int, headers: dict) -> Result:
+    body = {"prompt": prompt, "max_tokens": output_len, "temperature": 0.0, "ignore_eos": True,
+            "stream": True, "stream_options": {"include_usage": True}}
+    if model:
+        body["model"] = model
+    res, chunks = Result(), 0
+    start = last = time.perf_counter()
+    try:
+        async with client.stream("POST", url, json=body, headers=headers) as response:
+            if response.status_code != 200:
+                res.error = f"HTTP {response.status_code}: {(await response.aread())[:200]!r}"
+                return res
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                payload = json.loads(data)
+                if "error" in payload:
+                    res.error = str(payload["error"].get("message"))
+                    return res
+                now = time.perf_counter()
+                if payload.get("choices"):
+                    if chunks == 0:
+                        res.ttft = now - start
+                    else:
+                        res.itl.append(now - last)
+                    chunks += 1
+                    last = now
+                if payload.get("usage"):
+                    res.output_tokens = payload["usage"]["completion_tokens"]
+                    res.prompt_tokens = payload["usage"]["prompt_tokens"]
+    except (httpx.HTTPError, json.JSONDecodeError) as error:
+        res.error = f"{type(error).__name__}: {error}"
+        return res
+    res.latency = time.perf_counter() - start
+    res.output_tokens = res.output_tokens or chunks
+    res.ok = chunks > 0
+    return res
+
+
+def percentiles(values: list[float], name: str) -> dict:
+    if not values:
+        return {f"{name}_{k}": float("nan") for k in ("mean", "p50", "p90", "p99")}
+    ordered = sorted(values)
+
+    def pct(q: float) -> float:
+        pos = q * (len(ordered) - 1)
+        lo, hi = math.floor(pos), math.ceil(pos)
+        return 1e3 * (ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo))
+
+    return {f"{name}_mean": 1e3 * sum(ordered) / len(ordered), f"{name}_p50": pct(0.5),
+            f"{name}_p90": pct(0.9), f"{name}_p99": pct(0.99)}
+
+
+async def run_rate(args, prompts: list, rate: float, model: str | None, headers: dict) -> dict:
+    url = args.base_url.rstrip("/") + "/v1/completions"
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    rng = random.Random(args.seed + 1)
+    cap = asyncio.Semaphore(args.max_concurrency) if args.max_concurrency else None
+    async with httpx.AsyncClient(timeout=httpx.Timeout(None), limits=limits, trust_env=False) as client:
+        await one_request(client, url, model, prompts[0], 4, headers)  # warm-up
+
+        async def limited(prompt):
+            if cap is None:
+                return await one_request(client, url, model, prompt, args.output_len, headers)
+            async with cap:
+                return await one_request(client, url, model, prompt, args.output_len, headers)
+
+        tasks = []
+        start = time.perf_counter()
+        for prompt in prompts:
+            tasks.append(asyncio.create_task(limited(prompt)))
+            if math.isfinite(rate):
+                await asyncio.sleep(rng.expovariate(rate))
+        results = await asyncio.gather(*tasks)
+        duration = time.perf_counter() - start
+    done = [r for r in results if r.ok]
+    out_tokens = sum(r.output_tokens for r in done)
+    in_tokens = sum(r.prompt_tokens for r in done)
+    tpot = [(r.latency - r.ttft) / (r.output_tokens - 1) for r in done if r.output_tokens > 1]
+    row = {"request_rate": rate if math.isfinite(rate) else "inf", "max_concurrency": args.max_concurrency,
+           "num_prompts": len(prompts), "completed": len(done), "failed": len(results) - len(done),
+           "duration_s": duration, "input_tokens": in_tokens, "output_tokens": out_tokens,
+           "request_throughput": len(done) / duration, "output_throughput": out_tokens / duration,
+           "total_token_throughput": (in_tokens + out_tokens) / duration}
+    row.update(percentiles([r.ttft for r in done], "ttft_ms"))
+    row.update(percentiles(tpot, "tpot_ms"))
+    row.update(percentiles([x for r in done for x in r.itl], "itl_ms"))
+    row.update(percentiles([r.latency for r in done], "e2el_ms"))
+    errors = [r.error for r in results if not r.ok]
+    if errors:
+        row["first_error"] = errors[0]
+    return row
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="lightvllm bench serve", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base-url", default="http://127.0.0.1:8000")
+    parser.add_argument("--model", default=None, help="model name (default: the server's first)")
+    parser.add_argument("--api-key", default=None)
+    parser.add_argument("--num-prompts", type=int, default=500)
+    parser.add_argument("--input-len", type=int, default=512)
+    parser.add_argument("--output-len", type=int, default=128)
+    parser.add_argument("--request-rate", type=float, nargs="+", default=[float("inf")],
+                        help="requests per second, Poisson arrivals; inf sends all at once")
+    parser.add_argument("--max-concurrency", type=int, default=None)
+    parser.add_argument("--prompt-type", choices=["ids", "text"], default="ids")
+    parser.add_argument("--prompts-file", default=None, help="text lines or JSONL with a 'prompt' field")
+    parser.add_argument("--vocab-size", type=int, default=32000, help="random token ids lie in [100, this)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workload", default="custom")
+    parser.add_argument("--out", default=None, help="write the rows as JSON here")
+    return parser.parse_args(argv)
+
+
+COLUMNS = ["request_rate", "completed", "failed", "duration_s", "request_throughput",
+           "output_throughput", "ttft_ms_mean", "ttft_ms_p50", "ttft_ms_p99", "tpot_ms_mean",
+           "tpot_ms_p50", "tpot_ms_p99", "itl_ms_p50", "itl_ms_p99"]
+
+
+def table(rows: list[dict]) -> str:
+    def cell(v) -> str:
+        return f"{v:.1f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def run(argv: list[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    model = args.model
+    if model is None:
+        listing = httpx.get(args.base_url.rstrip("/") + "/v1/models", headers=headers, trust_env=False,
+                            timeout=30).json()
+        model = listing["data"][0]["id"]
+    prompts = make_prompts(args, random.Random(args.seed))
+    rows = []
+    for rate in args.request_rate:
+        row = asyncio.run(run_rate(args, prompts, rate, model, headers))
+        row.update(workload=args.workload, model=model, input_len=args.input_len,
+                   output_len=args.output_len, base_url=args.base_url)
+        rows.append(row)
+        print(f"rate {row['request_rate']}: {row['completed']}/{row['num_prompts']} done in "
+              f"{row['duration_s']:.1f} s, {row['output_throughput']:.1f} output tok/s, "
+              f"TTFT p50 {row['ttft_ms_p50']:.1f} ms, TPOT p50 {row['tpot_ms_p50']:.1f} ms", flush=True)
+    print(table(rows))
+    if args.out:
+        with open(args.out, "w") as handle:
+            json.dump(rows, handle, indent=2)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    rows = run(argv)
+    if any(r["failed"] for r in rows):
+        raise SystemExit(f"{sum(r['failed'] for r in rows)} requests failed: "
+                         f"{next(r['first_error'] for r in rows if r.get('first_error'))}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Run a real uvicorn server on a free localhost port in a background thread (tests, notebooks).
+
+``serve_in_thread`` yields a handle with the URL, the server state (engine, metrics) and helpers
+to check the KV block pool; on exit it stops uvicorn and, if it loaded the engine, shuts it down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import httpx
+
+from phase3_scheduling import AsyncLLMEngine, EngineArgs
+
+from .api_server import ServerConfig, make_server
+from .serving_engine import ServerState
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def tiny_engine_args(max_model_len: int = 128, **kwargs) -> EngineArgs:
+    """A 2-layer random-weight Llama with SmolLM2's tokenizer: fast enough for fuzzing on a CPU."""
+    from shared.model_registry import resolve_model
+
+    config = dict(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                  max_position_embeddings=2048, rms_norm_eps=1e-5, rope_theta=10000.0,
+                  tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
+    return EngineArgs(load_format="dummy", hf_config=config, tokenizer=str(resolve_model()),
+                      dtype="float32", device="cpu", max_model_len=max_model_len,
+                      kv_cache_gib=0.05, **kwargs)
+
+
+@dataclass
+class ServerHandle:
+    url: str
+    state: ServerState
+    server: object
+    thread: threading.Thread
+
+    @property
+    def engine(self) -> AsyncLLMEngine:
+        return self.state.engine
+
+    def free_blocks(self) -> tuple[int, int]:
+        """(free KV blocks, all allocatable blocks) of the engine's pool."""
+        kv = self.engine.engine.kv_manager
+        return kv.num_free_blocks, kv.pool.num_blocks - 1
+
+    def wait_idle(self, timeout: float = 60.0) -> None:
+        """Until the engine holds no request (aborts travel through its command queue)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.engine.engine.has_unfinished_requests() and not self.state.active:
+                free, total = self.free_blocks()
+                if free == total:
+                    return
+            time.sleep(0.05)
+        raise TimeoutError(f"engine not idle after {timeout} s: free blocks {self.free_blocks()}")
+
+
+@contextlib.contextmanager
+def serve_in_thread(config: ServerConfig | None = None, engine: AsyncLLMEngine | None = None,
+                    wait_ready: bool = True, timeout: float = 300.0) -> Iterator[ServerHandle]:
+    config = config or ServerConfig(EngineArgs())
+    config.port = config.port if config.port not in (0, 8000) else free_port()
+    server = make_server(config, engine)
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    handle = ServerHandle(f"http://127.0.0.1:{config.port}", server.lightvllm_state, server, thread)
+    try:
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        while wait_ready:
+            if handle.state.load_error is not None:
+                raise RuntimeError(f"the model failed to load: {handle.state.load_error}")
+            if httpx.get(handle.url + "/health", trust_env=False).status_code == 200:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError("the server did not become healthy")
+            time.sleep(0.1)
+        yield handle
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
