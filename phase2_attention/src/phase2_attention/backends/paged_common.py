@@ -11,10 +11,11 @@ def store_kv(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor,
     slot -1 means skip."""
     _, num_blocks, block_size, heads, dim = kv_cache.shape
     flat = kv_cache.view(2, num_blocks * block_size, heads, dim)
-    keep = slot_mapping >= 0
-    slots = slot_mapping[keep]
-    flat[0].index_copy_(0, slots, key[keep].to(kv_cache.dtype))
-    flat[1].index_copy_(0, slots, value[keep].to(kv_cache.dtype))
+    if bool((slot_mapping < 0).any()):  # padding tokens: drop them first
+        keep = slot_mapping >= 0
+        slot_mapping, key, value = slot_mapping[keep], key[keep], value[keep]
+    flat[0].index_copy_(0, slot_mapping, key.to(kv_cache.dtype))
+    flat[1].index_copy_(0, slot_mapping, value.to(kv_cache.dtype))
 
 
 def gather_kv(kv_cache: torch.Tensor, block_table: torch.Tensor, seq_len: int
@@ -23,8 +24,8 @@ def gather_kv(kv_cache: torch.Tensor, block_table: torch.Tensor, seq_len: int
     table: the indirection that lets a sequence's blocks lie anywhere in memory."""
     block_size = kv_cache.shape[2]
     used = block_table[: -(-seq_len // block_size)].long()
-    keys = kv_cache[0, used].flatten(0, 1)[:seq_len]
-    values = kv_cache[1, used].flatten(0, 1)[:seq_len]
+    keys = kv_cache[0].index_select(0, used).flatten(0, 1)[:seq_len]
+    values = kv_cache[1].index_select(0, used).flatten(0, 1)[:seq_len]
     return keys, values
 
 
