@@ -122,6 +122,12 @@ def test_llama31_8b_shape_matches_hf():
           f"greedy vs fp32 greedy: ours {agree(ours16_tokens, hf_tokens)}/32, "
           f"HF {agree(hf16_tokens, hf_tokens)}/32; prefill top-1 = fp32 top-1 at "
           f"{100 * top1_ours:.1f}% (ours) / {100 * top1_hf:.1f}% (HF) of 192 positions")
-    assert diff32 <= 1e-4
+    # At 8B the fp32 difference is set by cuBLAS summing our fused q|k|v and gate|up GEMMs in
+    # another order than HF's separate ones: measured 1.31e-4 with our CUDA kernels and 1.12e-4
+    # with plain-PyTorch ones (max logit 6.9), so the bound here is 2e-4 and our kernels must
+    # add no more than 50% on top of the GEMM-order difference (the 1e-4 bound of the CPU
+    # parity tests holds on SmolLM2 and the random configs).
+    assert diff32 <= 2e-4
+    assert diff32 <= 1.5 * diff32_native
     assert our_tokens == hf_tokens
     assert err_ours <= 1.1 * err_hf
