@@ -4,8 +4,7 @@ from phase3_scheduling import LLM
 
 
 def pool_is_full(llm: LLM) -> bool:
-    kv = llm.engine.kv_manager
-    return kv.num_free_blocks == kv.pool.num_blocks - 1 and not llm.engine.has_unfinished_requests()
+    return llm.engine.kv_manager.all_blocks_free and not llm.engine.has_unfinished_requests()
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,9 @@ import torch
 
 from phase3_scheduling import LLM, SamplingParams
 
-from conftest import pool_is_full
+
+def pool_is_full(llm: LLM) -> bool:
+    return llm.engine.kv_manager.all_blocks_free and not llm.engine.has_unfinished_requests()
 
 PROMPTS = [
     "The capital of France is",

@@ -37,6 +37,11 @@ class KVCacheManager:
     def usage(self) -> float:
         return self.pool.usage
 
+    @property
+    def all_blocks_free(self) -> bool:
+        """True when no request holds a block (the leak check after every test)."""
+        return self.num_free_blocks == self.pool.num_blocks - 1
+
     def block_ids(self, request_id: str, start: int = 0) -> list[int]:
         return [b.block_id for b in self.req_blocks.get(request_id, [])[start:]]
 
