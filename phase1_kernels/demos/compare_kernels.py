@@ -11,9 +11,7 @@ same (upcast) inputs; the time is the median of several runs.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -22,23 +20,10 @@ ROOT = Path(__file__).resolve().parents[2]
 for p in (ROOT / "shared" / "src", ROOT / "phase1_kernels" / "src"):
     sys.path.insert(0, str(p))
 
+from shared.bench import median_seconds  # noqa: E402
 from phase1_kernels.ops import available_impls, get_ops, native  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def timed(fn, device, iters):
-    fn()
-    samples = []
-    for _ in range(iters):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
 
 
 def main() -> None:
@@ -88,7 +73,7 @@ def main() -> None:
             got = run(ops)
             got = got if isinstance(got, tuple) else (got,)
             err = max((a.double() - b).abs().max().item() for a, b in zip(got, want))
-            t = timed(lambda: run(ops), device, args.iters)
+            t = median_seconds(lambda: run(ops), device, args.iters)
             print(f"{name:<20} {impl:<8} {err:>12.3e} {t * 1e6:>11.1f}")
 
 

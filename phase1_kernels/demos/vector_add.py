@@ -11,9 +11,7 @@ checks it against PyTorch's ``a + b`` and times both: an elementwise add reads 2
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -22,22 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 for p in (ROOT / "shared" / "src", ROOT / "phase1_kernels" / "src"):
     sys.path.insert(0, str(p))
 
+from shared.bench import median_seconds  # noqa: E402
 from phase1_kernels.ops import compiled, extension  # noqa: E402
-
-
-def bench(fn, device: torch.device, iters: int = 20) -> float:
-    """Median seconds of ``fn`` (synchronising around each call on a GPU)."""
-    fn()
-    samples = []
-    for _ in range(iters):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
 
 
 def main() -> None:
@@ -55,8 +39,8 @@ def main() -> None:
             a = torch.randn(n, device=device).to(dtype)
             b = torch.randn(n, device=device).to(dtype)
             err = (compiled.vector_add(a, b).float() - (a + b).float()).abs().max().item()
-            t_ours = bench(lambda: compiled.vector_add(a, b), device)
-            t_torch = bench(lambda: a + b, device)
+            t_ours = median_seconds(lambda: compiled.vector_add(a, b), device)
+            t_torch = median_seconds(lambda: a + b, device)
             nbytes = 3 * n * a.element_size()
             print(f"{n:>11} {str(dtype).replace('torch.', ''):>9} {err:>9.2e} {t_ours * 1e6:>10.1f} "
                   f"{t_torch * 1e6:>10.1f} {nbytes / t_ours / 1e9:>10.1f} {nbytes / t_torch / 1e9:>11.1f}")

@@ -29,3 +29,25 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def median_seconds(fn, device, iters: int = 20) -> float:
+    """Median wall time of ``fn()`` over ``iters`` calls after one warm-up, synchronising the
+    GPU around each call so asynchronous launches are not mistaken for finished work."""
+    import statistics
+    import time
+
+    import torch
+
+    cuda = torch.device(device).type == "cuda"
+    fn()
+    samples = []
+    for _ in range(iters):
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
