@@ -121,7 +121,6 @@ class ModelRunner:
         graph_size = self._graph_size(batch) if num_decodes == batch else None
         rows = graph_size or batch
         padded_tokens = graph_size or num_tokens
-        pad = padded_tokens - num_tokens
         ids = [t for r in reqs for t in r.token_ids]
         positions = np.concatenate([np.arange(r.start_position, r.start_position + r.num_tokens)
                                     for r in reqs]) if num_decodes < batch else np.array(seq_lens) - 1
