@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import phase2_attention  # noqa: F401  (registers the phase-2 backends by name)  # noqa: F401  (registers the phase-2 backends)
+import phase2_attention  # noqa: F401  (registers the phase-2 backends by name)
 from phase1_kernels import LightvLLM, LlamaForCausalLM
 from phase1_kernels.layers.attention import get_backend, registered_backends
 from phase2_attention import CacheConfig, PagedGenerator
