@@ -80,6 +80,16 @@ class AsyncLLMEngine:
             loop, stream = target
             loop.call_soon_threadsafe(stream.put_nowait, item)
 
+    def _deliver_many(self, items: list[tuple[str, object]]) -> None:
+        """A step's outputs in one hand-over per event loop (one wake-up, not one per request)."""
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for request_id, item in items:
+            target = self._streams.get(request_id)
+            if target is not None:
+                by_loop.setdefault(target[0], []).append((target[1], item))
+        for loop, pairs in by_loop.items():
+            loop.call_soon_threadsafe(_put_all, pairs)
+
     # ---- engine thread -------------------------------------------------------------------------
     def _loop(self) -> None:
         while not self._stop:
@@ -98,8 +108,7 @@ class AsyncLLMEngine:
                 for rid in list(self._streams):
                     self._deliver(rid, EngineDeadError(f"engine error: {error}"))
                 return
-            for out in outputs:
-                self._deliver(out.request_id, out)
+            self._deliver_many([(out.request_id, out) for out in outputs])
 
     def _fail_aborted(self, error: Exception) -> None:
         for rid in list(self._streams):
@@ -129,3 +138,8 @@ class AsyncLLMEngine:
         self._wake.set()
         self._thread.join(timeout=5)
         self.engine.shutdown()
+
+
+def _put_all(pairs: list[tuple[asyncio.Queue, object]]) -> None:
+    for stream, item in pairs:
+        stream.put_nowait(item)
