@@ -8,6 +8,7 @@ Python costs more than the GPU work at small batch; a graph replay costs one lau
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -77,8 +78,10 @@ class ModelRunner:
         self.generators: dict[str, torch.Generator] = {}
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.backend_name = backend
-        if device.type == "cuda" and not args.enforce_eager:
-            self.capture_decode_graphs()
+        if device.type == "cuda":
+            self.warm_up()
+            if not args.enforce_eager:
+                self.capture_decode_graphs()
         self.startup_seconds = time.perf_counter() - start
 
     # ---- description for the engine ------------------------------------------------------------
@@ -209,6 +212,31 @@ class ModelRunner:
             gen = torch.Generator(device=self.device).manual_seed(r.params.seed)
             self.generators[r.request_id] = gen
         return gen
+
+    @torch.inference_mode()
+    def warm_up(self) -> None:
+        """Run prefill, chunked-prefill and mixed batches once so that Triton compiles its
+        kernel variants (specialised on argument values such as 1 and multiples of 16) now,
+        not inside the first users' requests. Nothing is stored: every slot is -1 and the
+        block tables point at the null block."""
+        bs = self.block_size
+        limit = min(self.scheduler_config.max_num_batched_tokens, self.scheduler_config.max_model_len - 1)
+        shapes = [([17], [17]), ([min(512, limit)], [min(512, limit)]),
+                  ([1, 1, 16], [40, 3, 48]), ([1, 23], [77, 55])]
+        for q_lens, seq_lens in shapes:
+            tokens, batch = sum(q_lens), len(q_lens)
+            starts = torch.tensor([0] + list(itertools.accumulate(q_lens)), dtype=torch.int32)
+            num_decodes = sum(1 for q, s in zip(q_lens, seq_lens) if q == 1 and s > 1)
+            metadata = PagedAttentionMetadata(
+                query_start_loc=starts.to(self.device), seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=self.device),
+                query_lens_cpu=q_lens, seq_lens_cpu=seq_lens,
+                slot_mapping=torch.full((tokens,), -1, dtype=torch.long, device=self.device),
+                block_tables=torch.zeros(batch, self.max_blocks_per_seq, dtype=torch.int32, device=self.device),
+                block_size=bs, num_decodes=num_decodes)
+            positions = torch.cat([torch.arange(s - q, s) for q, s in zip(q_lens, seq_lens)]).to(self.device)
+            hidden = self.model(torch.zeros(tokens, dtype=torch.long, device=self.device), positions, metadata)
+            self.model.compute_logits(hidden[starts[1:].long().to(self.device) - 1])
+        torch.cuda.synchronize()
 
     # ---- CUDA graphs -------------------------------------------------------------------------
     def _graph_size(self, batch: int) -> int | None:
