@@ -19,8 +19,7 @@ import torch
 
 from shared.bench import hardware, markdown_table
 
-PRESETS = {"llama-3.1-8b": "LLAMA_3_1_8B"}
-
+from .cli_args import add_engine_args, engine_args, hf_config
 
 @dataclass
 class Workload:
@@ -49,46 +48,17 @@ def make_workload(num: int, input_len: tuple[int, int], output_len: tuple[int, i
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="built-in name or HF directory (default: embedded SmolLM2)")
-    parser.add_argument("--load-format", default="auto", choices=["auto", "safetensors", "dummy"])
-    parser.add_argument("--hf-config", default=None,
-                        help=f"model shape for dummy weights: a preset ({', '.join(PRESETS)}) or a config.json path")
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--max-model-len", type=int, default=None)
-    parser.add_argument("--max-num-seqs", type=int, default=256)
-    parser.add_argument("--max-num-batched-tokens", type=int, default=None)
-    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    parser.add_argument("--kv-cache-gib", type=float, default=1.0)
-    parser.add_argument("--enforce-eager", action="store_true")
-    parser.add_argument("--no-prefix-caching", action="store_true")
-    parser.add_argument("--attention-backend", default=None)
+    add_engine_args(parser)
     parser.add_argument("--hf", action="store_true", help="also run HF transformers generate")
     parser.add_argument("--hf-batch-size", type=int, default=None)
     parser.add_argument("--out", default=None, help="write the results as JSON here")
 
 
-def _hf_config(spec: str | None) -> dict | None:
-    if spec is None:
-        return None
-    if spec in PRESETS:
-        import phase1_kernels
-
-        return dict(getattr(phase1_kernels, PRESETS[spec]))
-    with open(spec) as handle:
-        return json.load(handle)
-
-
 def build_llm(args):
     from .llm import LLM
 
-    kwargs = dict(dtype=args.dtype, device=args.device, load_format=args.load_format,
-                  hf_config=_hf_config(args.hf_config), max_model_len=args.max_model_len,
-                  max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-                  gpu_memory_utilization=args.gpu_memory_utilization, kv_cache_gib=args.kv_cache_gib,
-                  enforce_eager=args.enforce_eager, enable_prefix_caching=not args.no_prefix_caching,
-                  attention_backend=args.attention_backend)
     start = time.perf_counter()
-    llm = LLM(args.model, **kwargs)
+    llm = LLM.from_engine_args(engine_args(args))
     return llm, time.perf_counter() - start
 
 
@@ -121,7 +91,7 @@ def hf_model(args, llm_info: dict):
              "torch.float16": torch.float16}[llm_info["dtype"]]
     device = llm_info["device"]
     if args.load_format == "dummy" and args.hf_config:
-        cfg = _hf_config(args.hf_config)
+        cfg = hf_config(args.hf_config)
         rope = {"rope_type": (cfg.get("rope_scaling") or {}).get("rope_type", "default"),
                 "rope_theta": cfg.get("rope_theta", 10000.0), **(cfg.get("rope_scaling") or {})}
         keep = {k: v for k, v in cfg.items() if k not in ("rope_scaling", "rope_theta")}
@@ -150,13 +120,24 @@ def run_hf(model, work: Workload, batch_size: int, device: str) -> float:
     return time.perf_counter() - start
 
 
+def _swap_for_hf(llm, args):
+    """Free the engine's GPU memory (weights, KV cache, graphs), then load HF's model for the
+    same-run baseline."""
+    info = llm.engine.info
+    llm.engine.shutdown()
+    llm.engine.executor = None
+    gc.collect()
+    if info["device"].startswith("cuda"):
+        torch.cuda.empty_cache()
+    return hf_model(args, info)
+
+
 def throughput_main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="lightvllm bench throughput", description=__doc__)
     add_model_args(parser)
     parser.add_argument("--num-prompts", type=int, default=256)
     parser.add_argument("--input-len", type=int, nargs="+", default=[100, 1024], help="N or MIN MAX")
     parser.add_argument("--output-len", type=int, nargs="+", default=[100, 1024], help="N or MIN MAX")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workload", default="custom")
     args = parser.parse_args(argv)
     in_range = (args.input_len[0], args.input_len[-1])
@@ -176,13 +157,8 @@ def throughput_main(argv: list[str] | None = None) -> list[dict]:
     if info["device"].startswith("cuda"):
         rows[0]["gpu_mem_gib"] = torch.cuda.max_memory_reserved() / 2**30
     if args.hf:
-        llm.engine.shutdown()
-        model_dir = info["model_dir"]
+        model = _swap_for_hf(llm, args)
         del llm
-        gc.collect()
-        if info["device"].startswith("cuda"):
-            torch.cuda.empty_cache()
-        model = hf_model(args, dict(info, model_dir=model_dir))
         batch = args.hf_batch_size or len(work.prompts)
         hf_elapsed = run_hf(model, work, batch, info["device"])
         rows.append(dict(workload=args.workload, engine=f"HF generate (batch {batch})",
@@ -225,13 +201,8 @@ def latency_main(argv: list[str] | None = None) -> list[dict]:
                  output_tok_s=tokens / median, ms_per_token=1000 * median / args.output_len,
                  startup_s=startup, cuda_graphs=bool(info["graph_sizes"]))]
     if args.hf:
-        llm.engine.shutdown()
-        model_dir = info["model_dir"]
+        model = _swap_for_hf(llm, args)
         del llm
-        gc.collect()
-        if info["device"].startswith("cuda"):
-            torch.cuda.empty_cache()
-        model = hf_model(args, dict(info, model_dir=model_dir))
         out_len = args.hf_output_len or args.output_len
         work = make_workload(args.batch_size, (args.input_len,) * 2, (out_len,) * 2, vocab, 0)
         run_hf(model, make_workload(args.batch_size, (args.input_len,) * 2, (4,) * 2, vocab, 9),

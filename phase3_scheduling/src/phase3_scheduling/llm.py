@@ -18,6 +18,12 @@ class LLM:
     def __init__(self, model: str | None = None, **engine_kwargs):
         self.engine = LLMEngine(EngineArgs(model=model, **engine_kwargs))
 
+    @classmethod
+    def from_engine_args(cls, args: EngineArgs) -> "LLM":
+        llm = cls.__new__(cls)
+        llm.engine = LLMEngine(args)
+        return llm
+
     def get_tokenizer(self):
         return self.engine.tokenizer
 

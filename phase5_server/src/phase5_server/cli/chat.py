@@ -13,7 +13,7 @@ import json
 import sys
 import uuid
 
-from .serve import add_engine_args, engine_args
+from phase3_scheduling.cli_args import add_engine_args, engine_args
 
 
 async def _reply_local(engine, messages: list[dict], args) -> str:
