@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch
 BIN := $(VENV)/bin
-PHASES := shared phase1_kernels phase2_attention phase3_scheduling phase5_server
+PHASES := shared phase1_kernels phase2_attention phase3_scheduling phase4_distributed phase5_server
 STAMP := $(VENV)/.installed
 
 .PHONY: install demo serve test test-gpu bench-kernels clean

@@ -27,6 +27,31 @@ class SchedulerConfig:
 
 
 @dataclass
+class ParallelConfig:
+    """How the model is split across workers (vLLM's names). ``world_size = tp * pp``."""
+
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    distributed_executor_backend: str | None = None  # "uni" | "mp" | "ray" | "grpc"
+
+    def __post_init__(self) -> None:
+        for name in ("tensor_parallel_size", "pipeline_parallel_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def world_size(self) -> int:
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+    @property
+    def executor_name(self) -> str:
+        """The executor to use: as asked, else ``uni`` for one worker and ``mp`` for several."""
+        if self.distributed_executor_backend:
+            return self.distributed_executor_backend
+        return "uni" if self.world_size == 1 else "mp"
+
+
+@dataclass
 class EngineArgs:
     """Everything that configures an engine; names follow vLLM's ``EngineArgs``."""
 
@@ -49,7 +74,14 @@ class EngineArgs:
     attention_backend: str | None = None  # default: best paged backend for the device
     kernel_impl: str | None = None
     tokenizer: str | None = None  # directory with tokenizer.json (default: the model's)
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    distributed_executor_backend: str | None = None  # "uni" | "mp" | "ray" | "grpc" (phase 4)
     extra: dict = field(default_factory=dict)
+
+    def parallel_config(self) -> ParallelConfig:
+        return ParallelConfig(self.tensor_parallel_size, self.pipeline_parallel_size,
+                              self.distributed_executor_backend)
 
     def cache_config(self) -> CacheConfig:
         return CacheConfig(block_size=self.block_size, gpu_memory_utilization=self.gpu_memory_utilization,

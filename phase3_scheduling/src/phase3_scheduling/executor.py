@@ -9,6 +9,7 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 from .config import EngineArgs
+from .executor_registry import register_executor
 from .model_runner import ModelRunner, ModelRunnerOutput
 from .scheduler import SchedulerOutput
 
@@ -39,3 +40,6 @@ class UniProcExecutor(Executor):
 
     def collective_rpc(self, method: str, args: tuple = (), kwargs: dict | None = None) -> list[Any]:
         return [getattr(self.worker, method)(*args, **(kwargs or {}))]
+
+
+register_executor("uni", UniProcExecutor)
