@@ -1,10 +1,22 @@
 """The scheduler alone, with a real KV manager and no model: budgets, mixing, preemption."""
 
+from dataclasses import dataclass
+
 from phase2_attention import KVCacheManager
 from phase3_scheduling import SamplingParams
 from phase3_scheduling.config import SchedulerConfig
+from phase3_scheduling.core_messages import EngineCoreRequest
+from phase3_scheduling.protocol import ModelRunnerOutput, SchedulerOutput
 from phase3_scheduling.request import Request, RequestStatus
 from phase3_scheduling.scheduler import Scheduler
+
+
+@dataclass
+class Scheduled:
+    request_id: str
+    num_tokens: int
+    start_position: int
+    sample: bool
 
 
 def make(num_blocks=64, block=4, budget=32, seqs=8, chunked=True, max_len=256):
@@ -14,13 +26,33 @@ def make(num_blocks=64, block=4, budget=32, seqs=8, chunked=True, max_len=256):
 
 def req(rid, n, max_tokens=3):
     base = 1000 * (sum(map(ord, rid)) % 50)  # distinct prompts: no accidental prefix hits
-    return Request(rid, list(range(base, base + n)), SamplingParams(max_tokens=max_tokens), [], 256)
+    core = EngineCoreRequest.build(rid, list(range(base, base + n)),
+                                   SamplingParams(max_tokens=max_tokens), [], 0.0)
+    return Request(core, 256)
+
+
+def scheduled(s, out) -> list[Scheduled]:
+    """Each request's share of a step, from the wire message (decodes first)."""
+    starts = {r.req_id: r.num_computed_tokens for r in out.new_requests + out.cached_requests}
+    return [Scheduled(rid, n, starts[rid], starts[rid] + n == s.requests[rid].num_tokens)
+            for rid, n in zip(out.req_ids, out.num_scheduled_tokens)]
+
+
+@dataclass
+class Step:
+    out: SchedulerOutput
+    scheduled: list[Scheduled]
+
+    def __getattr__(self, name):
+        return getattr(self.out, name)
 
 
 def run_step(s, token=7):
     out = s.schedule()
-    s.update_from_output(out, {x.request_id: token for x in out.scheduled if x.sample})
-    return out
+    step = Step(out, scheduled(s, out))
+    sampled = [x.request_id for x in step.scheduled if x.sample]
+    s.update_from_output(out, ModelRunnerOutput(sampled, [token] * len(sampled)))
+    return step
 
 
 def test_prefill_and_decode_mix_in_one_step_within_the_budget():
@@ -60,9 +92,9 @@ def test_preemption_frees_the_newest_and_recomputes_it_later():
     run_step(s)
     for _ in range(30):
         out = run_step(s)
-        if out.preempted_ids:
+        if out.preempted_req_ids:
             break
-    assert out.preempted_ids == ["new"]
+    assert out.preempted_req_ids == ["new"]
     new = s.requests["new"]
     assert new.status is RequestStatus.PREEMPTED and new.num_computed_tokens == 0
     assert s.waiting[0] is new and len(new.output_token_ids) > 0
@@ -76,3 +108,35 @@ def test_preemption_frees_the_newest_and_recomputes_it_later():
     while s.num_unfinished:
         run_step(s)
     assert s.kv.num_free_blocks == 8
+
+
+def test_a_request_is_sent_once_then_only_deltas():
+    s = make(budget=20, block=4)
+    s.add_request(req("a", 10))
+    first = run_step(s)
+    assert [r.req_id for r in first.new_requests] == ["a"] and not first.cached_requests
+    new = first.new_requests[0]
+    assert len(new.prompt_token_ids) == 10 and len(new.block_ids) == 3  # 10 tokens, blocks of 4
+    second = run_step(s)  # decode of token 11: the sampled token and no new block
+    assert not second.new_requests
+    delta = second.cached_requests[0]
+    assert (delta.req_id, delta.new_token_ids, delta.new_block_ids) == ("a", [7], [])
+    assert delta.num_computed_tokens == 10
+    third = run_step(s)  # token 12 still fits block 3; nothing but the sampled token
+    assert third.cached_requests[0].new_token_ids == [7] and third.cached_requests[0].new_block_ids == []
+
+
+def test_a_preempted_request_comes_back_as_new_with_its_outputs():
+    s = make(num_blocks=9, block=4, budget=64)
+    s.add_request(req("old", 8, max_tokens=20))
+    s.add_request(req("new", 8, max_tokens=20))
+    run_step(s)
+    out = run_step(s)
+    while not out.preempted_req_ids:
+        out = run_step(s)
+    generated = len(s.requests["new"].output_token_ids)
+    while s.requests.get("old") is not None:
+        run_step(s)
+    out = run_step(s)
+    resumed = [r for r in out.new_requests if r.req_id == "new"][0]
+    assert len(resumed.output_token_ids) == generated and resumed.output_token_ids == [7] * generated

@@ -4,43 +4,10 @@ clients drop mid-stream) leaves the server healthy and every KV block free again
 from __future__ import annotations
 
 import asyncio
-import json
 
 import httpx
 
-
-async def _stream(client: httpx.AsyncClient, url: str, i: int, max_tokens: int, drop_after: int | None):
-    body = {"model": "smollm2", "prompt": f"Request number {i}: tell me a fact about the number {i}.",
-            "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True, "stream": True,
-            "stream_options": {"include_usage": True}}
-    chunks, done, usage, ids = 0, 0, None, set()
-    async with client.stream("POST", url + "/v1/completions", json=body) as response:
-        assert response.status_code == 200
-        async for line in response.aiter_lines():
-            if not line.startswith("data:"):
-                continue
-            data = line[5:].strip()
-            if data == "[DONE]":
-                done += 1
-                continue
-            payload = json.loads(data)
-            assert "error" not in payload, payload
-            ids.add(payload["id"])
-            if payload["choices"]:
-                chunks += 1
-            if payload.get("usage"):
-                usage = payload["usage"]
-            if drop_after is not None and chunks >= drop_after:
-                return {"i": i, "dropped": True}
-    return {"i": i, "chunks": chunks, "done": done, "usage": usage, "ids": ids}
-
-
-async def _run(url: str, n: int, max_tokens: int, drop_every: int | None = None):
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(300), limits=limits, trust_env=False) as client:
-        return await asyncio.gather(*[
-            _stream(client, url, i, max_tokens, 2 if drop_every and i % drop_every == 0 else None)
-            for i in range(n)])
+from phase5_server.testing import run_streams as _run
 
 
 def test_128_concurrent_streams_complete_once_and_free_every_block(smol_server):
@@ -48,7 +15,8 @@ def test_128_concurrent_streams_complete_once_and_free_every_block(smol_server):
     results = asyncio.run(_run(smol_server.url, 128, 6))
     assert sorted(r["i"] for r in results) == list(range(128))
     assert all(r["done"] == 1 for r in results)  # one [DONE] each: none lost, none duplicated
-    assert all(r["chunks"] == 6 and r["usage"]["completion_tokens"] == 6 for r in results)
+    # a lagging client gets several tokens merged into one chunk (one output slot per request)
+    assert all(1 <= r["chunks"] <= 6 and r["usage"]["completion_tokens"] == 6 for r in results)
     all_ids = [next(iter(r["ids"])) for r in results]
     assert all(len(r["ids"]) == 1 for r in results) and len(set(all_ids)) == 128
     smol_server.wait_idle()

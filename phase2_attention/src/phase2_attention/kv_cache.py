@@ -70,27 +70,34 @@ def profile_peak_memory(model: LlamaForCausalLM, num_tokens: int) -> int:
     return torch.cuda.max_memory_allocated(device)
 
 
+def available_kv_cache_bytes(model: LlamaForCausalLM, config: CacheConfig,
+                             max_num_batched_tokens: int = 2048) -> int:
+    """Bytes this process can give the KV cache: on GPU what ``gpu_memory_utilization`` leaves
+    after the weights and a profiled forward at the largest step; on CPU the configured GiB."""
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        return int(config.cpu_kv_cache_gib * (1 << 30))
+    free, total = torch.cuda.mem_get_info(device)
+    peak = profile_peak_memory(model, max_num_batched_tokens)
+    others = total - free - torch.cuda.memory_reserved(device)  # other processes' memory
+    return int(total * config.gpu_memory_utilization - peak - max(others, 0))
+
+
+def num_blocks_for(budget_bytes: int, per_block: int) -> int:
+    num_blocks = int(budget_bytes // per_block)
+    if num_blocks < 2:
+        raise RuntimeError(
+            f"no memory left for the KV cache: budget {budget_bytes / 2**30:.2f} GiB, one block "
+            f"needs {per_block / 2**20:.2f} MiB; raise gpu_memory_utilization / cpu_kv_cache_gib")
+    return num_blocks
+
+
 def determine_num_blocks(model: LlamaForCausalLM, config: CacheConfig,
                          max_num_batched_tokens: int = 2048) -> int:
     if config.num_blocks is not None:
         return config.num_blocks
-    per_block = bytes_per_block(model, config.block_size)
-    device = next(model.parameters()).device
-    if device.type == "cuda":
-        free, total = torch.cuda.mem_get_info(device)
-        peak = profile_peak_memory(model, max_num_batched_tokens)
-        # memory other processes/contexts hold is out of our hands
-        others = total - free - torch.cuda.memory_reserved(device)
-        budget = total * config.gpu_memory_utilization - peak - max(others, 0)
-    else:
-        budget = config.cpu_kv_cache_gib * (1 << 30)
-    num_blocks = int(budget // per_block)
-    if num_blocks < 2:
-        raise RuntimeError(
-            f"no memory left for the KV cache: budget {budget / 2**30:.2f} GiB, one block needs "
-            f"{per_block / 2**20:.2f} MiB; raise gpu_memory_utilization / cpu_kv_cache_gib"
-        )
-    return num_blocks
+    budget = available_kv_cache_bytes(model, config, max_num_batched_tokens)
+    return num_blocks_for(budget, bytes_per_block(model, config.block_size))
 
 
 def allocate_kv_cache(model: LlamaForCausalLM, num_blocks: int, block_size: int) -> list[torch.Tensor]:

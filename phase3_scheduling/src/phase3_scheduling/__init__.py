@@ -1,18 +1,21 @@
 """LightvLLM phase 3: requests and sampling, the continuous-batching scheduler, the model runner,
 executors, ``LLMEngine``, the offline ``LLM`` API and ``AsyncLLMEngine`` for streaming."""
 
-from .async_engine import AsyncLLMEngine, EngineDeadError
+from .async_engine import AsyncLLMEngine, EngineDeadError, EngineStepError
 from .config import EngineArgs, SchedulerConfig
 from .executor import Executor, UniProcExecutor
 from .llm import LLM
-from .llm_engine import LLMEngine, PromptTooLongError
+from .llm_engine import LLMEngine
+from .input_processor import InvalidPromptError, PromptTooLongError
+from .engine_core import EngineCore, RequestTooLargeError
 from .outputs import CompletionOutput, Logprob, RequestOutput
 from .request import Request, RequestStatus
 from .sampling_params import SamplingParams, SamplingParamsError
 from .scheduler import Scheduler, SchedulerOutput
 
 __all__ = [
-    "AsyncLLMEngine", "EngineDeadError", "EngineArgs", "SchedulerConfig", "Executor",
+    "AsyncLLMEngine", "EngineDeadError", "EngineStepError", "EngineCore", "RequestTooLargeError",
+    "InvalidPromptError", "EngineArgs", "SchedulerConfig", "Executor",
     "UniProcExecutor", "LLM", "LLMEngine", "PromptTooLongError", "CompletionOutput", "Logprob",
     "RequestOutput", "Request", "RequestStatus", "SamplingParams", "SamplingParamsError",
     "Scheduler", "SchedulerOutput",

@@ -10,6 +10,7 @@ request, which frees its KV blocks.
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
 import threading
 from typing import AsyncIterator, Sequence
@@ -21,7 +22,16 @@ from .sampling_params import SamplingParams
 
 
 class EngineDeadError(RuntimeError):
-    pass
+    """The engine (its process, a worker, or the device) is gone; no request can be served."""
+
+
+class EngineStepError(RuntimeError):
+    """The engine step that ran this request failed; the engine itself goes on."""
+
+
+def as_item(out: RequestOutput) -> RequestOutput | EngineStepError:
+    """What a request's stream receives: its output, or the error that ended it."""
+    return EngineStepError(out.error) if out.error else out
 
 
 class AsyncLLMEngine:
@@ -42,6 +52,36 @@ class AsyncLLMEngine:
     @property
     def tokenizer(self):
         return self.engine.tokenizer
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len
+
+    @property
+    def vocab_size(self) -> int:
+        return self.engine.model_config.vocab_size
+
+    @property
+    def engine_pid(self) -> int:
+        """The process doing the model work (this one)."""
+        return os.getpid()
+
+    def validate_prompt(self, ids: list[int]) -> None:
+        self.engine.validate_prompt(ids)
+
+    def free_kv_blocks(self) -> tuple[int, int]:
+        """(free KV blocks, all allocatable blocks) of the engine's pool."""
+        kv = self.engine.kv_manager
+        return kv.num_free_blocks, kv.pool.num_blocks - 1
+
+    def fail_request(self, request_id: str, error: BaseException) -> None:
+        """End one open request's stream with ``error`` (its generator then aborts it)."""
+        self._deliver(request_id, error)
+
+    def is_idle(self) -> bool:
+        """No request left and every KV block back in the pool."""
+        return (not self.engine.has_unfinished_requests()
+                and self.engine.kv_manager.all_blocks_free)
 
     # ---- asyncio side ------------------------------------------------------------------------
     async def generate(self, prompt: str | Sequence[int], params: SamplingParams,
@@ -100,20 +140,12 @@ class AsyncLLMEngine:
                 continue
             try:
                 outputs = self.engine.step()
-            except Exception as error:  # a request the cache can never hold, or a device error
-                if isinstance(error, RuntimeError) and "was aborted" in str(error):
-                    self._fail_aborted(error)
-                    continue
+            except Exception as error:  # a dead worker or a device error: nothing can go on
                 self.errored = error
                 for rid in list(self._streams):
                     self._deliver(rid, EngineDeadError(f"engine error: {error}"))
                 return
-            self._deliver_many([(out.request_id, out) for out in outputs])
-
-    def _fail_aborted(self, error: Exception) -> None:
-        for rid in list(self._streams):
-            if rid not in self.engine._children:
-                self._deliver(rid, ValueError(str(error)))
+            self._deliver_many([(out.request_id, as_item(out)) for out in outputs])
 
     def _apply_commands(self) -> None:
         while True:

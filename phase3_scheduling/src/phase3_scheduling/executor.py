@@ -1,45 +1,77 @@
-"""Executors hide where the model runs. The engine talks to one through two calls:
-``execute_model(scheduler_output)`` and ``collective_rpc(method, args)`` (run a method on every
-worker, gather the results). Phase 1-3 run in-process; phase 4 adds executors whose workers are
-subprocesses, Ray actors or gRPC services, without touching the engine."""
+"""Executors hide where the workers run. The engine core talks to one through
+``execute_model(step)`` and ``collective_rpc(method, args)`` (run a worker method on every rank,
+gather the results), and lets it run the start-up protocol (``initialize_from_config``): every
+worker loads the model and reports its free KV memory, the minimum wins, all allocate that many
+blocks, then warm up. Phase 3 runs one worker in-process (``uni``); phase 4 registers executors
+whose workers are subprocesses, Ray actors or gRPC services (``mp``, ``ray``, ``grpc``)."""
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from typing import Any
 
-from .config import EngineArgs
+from phase2_attention.kv_cache import num_blocks_for
+
+from .engine_config import EngineConfig
 from .executor_registry import register_executor
-from .model_runner import ModelRunner, ModelRunnerOutput
-from .scheduler import SchedulerOutput
+from .protocol import ModelRunnerOutput, SchedulerOutput
+from .worker import Worker
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerDiedError(RuntimeError):
+    """A worker process/actor/service is gone: the engine cannot continue."""
 
 
 class Executor(ABC):
-    def __init__(self, args: EngineArgs):
-        self.args = args
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self.graph_sizes: list[int] = []
+
+    def initialize_from_config(self) -> int:
+        """The start-up protocol; returns the number of KV blocks every worker allocated."""
+        self.collective_rpc("load_model")
+        num_blocks = self.config.cache_config.num_blocks
+        if num_blocks is None:
+            available = self.collective_rpc("determine_available_memory")
+            per_block = self.collective_rpc("kv_cache_bytes_per_block")
+            num_blocks = min(num_blocks_for(a, p) for a, p in zip(available, per_block))
+            logger.info("KV cache: %d blocks (workers reported %s bytes free)", num_blocks,
+                        available)
+        self.collective_rpc("initialize_cache", (num_blocks,))
+        self.graph_sizes = self.collective_rpc("compile_or_warm_up_model")[0]
+        return num_blocks
 
     @abstractmethod
-    def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput: ...
+    def execute_model(self, step: SchedulerOutput) -> ModelRunnerOutput: ...
 
     @abstractmethod
     def collective_rpc(self, method: str, args: tuple = (), kwargs: dict | None = None) -> list[Any]: ...
+
+    def check_health(self) -> None:
+        """Raise ``WorkerDiedError`` if a worker is gone (in-process workers never are)."""
 
     def shutdown(self) -> None:
         return None
 
 
 class UniProcExecutor(Executor):
-    """One worker, in this process: the model runner is called directly."""
+    """One worker, in this process: its methods are called directly, messages are not encoded."""
 
-    def __init__(self, args: EngineArgs):
-        super().__init__(args)
-        self.worker = ModelRunner(args)
+    def __init__(self, config: EngineConfig):
+        super().__init__(config)
+        self.worker = Worker(config)
 
-    def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
-        return self.worker.execute_model(scheduler_output)
+    def execute_model(self, step: SchedulerOutput) -> ModelRunnerOutput:
+        return self.worker.execute_model(step)
 
     def collective_rpc(self, method: str, args: tuple = (), kwargs: dict | None = None) -> list[Any]:
         return [getattr(self.worker, method)(*args, **(kwargs or {}))]
+
+    def shutdown(self) -> None:
+        self.worker.shutdown()
 
 
 register_executor("uni", UniProcExecutor)

@@ -1,98 +1,101 @@
-"""``LLMEngine``: requests in, outputs out, one ``step()`` at a time.
+"""``LLMEngine``: the engine core and its front end in one process, one ``step()`` at a time.
 
-    add_request -> [scheduler.schedule -> executor.execute_model -> scheduler.update_from_output]*
-                -> RequestOutput
+    add_request: InputProcessor (tokenize, validate, fan out n) -> EngineCore.add_request
+    step:        EngineCore.step -> OutputProcessor (detokenize, stop strings) -> RequestOutput
 
-The engine owns the tokenizer, the scheduler and the KV-cache manager (block bookkeeping); the
-executor owns the model and the cache memory. ``n > 1`` fans out into child requests that share
-the prompt's cached blocks and are gathered back into one ``RequestOutput``.
+The same ``EngineCore`` runs in its own process behind ``AsyncMPClient`` for the server; this
+class is the offline path (``LLM``) and the reference the multiprocess path is tested against.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import time
-from pathlib import Path
 from collections import defaultdict
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
-from phase2_attention import KVCacheManager
 from shared.tokenizer import Tokenizer
 
 from .config import EngineArgs
-from .detokenizer import IncrementalDetokenizer
-from .executor import Executor, UniProcExecutor
-from .outputs import CompletionOutput, RequestOutput
-from .request import Request, RequestStatus
+from .engine_config import EngineConfig, resolve_engine_config
+from .engine_core import EngineCore
+from .executor import Executor
+from .input_processor import InputProcessor, ModelLimits
+from .output_processor import OutputProcessor
+from .outputs import EngineStats, RequestOutput
 from .sampling_params import SamplingParams
-from .scheduler import Scheduler
+
+logger = logging.getLogger(__name__)
 
 
-class PromptTooLongError(ValueError):
-    pass
+def load_tokenizer(config: EngineConfig) -> Tokenizer | None:
+    if config.tokenizer_dir and (Path(config.tokenizer_dir) / "tokenizer.json").is_file():
+        return Tokenizer(config.tokenizer_dir)
+    return None
 
 
-@dataclass
-class EngineStats:
-    num_running: int
-    num_waiting: int
-    kv_cache_usage: float
-    num_preemptions: int
-    prompt_tokens: int
-    generation_tokens: int
-    prefix_cache_hits: int
-    prefix_cache_queries: int
+def model_limits(config: EngineConfig, tokenizer: Tokenizer | None, num_blocks: int) -> ModelLimits:
+    eos = (tokenizer.eos_token_ids if tokenizer else []) or config.model_config.eos_token_ids
+    return ModelLimits(config.model_config.vocab_size, config.max_model_len, num_blocks,
+                       config.cache_config.block_size, list(eos))
 
 
 class LLMEngine:
-    def __init__(self, args: EngineArgs, executor_class: type[Executor] = UniProcExecutor):
+    def __init__(self, args: EngineArgs, executor_class: type[Executor] | None = None):
         self.args = args
-        self.executor = executor_class(args)
-        info = self.executor.collective_rpc("describe")[0]
-        self.info = info
-        self.model_config = info["model_config"]
-        self.scheduler_config = info["scheduler_config"]
-        self.max_model_len = self.scheduler_config.max_model_len
-        self.tokenizer = None
-        if args.tokenizer:
-            self.tokenizer = Tokenizer(args.tokenizer)
-        elif info["model_dir"] and (Path(info["model_dir"]) / "tokenizer.json").is_file():
-            self.tokenizer = Tokenizer(info["model_dir"])
-        eos = self.tokenizer.eos_token_ids if self.tokenizer else []
-        self.eos_token_ids = eos or self.model_config.eos_token_ids
-        self.kv_manager = KVCacheManager(info["num_blocks"], info["block_size"],
-                                         args.enable_prefix_caching)
-        self.scheduler = Scheduler(self.scheduler_config, self.kv_manager)
-        self._children: dict[str, list[Request]] = {}
-        self._stream: dict[str, bool] = {}
+        self.config = resolve_engine_config(args)
+        self.core = EngineCore(self.config, executor_class)
+        self.tokenizer = load_tokenizer(self.config)
+        self.limits = model_limits(self.config, self.tokenizer, self.core.num_blocks)
+        self.inputs = InputProcessor(self.tokenizer, self.limits)
+        self.outputs = OutputProcessor(self.tokenizer)
         self._counter = itertools.count()
         self.prompt_tokens = 0
         self.generation_tokens = 0
         self.timings: dict[str, float] = defaultdict(float)
 
+    # ---- what callers read ---------------------------------------------------------------------
+    @property
+    def model_config(self):
+        return self.config.model_config
+
+    @property
+    def max_model_len(self) -> int:
+        return self.config.max_model_len
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        return self.limits.eos_token_ids
+
+    @property
+    def scheduler(self):
+        return self.core.scheduler
+
+    @property
+    def kv_manager(self):
+        return self.core.kv_manager
+
+    @property
+    def executor(self) -> Executor:
+        return self.core.executor
+
+    @property
+    def info(self) -> dict:
+        """A summary for benchmarks and demos."""
+        c = self.config
+        return dict(num_blocks=self.core.num_blocks, block_size=c.cache_config.block_size,
+                    model_dir=c.model_dir, device=c.device, dtype=f"torch.{c.dtype}",
+                    backend=c.attention_backend, graph_sizes=list(self.executor.graph_sizes),
+                    startup_seconds=self.core.startup_seconds)
+
     # ---- requests ------------------------------------------------------------------------------
     def tokenize_prompt(self, prompt: str | Sequence[int]) -> tuple[str | None, list[int]]:
-        if isinstance(prompt, str):
-            if self.tokenizer is None:
-                raise ValueError("this engine has no tokenizer: pass prompt token ids")
-            return prompt, self.tokenizer.encode(prompt)
-        ids = list(prompt)
-        if any(not isinstance(t, int) for t in ids):
-            raise ValueError("a prompt must be a string or a list of token ids (integers)")
-        return None, ids
+        return self.inputs.tokenize_prompt(prompt)
 
     def validate_prompt(self, ids: list[int]) -> None:
-        if not ids:
-            raise ValueError("the prompt is empty")
-        vocab = self.model_config.vocab_size
-        bad = [t for t in ids if not 0 <= t < vocab]
-        if bad:
-            raise ValueError(f"token id {bad[0]} is out of range [0, {vocab})")
-        if len(ids) >= self.max_model_len:
-            raise PromptTooLongError(
-                f"prompt has {len(ids)} tokens, max_model_len is {self.max_model_len} "
-                f"(at least one token must remain for the output)")
+        self.inputs.validate_prompt(ids)
 
     def add_request(self, request_id: str | None, prompt: str | Sequence[int],
                     params: SamplingParams | None = None, arrival_time: float | None = None,
@@ -101,90 +104,45 @@ class LLMEngine:
         ``stream=False``: ``step`` reports it only once finished (no per-token output objects)."""
         params = params or SamplingParams()
         request_id = request_id or f"req-{next(self._counter)}"
-        if request_id in self._children:
+        if request_id in self.outputs.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
-        text, ids = self.tokenize_prompt(prompt)
-        self.validate_prompt(ids)
+        text, ids = self.inputs.tokenize_prompt(prompt)
         arrival = arrival_time or time.monotonic()
-        children = []
-        for i in range(params.n):
-            child_params = params if params.n == 1 else params.child(i)
-            child_id = request_id if params.n == 1 else f"{request_id}#{i}"
-            detok = None
-            if self.tokenizer is not None:
-                detok = IncrementalDetokenizer(self.tokenizer, ids, child_params.stop_strings,
-                                               child_params.skip_special_tokens)
-            children.append(Request(child_id, ids, child_params, self.eos_token_ids, self.max_model_len,
-                                    detok, text, arrival, parent_id=request_id, index=i))
-        self._children[request_id] = children
-        self._stream[request_id] = stream
-        for child in children:
-            self.scheduler.add_request(child)
+        core_requests = self.inputs.core_requests(request_id, ids, params, arrival)
+        self.outputs.add_request(request_id, text, ids, params,
+                                 [r.request_id for r in core_requests], arrival, stream)
+        for request in core_requests:
+            self.core.add_request(request)
         self.prompt_tokens += len(ids)
         return request_id
 
     def abort_request(self, request_ids: str | Sequence[str]) -> None:
         for rid in [request_ids] if isinstance(request_ids, str) else request_ids:
-            self._stream.pop(rid, None)
-            for child in self._children.pop(rid, []):
-                self.scheduler.finish_request(child.request_id, RequestStatus.FINISHED_ABORTED)
+            self.core.abort_requests(self.outputs.abort_request(rid))
 
     def has_unfinished_requests(self) -> bool:
-        return bool(self._children)
+        return self.outputs.has_unfinished_requests()
 
     def get_num_unfinished_requests(self) -> int:
-        return len(self._children)
+        return self.outputs.get_num_unfinished_requests()
 
     # ---- the loop ------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         t0 = time.perf_counter()
-        sched = self.scheduler.schedule()
-        if sched.is_empty:
-            if self.scheduler.waiting and not self.scheduler.running:
-                head = self.scheduler.waiting[0]
-                self.abort_request(head.parent_id)
-                raise RuntimeError(
-                    f"request {head.parent_id!r} needs {head.num_tokens} tokens of KV cache, more "
-                    f"than the whole cache ({self.kv_manager.pool.num_blocks - 1} blocks of "
-                    f"{self.kv_manager.block_size}); it was aborted")
-            return []
+        core_outputs = self.core.step()
         t1 = time.perf_counter()
-        result = self.executor.execute_model(sched)
-        t2 = time.perf_counter()
-        touched = self.scheduler.update_from_output(sched, result.sampled, result.logprobs)
-        self.generation_tokens += len(result.sampled)
-        parents = dict.fromkeys(r.parent_id for r in touched)
-        outputs = [self._output(pid) for pid in parents if pid in self._children
-                   and (self._stream[pid] or all(c.is_finished for c in self._children[pid]))]
-        self.timings["schedule"] += t1 - t0
-        self.timings["execute"] += t2 - t1
-        self.timings["update"] += time.perf_counter() - t2
+        processed = self.outputs.process_outputs(core_outputs.outputs)
+        if processed.abort_ids:
+            self.core.abort_requests(processed.abort_ids)
+        self.generation_tokens += sum(len(o.new_token_ids) for o in core_outputs.outputs)
+        self.timings["core_step"] += t1 - t0
+        self.timings["output_processing"] += time.perf_counter() - t1
         self.timings["steps"] += 1
-        return outputs
-
-    def _output(self, parent_id: str) -> RequestOutput:
-        children = self._children[parent_id]
-        finished = all(c.is_finished for c in children)
-        outputs = []
-        for c in children:
-            text = c.detokenizer.visible_text(c.is_finished) if c.detokenizer else ""
-            outputs.append(CompletionOutput(
-                index=c.index, text=text, token_ids=list(c.output_token_ids),
-                cumulative_logprob=c.cumulative_logprob if c.params.logprobs is not None else None,
-                logprobs=c.logprobs, finish_reason=c.status.finish_reason, stop_reason=c.stop_reason))
-        first = children[0]
-        out = RequestOutput(parent_id, first.prompt, first.prompt_token_ids, outputs, finished,
-                            metrics=first.metrics, num_cached_tokens=first.metrics.num_cached_tokens)
-        if finished:
-            del self._children[parent_id]
-            del self._stream[parent_id]
-        return out
+        return processed.request_outputs
 
     def get_stats(self) -> EngineStats:
-        pool = self.kv_manager.pool
-        return EngineStats(len(self.scheduler.running), len(self.scheduler.waiting), pool.usage,
-                           self.scheduler.num_preemptions, self.prompt_tokens, self.generation_tokens,
-                           pool.stats["hits"], pool.stats["queries"])
+        return EngineStats.build(self.core.scheduler.stats(), self.prompt_tokens,
+                                 self.generation_tokens)
 
     def shutdown(self) -> None:
-        self.executor.shutdown()
+        self.core.shutdown()

@@ -47,4 +47,27 @@ class RequestOutput:
     metrics: RequestMetrics | None = None
     num_cached_tokens: int = 0
     prompt_logprobs: None = None
+    error: str | None = None  # the engine step that ran this request failed
     extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class EngineStats:
+    """What ``/metrics`` reads: the core's scheduler gauges plus the front end's token counters."""
+
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float
+    num_preemptions: int
+    prompt_tokens: int
+    generation_tokens: int
+    prefix_cache_hits: int
+    prefix_cache_queries: int
+
+    @classmethod
+    def build(cls, sched, prompt_tokens: int, generation_tokens: int) -> "EngineStats":
+        if sched is None:
+            return cls(0, 0, 0.0, 0, prompt_tokens, generation_tokens, 0, 0)
+        return cls(sched.num_running, sched.num_waiting, sched.kv_cache_usage,
+                   sched.num_preemptions, prompt_tokens, generation_tokens,
+                   sched.prefix_cache_hits, sched.prefix_cache_queries)

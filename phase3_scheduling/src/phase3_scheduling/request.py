@@ -11,9 +11,7 @@ from __future__ import annotations
 import enum
 import time
 
-from .detokenizer import IncrementalDetokenizer
-from .outputs import Logprob, RequestMetrics
-from .sampling_params import SamplingParams
+from .core_messages import EngineCoreRequest
 
 
 class RequestStatus(enum.Enum):
@@ -23,6 +21,7 @@ class RequestStatus(enum.Enum):
     FINISHED_STOPPED = "finished_stopped"
     FINISHED_LENGTH = "finished_length"
     FINISHED_ABORTED = "finished_aborted"
+    FINISHED_ERROR = "finished_error"
 
     @property
     def finished(self) -> bool:
@@ -31,34 +30,34 @@ class RequestStatus(enum.Enum):
     @property
     def finish_reason(self) -> str | None:
         return {"FINISHED_STOPPED": "stop", "FINISHED_LENGTH": "length",
-                "FINISHED_ABORTED": "abort"}.get(self.name)
+                "FINISHED_ABORTED": "abort", "FINISHED_ERROR": "error"}.get(self.name)
 
 
 class Request:
-    def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
-                 eos_token_ids: list[int], max_model_len: int,
-                 detokenizer: IncrementalDetokenizer | None = None,
-                 prompt: str | None = None, arrival_time: float | None = None,
-                 parent_id: str | None = None, index: int = 0):
-        self.request_id = request_id
-        self.parent_id = parent_id or request_id
-        self.index = index
-        self.prompt = prompt
-        self.prompt_token_ids = list(prompt_token_ids)
+    """The engine core's view of one sequence: its tokens, how many are computed, when it stops.
+    Text, stop strings and logprob objects live in the front end (``OutputProcessor``)."""
+
+    def __init__(self, core: EngineCoreRequest, max_model_len: int):
+        self.request_id = core.request_id
+        self.prompt_token_ids = list(core.prompt_token_ids)
         self.output_token_ids: list[int] = []
-        self.params = params
-        self.eos_token_ids = [] if params.ignore_eos else list(eos_token_ids)
+        self.core = core
+        self.sampling = core.sampling
+        self.eos_token_ids = [] if core.ignore_eos else list(core.eos_token_ids)
+        self.stop_token_ids = core.stop_token_ids
+        self.min_tokens = core.min_tokens
         limit = max_model_len - len(self.prompt_token_ids)
-        self.max_tokens = limit if params.max_tokens is None else min(params.max_tokens, limit)
-        self.detokenizer = detokenizer
+        self.max_tokens = limit if core.max_tokens is None else min(core.max_tokens, limit)
         self.status = RequestStatus.WAITING
         self.num_computed_tokens = 0
         self.num_cached_blocks = 0  # full blocks already published to the prefix cache
-        self.num_blocks_sent = 0  # block ids already sent to the workers
-        self.stop_reason: int | str | None = None
-        self.logprobs: list[dict[int, Logprob]] | None = [] if params.logprobs is not None else None
-        self.cumulative_logprob = 0.0
-        self.metrics = RequestMetrics(arrival_time=arrival_time or time.monotonic())
+        self.num_blocks_sent = 0  # block ids the workers hold for it
+        self.num_tokens_sent = 0  # token ids the workers hold for it (0: not sent yet)
+        self.stop_reason: int | None = None
+        self.arrival_time = core.arrival_time or time.monotonic()
+        self.first_scheduled_time: float | None = None
+        self.num_preemptions = 0
+        self.num_cached_tokens = 0
 
     @property
     def all_token_ids(self) -> list[int]:
@@ -85,16 +84,11 @@ class Request:
         """Record a sampled token and decide whether the request is done."""
         self.output_token_ids.append(token_id)
         n = len(self.output_token_ids)
-        if self.detokenizer is not None:
-            stop = self.detokenizer.add_token(token_id, check_stop=n >= self.params.min_tokens)
-            if stop is not None:
-                self.stop_reason, self.status = stop, RequestStatus.FINISHED_STOPPED
-                return
-        if n >= self.params.min_tokens:
+        if n >= self.min_tokens:
             if token_id in self.eos_token_ids:
                 self.status = RequestStatus.FINISHED_STOPPED
                 return
-            if token_id in self.params.stop_token_ids:
+            if token_id in self.stop_token_ids:
                 self.stop_reason, self.status = token_id, RequestStatus.FINISHED_STOPPED
                 return
         if n >= self.max_tokens:

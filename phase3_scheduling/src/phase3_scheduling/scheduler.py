@@ -11,50 +11,19 @@ front of the queue to be recomputed later (its generated tokens are kept).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
 
 from phase2_attention import KVCacheManager
 from phase2_attention.block_pool import OutOfKVBlocksError
 
 from .config import SchedulerConfig
+from .core_messages import EngineCoreOutput, SchedulerStats, TokenLogprobs
+from .protocol import CachedRequestData, ModelRunnerOutput, NewRequestData, SchedulerOutput
 from .request import Request, RequestStatus
 
-
-@dataclass
-class ScheduledRequest:
-    """One request's share of a step: plain data, so it can cross a process boundary."""
-
-    request_id: str
-    token_ids: list[int]  # the tokens to run now
-    start_position: int  # = num_computed_tokens before this step
-    new_block_ids: list[int]  # blocks the worker has not seen yet, from index block_offset
-    block_offset: int
-    sample: bool  # the step reaches the end of the known tokens: a new token is sampled
-    params: object  # SamplingParams
-    prompt_token_ids: list[int]
-    output_token_ids: list[int]
-    eos_token_ids: list[int]
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.token_ids)
-
-
-@dataclass
-class SchedulerOutput:
-    scheduled: list[ScheduledRequest] = field(default_factory=list)  # decodes first
-    preempted_ids: list[str] = field(default_factory=list)
-    finished_ids: list[str] = field(default_factory=list)  # since the last step (workers drop state)
-
-    @property
-    def num_tokens(self) -> int:
-        return sum(s.num_tokens for s in self.scheduled)
-
-    @property
-    def is_empty(self) -> bool:
-        return not self.scheduled
+logger = logging.getLogger(__name__)
 
 
 class Scheduler:
@@ -84,7 +53,6 @@ class Scheduler:
             self.waiting.remove(request)
         self.kv.free(request_id)
         self._finished_ids.append(request_id)
-        request.metrics.finished_time = time.monotonic()
         return request
 
     @property
@@ -111,7 +79,7 @@ class Scheduler:
                 except OutOfKVBlocksError:
                     victim = self.running[-1]
                     self._preempt(victim)
-                    out.preempted_ids.append(victim.request_id)
+                    out.preempted_req_ids.append(victim.request_id)
                     if victim is request:
                         break
             if request.status is not RequestStatus.RUNNING:
@@ -120,7 +88,7 @@ class Scheduler:
             budget -= n
             index += 1
 
-        while (self.waiting and budget > 0 and not out.preempted_ids
+        while (self.waiting and budget > 0 and not out.preempted_req_ids
                and len(self.running) < self.config.max_num_seqs):
             request = self.waiting[0]
             hits, cached = [], 0
@@ -135,29 +103,35 @@ class Scheduler:
             self.kv.allocate_slots(request.request_id, cached + n, hits)
             self.waiting.popleft()
             request.status = RequestStatus.RUNNING
-            request.metrics.num_cached_tokens = cached
-            if request.metrics.first_scheduled_time is None:
-                request.metrics.first_scheduled_time = time.monotonic()
+            request.num_cached_tokens = cached
+            if request.first_scheduled_time is None:
+                request.first_scheduled_time = time.monotonic()
             self.running.append(request)
             plan.append((request, n))
             budget -= n
 
         plan.sort(key=lambda item: not (item[1] == 1 and item[0].num_computed_tokens > 0))
         for request, n in plan:
-            start = request.num_computed_tokens
-            sent = request.num_blocks_sent
-            new_blocks = self.kv.block_ids(request.request_id, sent)
-            request.num_blocks_sent = sent + len(new_blocks)
-            out.scheduled.append(ScheduledRequest(
-                request_id=request.request_id, token_ids=request.token_slice(start, start + n),
-                start_position=start, new_block_ids=new_blocks, block_offset=sent,
-                sample=start + n == request.num_tokens, params=request.params,
-                prompt_token_ids=request.prompt_token_ids,
-                output_token_ids=request.output_token_ids,  # shared, read-only for the runner
-                eos_token_ids=request.eos_token_ids,
-            ))
-        out.finished_ids, self._finished_ids = self._finished_ids, []
+            self._emit(out, request, n)
+        out.finished_req_ids, self._finished_ids = self._finished_ids, []
         return out
+
+    def _emit(self, out: SchedulerOutput, request: Request, n: int) -> None:
+        """Add one request's share of the step: all of it if the workers don't know it yet,
+        else only what changed since it last ran."""
+        rid, start = request.request_id, request.num_computed_tokens
+        blocks = self.kv.block_ids(rid, request.num_blocks_sent)
+        if request.num_tokens_sent == 0:
+            out.new_requests.append(NewRequestData(
+                rid, request.prompt_token_ids, list(request.output_token_ids), request.sampling,
+                blocks, start))
+        else:
+            out.cached_requests.append(CachedRequestData(
+                rid, request.token_slice(request.num_tokens_sent, request.num_tokens), blocks, start))
+        request.num_blocks_sent += len(blocks)
+        request.num_tokens_sent = request.num_tokens
+        out.req_ids.append(rid)
+        out.num_scheduled_tokens.append(n)
 
     def _tokens_for(self, request: Request, budget: int) -> int:
         remaining = request.num_tokens - request.num_computed_tokens
@@ -172,50 +146,71 @@ class Scheduler:
         request.num_computed_tokens = 0
         request.num_cached_blocks = 0
         request.num_blocks_sent = 0
-        request.metrics.num_preemptions += 1
+        request.num_tokens_sent = 0
+        request.num_preemptions += 1
         self.num_preemptions += 1
+        logger.debug("preempted %s (%d tokens) to free KV blocks", request.request_id,
+                     request.num_tokens)
         self.waiting.appendleft(request)
 
     # ---- results -------------------------------------------------------------------------------
-    def update_from_output(self, output: SchedulerOutput, sampled: dict[str, int],
-                           logprobs: dict[str, tuple] | None = None) -> list[Request]:
-        """Advance computed counts, append sampled tokens, finish requests; returns the requests
-        that made progress visible to users (a new token or finished)."""
-        touched = []
-        now = time.monotonic()
-        for item in output.scheduled:
-            request = self.requests.get(item.request_id)
+    def update_from_output(self, output: SchedulerOutput,
+                           result: ModelRunnerOutput) -> list[EngineCoreOutput]:
+        """Advance computed counts, append sampled tokens, finish requests; returns one output
+        per request that made visible progress (a new token, or finished)."""
+        outputs = []
+        sampled = result.sampled
+        rows = {rid: i for i, rid in enumerate(result.req_ids)} if result.logprobs else {}
+        for rid, n in zip(output.req_ids, output.num_scheduled_tokens):
+            request = self.requests.get(rid)
             if request is None or request.status is not RequestStatus.RUNNING:
                 continue  # aborted meanwhile
-            request.num_computed_tokens += item.num_tokens
-            if request.num_computed_tokens // self.kv.block_size > request.num_cached_blocks:
-                self.kv.cache_blocks(request.request_id, request.all_token_ids,
-                                     request.num_computed_tokens)
-                request.num_cached_blocks = request.num_computed_tokens // self.kv.block_size
-            if not item.sample:
-                continue
-            token = sampled[item.request_id]
-            if request.metrics.first_token_time is None:
-                request.metrics.first_token_time = now
-            request.metrics.last_token_time = now
-            if logprobs and item.request_id in logprobs:
-                _record_logprobs(request, token, *logprobs[item.request_id])
+            request.num_computed_tokens += n
+            self._publish_full_blocks(request)
+            token = sampled.get(rid)
+            if token is None:
+                continue  # a mid-prompt chunk
             request.append_token(token)
             if not request.is_finished and request.num_tokens >= self.config.max_model_len:
                 request.status = RequestStatus.FINISHED_LENGTH
+            logprobs = _token_logprobs(result, rows[rid]) if rid in rows else None
+            outputs.append(self._core_output(request, [token], logprobs))
             if request.is_finished:
-                self.finish_request(request.request_id, request.status)
-            touched.append(request)
-        return touched
+                self.finish_request(rid, request.status)
+        return outputs
+
+    def fail_requests(self, request_ids: list[str], error: str) -> list[EngineCoreOutput]:
+        """End requests whose step raised: they get an error, the others keep running."""
+        outputs = []
+        for rid in request_ids:
+            request = self.finish_request(rid, RequestStatus.FINISHED_ERROR)
+            if request is not None:
+                out = self._core_output(request, [])
+                out.error = error
+                outputs.append(out)
+        return outputs
+
+    def _publish_full_blocks(self, request: Request) -> None:
+        if request.num_computed_tokens // self.kv.block_size > request.num_cached_blocks:
+            self.kv.cache_blocks(request.request_id, request.all_token_ids,
+                                 request.num_computed_tokens)
+            request.num_cached_blocks = request.num_computed_tokens // self.kv.block_size
+
+    @staticmethod
+    def _core_output(request: Request, tokens: list[int],
+                     logprobs: TokenLogprobs | None = None) -> EngineCoreOutput:
+        return EngineCoreOutput(
+            request.request_id, tokens, request.status.finish_reason, request.stop_reason,
+            None if logprobs is None else [logprobs], request.num_cached_tokens,
+            request.first_scheduled_time)
+
+    def stats(self) -> SchedulerStats:
+        pool = self.kv.pool
+        return SchedulerStats(len(self.running), len(self.waiting), pool.usage,
+                              self.num_preemptions, pool.stats["hits"], pool.stats["queries"],
+                              self.kv.num_free_blocks, pool.num_blocks)
 
 
-def _record_logprobs(request: Request, token: int, chosen: float, rank: int,
-                     top: list[tuple[int, float]]) -> None:
-    from .outputs import Logprob
-
-    request.cumulative_logprob += chosen
-    if request.logprobs is None:
-        return
-    entry = {tid: Logprob(lp, rank + 1) for rank, (tid, lp) in enumerate(top)}
-    entry.setdefault(token, Logprob(chosen, rank))
-    request.logprobs.append(entry)
+def _token_logprobs(result: ModelRunnerOutput, row: int) -> TokenLogprobs:
+    lp = result.logprobs
+    return TokenLogprobs(lp.chosen[row], lp.ranks[row], lp.top_ids[row], lp.top_logprobs[row])

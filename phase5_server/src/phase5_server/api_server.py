@@ -24,6 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 from phase3_scheduling import AsyncLLMEngine, EngineArgs
+from phase3_scheduling.core_client import AsyncMPClient
 
 from .errors import APIError, error_body, install_error_handlers
 from .metrics import ServerMetrics
@@ -45,6 +46,7 @@ class ServerConfig:
     port: int = 8000
     max_body_bytes: int = 4 * 2**20
     log_level: str = "warning"
+    engine_process: bool = True  # False: the engine runs in a thread of the API process
 
     def model_name(self) -> str:
         if self.served_model_name:
@@ -151,6 +153,13 @@ async def _reply(send, status: int, message: str, code: str, headers: dict | Non
     await send({"type": "http.response.body", "body": body})
 
 
+def start_engine(config: ServerConfig) -> AsyncLLMEngine | AsyncMPClient:
+    """The engine core in its own process (default), or in a thread of this one."""
+    if config.engine_process:
+        return AsyncMPClient(config.engine_args, log_level=config.log_level)
+    return AsyncLLMEngine.from_engine_args(config.engine_args)
+
+
 def build_app(config: ServerConfig, engine: AsyncLLMEngine | None = None) -> FastAPI:
     """The app; with ``engine`` it serves that engine (and never shuts it down), else it loads one."""
     state = ServerState(model_name=config.model_name(), metrics=None)  # type: ignore[arg-type]
@@ -160,7 +169,7 @@ def build_app(config: ServerConfig, engine: AsyncLLMEngine | None = None) -> Fas
 
     async def load() -> None:
         try:
-            loaded = await asyncio.to_thread(AsyncLLMEngine.from_engine_args, config.engine_args)
+            loaded = await asyncio.to_thread(start_engine, config)
         except Exception as error:
             logger.exception("the model failed to load")
             state.load_error = error
@@ -238,7 +247,7 @@ def build_app(config: ServerConfig, engine: AsyncLLMEngine | None = None) -> Fas
         state.check_model(body.model)
         if state.tokenizer is None:
             raise APIError("this server has no tokenizer", 400)
-        vocab = state.engine.engine.model_config.vocab_size
+        vocab = state.engine.vocab_size
         bad = [t for t in body.tokens if not 0 <= t < vocab]
         if bad:
             raise APIError(f"token id {bad[0]} is out of range [0, {vocab})", 400, param="tokens")

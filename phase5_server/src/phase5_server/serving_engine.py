@@ -44,7 +44,7 @@ class ServerState:
 
     @property
     def max_model_len(self) -> int:
-        return self.engine.engine.max_model_len
+        return self.engine.max_model_len
 
     def check_model(self, name: str | None) -> None:
         if name is not None and name != self.model_name:
@@ -58,7 +58,7 @@ class ServerState:
         if engine is None:
             return
         for rid in list(self.active):
-            engine._deliver(rid, ServerShuttingDown(message))
+            engine.fail_request(rid, ServerShuttingDown(message))
 
 
 def new_id(prefix: str) -> str:
@@ -106,7 +106,7 @@ def encode_prompt(state: ServerState, prompt: str | Sequence[int], param: str = 
     else:
         ids = list(prompt)
     try:
-        state.engine.engine.validate_prompt(ids)
+        state.engine.validate_prompt(ids)
     except ValueError as error:
         code = "context_length_exceeded" if "max_model_len" in str(error) else "invalid_value"
         raise APIError(str(error), 400, param=param, code=code) from None

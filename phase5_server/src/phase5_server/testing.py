@@ -6,7 +6,9 @@ to check the KV block pool; on exit it stops uvicorn and, if it loaded the engin
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -53,17 +55,14 @@ class ServerHandle:
 
     def free_blocks(self) -> tuple[int, int]:
         """(free KV blocks, all allocatable blocks) of the engine's pool."""
-        kv = self.engine.engine.kv_manager
-        return kv.num_free_blocks, kv.pool.num_blocks - 1
+        return self.engine.free_kv_blocks()
 
     def wait_idle(self, timeout: float = 60.0) -> None:
         """Until the engine holds no request (aborts travel through its command queue)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not self.engine.engine.has_unfinished_requests() and not self.state.active:
-                free, total = self.free_blocks()
-                if free == total:
-                    return
+            if self.engine.is_idle() and not self.state.active:
+                return
             time.sleep(0.05)
         raise TimeoutError(f"engine not idle after {timeout} s: free blocks {self.free_blocks()}")
 
@@ -95,3 +94,38 @@ def serve_in_thread(config: ServerConfig | None = None, engine: AsyncLLMEngine |
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+async def _stream(client: httpx.AsyncClient, url: str, i: int, max_tokens: int, drop_after: int | None):
+    body = {"model": None, "prompt": f"Request number {i}: tell me a fact about the number {i}.",
+            "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True, "stream": True,
+            "stream_options": {"include_usage": True}}
+    chunks, done, usage, ids = 0, 0, None, set()
+    async with client.stream("POST", url + "/v1/completions", json=body) as response:
+        assert response.status_code == 200
+        async for line in response.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                done += 1
+                continue
+            payload = json.loads(data)
+            assert "error" not in payload, payload
+            ids.add(payload["id"])
+            if payload["choices"]:
+                chunks += 1
+            if payload.get("usage"):
+                usage = payload["usage"]
+            if drop_after is not None and chunks >= drop_after:
+                return {"i": i, "dropped": True}
+    return {"i": i, "chunks": chunks, "done": done, "usage": usage, "ids": ids}
+
+
+async def run_streams(url: str, n: int, max_tokens: int, drop_every: int | None = None) -> list[dict]:
+    """``n`` concurrent streaming completions; every ``drop_every``-th client leaves after 2 chunks."""
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(300), limits=limits, trust_env=False) as client:
+        return await asyncio.gather(*[
+            _stream(client, url, i, max_tokens, 2 if drop_every and i % drop_every == 0 else None)
+            for i in range(n)])

@@ -82,6 +82,14 @@ class AttentionBackend(ABC):
     KV cache (``layer.kv_cache``, whose layout the backend defines)."""
 
     name: str = "abstract"
+    # May a CUDA graph capture this backend's forward? Only if it reads every per-step value
+    # from device tensors (a graph freezes host values such as ``seq_lens_cpu`` at capture).
+    cudagraph_safe: bool = False
+
+    def build_metadata(self, metadata: AttentionMetadata) -> AttentionMetadata:
+        """Called once per step, before the forward of every layer: precompute what the layers
+        share (split sizes, scheduling tables). The default needs nothing."""
+        return metadata
 
     @abstractmethod
     def forward(

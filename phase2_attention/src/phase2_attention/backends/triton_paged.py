@@ -13,6 +13,7 @@ from .paged_common import check_paged
 
 class TritonPagedBackend(AttentionBackend):
     name = "triton_paged"
+    cudagraph_safe = True  # lengths and tables are read from device tensors; grid from max_model_len
 
     def __init__(self):
         from ..ops import triton_paged

@@ -1,0 +1,80 @@
+"""``EngineConfig`` (vLLM's ``VllmConfig``): everything resolved once, by the engine, before any
+worker exists — the model's shape read from config.json (no weights loaded), the cache,
+scheduler, parallel and device settings. Workers receive it (msgpack-encoded when they live in
+another process) and never decide any of it themselves."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+
+import msgspec
+import torch
+
+from phase1_kernels import ModelConfig
+from phase1_kernels.loader import resolve_dtype
+from phase2_attention import CacheConfig, best_paged_backend
+
+from .config import EngineArgs, ParallelConfig, SchedulerConfig
+
+logger = logging.getLogger(__name__)
+_DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
+
+@dataclass
+class EngineConfig:
+    model_config: ModelConfig
+    model_dir: str | None  # None: dummy weights from hf_config alone
+    cache_config: CacheConfig
+    scheduler_config: SchedulerConfig
+    parallel_config: ParallelConfig
+    device: str  # "cpu" | "cuda"
+    dtype: str  # resolved: "float32" | "float16" | "bfloat16"
+    load_format: str
+    attention_backend: str
+    kernel_impl: str | None
+    enforce_eager: bool
+    seed: int
+    tokenizer_dir: str | None
+
+    @property
+    def max_model_len(self) -> int:
+        return self.scheduler_config.max_model_len
+
+    def with_num_blocks(self, num_blocks: int) -> "EngineConfig":
+        return replace(self, cache_config=replace(self.cache_config, num_blocks=num_blocks))
+
+
+def resolve_engine_config(args: EngineArgs) -> EngineConfig:
+    """Read the model's config, pick device, dtype and backend, validate the limits."""
+    from shared.model_registry import resolve_model
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device_type = torch.device(device).type
+    if args.load_format == "dummy" and args.hf_config:
+        model_config, model_dir = ModelConfig.from_dict(args.hf_config), None
+    else:
+        model_dir = resolve_model(args.model)
+        model_config = ModelConfig.from_pretrained(model_dir)
+    scheduler = args.scheduler_config(model_config.max_position_embeddings)
+    backend = args.attention_backend or best_paged_backend(device_type, args.block_size)
+    tokenizer_dir = args.tokenizer or (str(model_dir) if model_dir is not None else None)
+    config = EngineConfig(
+        model_config=model_config, model_dir=None if model_dir is None else str(model_dir),
+        cache_config=args.cache_config(), scheduler_config=scheduler,
+        parallel_config=args.parallel_config(), device=device_type,
+        dtype=_DTYPE_NAMES[resolve_dtype(args.dtype, torch.device(device_type))],
+        load_format=args.load_format, attention_backend=backend, kernel_impl=args.kernel_impl,
+        enforce_eager=args.enforce_eager, seed=args.seed, tokenizer_dir=tokenizer_dir)
+    logger.info("engine config: %s on %s (%s), backend %s, max_model_len %d, %d seqs x %d tokens",
+                model_dir or "dummy weights", device_type, config.dtype, backend,
+                scheduler.max_model_len, scheduler.max_num_seqs, scheduler.max_num_batched_tokens)
+    return config
+
+
+def encode_config(config: EngineConfig) -> bytes:
+    return msgspec.msgpack.encode(config)
+
+
+def decode_config(data: bytes) -> EngineConfig:
+    return msgspec.msgpack.decode(data, type=EngineConfig)

@@ -1,0 +1,123 @@
+"""``EngineCore``: the scheduler, the KV-cache bookkeeping and the executor — tokens in, tokens out.
+
+    add_request(EngineCoreRequest) -> [schedule -> executor.execute_model -> update_from_output]*
+                                   -> EngineCoreOutputs (one per step)
+
+It knows nothing of text: tokenization, detokenization, stop strings and the fan-out of ``n``
+samples live in the front end (``InputProcessor``/``OutputProcessor``), in-process (``LLMEngine``)
+or in another process (``EngineCoreProc`` + ``AsyncMPClient``). One request's bad luck never ends
+the engine: an error inside a step fails the requests of that step and the rest go on; only a
+dead worker or a device error (the process state can no longer be trusted) propagates.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from phase2_attention import KVCacheManager
+from phase2_attention.kv_cache_manager import cdiv
+
+from .core_messages import EngineCoreOutput, EngineCoreOutputs, EngineCoreRequest
+from .engine_config import EngineConfig
+from .executor import Executor, WorkerDiedError
+from .executor_registry import get_executor_class
+from .request import Request, RequestStatus
+from .scheduler import Scheduler
+
+logger = logging.getLogger(__name__)
+
+
+class RequestTooLargeError(ValueError):
+    """The request can never fit: its tokens need more KV blocks than the whole cache."""
+
+
+class DuplicateRequestError(ValueError):
+    pass
+
+
+def _fatal_error_types() -> tuple[type[BaseException], ...]:
+    """Errors after which the device state cannot be trusted (the process should exit)."""
+    fatal: list[type[BaseException]] = [WorkerDiedError]
+    accelerator_error = getattr(torch, "AcceleratorError", None)
+    if accelerator_error is not None:
+        fatal.append(accelerator_error)
+    return tuple(fatal)
+
+
+FATAL_ERRORS = _fatal_error_types()
+
+
+class EngineCore:
+    def __init__(self, config: EngineConfig, executor_class: type[Executor] | None = None):
+        start = time.perf_counter()
+        self.config = config
+        executor_class = executor_class or get_executor_class(config.parallel_config.executor_name)
+        self.executor = executor_class(config)
+        self.num_blocks = self.executor.initialize_from_config()
+        self.block_size = config.cache_config.block_size
+        self.kv_manager = KVCacheManager(self.num_blocks, self.block_size,
+                                         config.cache_config.enable_prefix_caching)
+        self.scheduler = Scheduler(config.scheduler_config, self.kv_manager)
+        self.startup_seconds = time.perf_counter() - start
+        logger.info("engine core ready in %.1f s: %d KV blocks, graphs %s", self.startup_seconds,
+                    self.num_blocks, self.executor.graph_sizes)
+
+    # ---- requests ------------------------------------------------------------------------------
+    def add_request(self, request: EngineCoreRequest) -> None:
+        if request.request_id in self.scheduler.requests:
+            raise DuplicateRequestError(f"request id {request.request_id!r} is already running")
+        check_fits_cache(len(request.prompt_token_ids), request.max_tokens, self.num_blocks,
+                         self.block_size, self.config.max_model_len)
+        self.scheduler.add_request(Request(request, self.config.max_model_len))
+
+    def abort_requests(self, request_ids: list[str]) -> None:
+        for rid in request_ids:
+            self.scheduler.finish_request(rid, RequestStatus.FINISHED_ABORTED)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.num_unfinished > 0
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def step(self) -> EngineCoreOutputs:
+        step = self.scheduler.schedule()
+        if step.is_empty:
+            return EngineCoreOutputs(self._fail_unschedulable(), self.scheduler.stats(),
+                                     time.monotonic())
+        try:
+            result = self.executor.execute_model(step)
+        except FATAL_ERRORS:
+            raise
+        except Exception as error:  # one step's data broke the forward: fail only its requests
+            logger.exception("step of %d requests failed; they end with an error", len(step.req_ids))
+            outputs = self.scheduler.fail_requests(step.req_ids, f"the engine step failed: {error}")
+            return EngineCoreOutputs(outputs, self.scheduler.stats(), time.monotonic())
+        outputs = self.scheduler.update_from_output(step, result)
+        return EngineCoreOutputs(outputs, self.scheduler.stats(), time.monotonic())
+
+    def _fail_unschedulable(self) -> list[EngineCoreOutput]:
+        """A waiting request that cannot be admitted into an idle engine never will be."""
+        sched = self.scheduler
+        if not sched.waiting or sched.running:
+            return []
+        head = sched.waiting[0]
+        message = (f"request needs {head.num_tokens} tokens of KV cache, more than the whole "
+                   f"cache ({self.num_blocks - 1} blocks of {self.block_size})")
+        return sched.fail_requests([head.request_id], message)
+
+    def shutdown(self) -> None:
+        self.executor.shutdown()
+
+
+def check_fits_cache(prompt_len: int, max_tokens: int | None, num_blocks: int, block_size: int,
+                     max_model_len: int) -> None:
+    """Raise ``RequestTooLargeError`` if prompt + max_tokens can never be held by the cache
+    (without ``max_tokens`` the request runs until the cache or the context is full)."""
+    tokens = min(prompt_len + (max_tokens or 1), max_model_len)
+    needed, usable = cdiv(tokens, block_size), num_blocks - 1  # block 0 is the null block
+    if needed > usable:
+        raise RequestTooLargeError(
+            f"the request needs up to {tokens} tokens ({needed} KV blocks of {block_size}); the "
+            f"whole KV cache holds {usable} blocks ({usable * block_size} tokens)")

@@ -1,0 +1,93 @@
+"""``Worker``: one rank. The executor drives every worker through the same calls, in order:
+
+    load_model -> determine_available_memory -> initialize_cache(num_blocks)
+               -> compile_or_warm_up_model -> execute_model(step)*
+
+The engine decides the config (``EngineConfig``) and the number of KV blocks (the minimum the
+workers report); a worker only reports and obeys. Every method takes and returns plain data, so
+the same calls work in-process, in a subprocess, a Ray actor or a gRPC service.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+import torch
+
+from phase1_kernels.loader import build_model
+from phase2_attention.kv_cache import available_kv_cache_bytes, bytes_per_block
+
+from ..engine_config import EngineConfig
+from ..protocol import ModelRunnerOutput, SchedulerOutput
+from .model_runner import ModelRunner
+
+logger = logging.getLogger(__name__)
+
+# (config, rank, device) -> model; phase 4 injects a builder of this rank's TP shard / PP stage
+ModelBuilder = Callable[[EngineConfig, int, torch.device], torch.nn.Module]
+
+
+def build_single_rank_model(config: EngineConfig, rank: int, device: torch.device) -> torch.nn.Module:
+    """The whole model on one device, through phase 1's ``build_model``."""
+    from pathlib import Path
+
+    model_dir = None if config.model_dir is None else Path(config.model_dir)
+    return build_model(config.model_config, model_dir, config.load_format, config.dtype, device,
+                       config.attention_backend, kernel_impl=config.kernel_impl, seed=config.seed)
+
+
+class Worker:
+    def __init__(self, config: EngineConfig, rank: int = 0, local_rank: int = 0,
+                 model_builder: ModelBuilder | None = None):
+        self.config = config
+        self.rank = rank
+        self.device = torch.device(config.device if config.device == "cpu" else f"cuda:{local_rank}")
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.model_builder = model_builder or build_single_rank_model
+        self.model: torch.nn.Module | None = None
+        self.runner: ModelRunner | None = None
+        self.load_seconds = 0.0
+
+    def load_model(self) -> None:
+        start = time.perf_counter()
+        self.model = self.model_builder(self.config, self.rank, self.device)
+        self.runner = ModelRunner(self.config, self.model, self.device)
+        self.load_seconds = time.perf_counter() - start
+        logger.info("rank %d loaded the model in %.1f s", self.rank, self.load_seconds)
+
+    def determine_available_memory(self) -> int:
+        """Bytes this rank can give its KV cache."""
+        sched = self.config.scheduler_config
+        return available_kv_cache_bytes(self.model, self.config.cache_config,
+                                        sched.max_num_batched_tokens)
+
+    def kv_cache_bytes_per_block(self) -> int:
+        return bytes_per_block(self.model, self.config.cache_config.block_size)
+
+    def initialize_cache(self, num_blocks: int) -> None:
+        self.runner.initialize_cache(num_blocks)
+
+    def compile_or_warm_up_model(self) -> list[int]:
+        """Warm up and capture graphs; returns the captured decode batch sizes."""
+        self.runner.warm_up_and_capture()
+        return list(self.runner.graphs.sizes)
+
+    def execute_model(self, step: SchedulerOutput) -> ModelRunnerOutput:
+        return self.runner.execute_model(step)
+
+    def get_timings(self) -> dict[str, float]:
+        """Seconds spent preparing inputs and running (forward + sampling) per step kind."""
+        return dict(self.runner.timings)
+
+    def num_requests(self) -> int:
+        return len(self.runner.batch)
+
+    def ping(self) -> int:
+        return self.rank
+
+    def shutdown(self) -> None:
+        self.runner = None
+        self.model = None
