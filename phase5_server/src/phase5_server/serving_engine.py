@@ -11,7 +11,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Sequence
 
-from phase3_scheduling import AsyncLLMEngine, SamplingParams, SamplingParamsError
+from phase3_scheduling import (AsyncLLMEngine, EngineDeadError, EngineStepError, SamplingParams,
+                               SamplingParamsError)
 
 from .errors import APIError
 from .metrics import ServerMetrics
@@ -125,6 +126,10 @@ async def generate(state: ServerState, prompt_ids: list[int], params: SamplingPa
             timer.on_tokens(sum(len(o.token_ids) for o in out.outputs))
             last = out
             yield out
+    except EngineDeadError as error:  # 503 for streams and whole responses alike
+        raise APIError(str(error), 503, code="engine_unavailable") from None
+    except EngineStepError as error:
+        raise APIError(str(error), 500, code="engine_step_failed") from None
     finally:
         state.active.discard(request_id)
         await stream.aclose()
@@ -204,8 +209,12 @@ SSE_DONE = "data: [DONE]\n\n"
 
 def stream_error(error: BaseException) -> tuple[str, int]:
     """Message and status for an error that ends an open stream."""
-    if isinstance(error, ServerShuttingDown):
+    if isinstance(error, APIError):
+        return error.message, error.status
+    if isinstance(error, (ServerShuttingDown, EngineDeadError)):
         return str(error), 503
-    if isinstance(error, (ValueError, APIError)):
+    if isinstance(error, EngineStepError):
+        return str(error), 500
+    if isinstance(error, ValueError):
         return str(error), 400
     return f"engine error: {error}", 500
