@@ -42,3 +42,23 @@ def test_gpu_engine_matches_hf_and_graphs_change_nothing(tmp_path):
         del llm
         torch.cuda.empty_cache()
     assert runs[0] == runs[1]
+
+
+def test_backends_that_are_not_graph_safe_run_eagerly_and_agree(tmp_path):
+    """sdpa and torch_paged read host-side lengths, so the runner must not capture them; their
+    greedy tokens equal the captured Triton backend's (fp32)."""
+    path = write_random_llama(tmp_path, std=0.05, **SHAPE)
+    gen = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, 2048, (n,), generator=gen).tolist() for n in (9, 40, 3)]
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    tokens = {}
+    for backend in ("triton_paged", "sdpa", "torch_paged"):
+        llm = LLM(str(path), dtype="float32", max_num_seqs=8, attention_backend=backend,
+                  gpu_memory_utilization=0.3)
+        captured = bool(llm.engine.info["graph_sizes"])
+        assert captured == (backend == "triton_paged"), (backend, llm.engine.info["graph_sizes"])
+        tokens[backend] = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+        llm.engine.shutdown()
+        del llm
+        torch.cuda.empty_cache()
+    assert tokens["sdpa"] == tokens["triton_paged"] == tokens["torch_paged"]

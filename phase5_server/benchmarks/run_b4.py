@@ -2,7 +2,7 @@
 run ``bench serve`` at each request rate, stop the server with SIGINT, write the rows as JSON.
 
     python phase5_server/benchmarks/run_b4.py --preset cpu --out docs/results/cpu_b4_serve.json
-    python phase5_server/benchmarks/run_b4.py --preset h100 --out h100_b4_serve.json
+    python phase5_server/benchmarks/run_b4.py --preset h200 --out h200_b4_serve.json
 
 Presets: ``h100`` is DESIGN.md's B4 (Llama-3.1-8B shape, dummy bf16 weights, 500 requests of 512
 random token ids / 128 out, Poisson 4, 16, inf req/s); ``cpu`` is the small CPU variant against
@@ -27,6 +27,13 @@ PRESETS = {
                "--max-num-seqs", "256", "--max-model-len", "2048"],
         bench=["--num-prompts", "500", "--input-len", "512", "--output-len", "128",
                "--request-rate", "4", "16", "inf", "--vocab-size", "128000", "--workload", "B4"]),
+    "h200": dict(  # issue 8: 300 requests at 4 req/s, 500 at 16 and unlimited
+        serve=["--load-format", "dummy", "--hf-config", "llama-3.1-8b", "--dtype", "bfloat16",
+               "--max-num-seqs", "256", "--max-model-len", "2048"],
+        bench=["--input-len", "512", "--output-len", "128", "--vocab-size", "128000",
+               "--workload", "B4"],
+        runs=[["--num-prompts", "300", "--request-rate", "4"],
+              ["--num-prompts", "500", "--request-rate", "16", "inf"]]),
     "cpu": dict(
         serve=["--dtype", "float32", "--max-num-seqs", "64", "--max-model-len", "1024"],
         bench=["--num-prompts", "64", "--input-len", "128", "--output-len", "32",
@@ -69,9 +76,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"server healthy after {startup:.1f} s", flush=True)
         from phase5_server.cli.bench_serve import run
 
-        bench = ["--base-url", url, *preset["bench"], *args.extra_bench]
-        print("bench: lightvllm bench serve", " ".join(bench), flush=True)
-        rows = run(bench)
+        rows = []
+        for extra in preset.get("runs", [[]]):
+            bench = ["--base-url", url, *preset["bench"], *extra, *args.extra_bench]
+            print("bench: lightvllm bench serve", " ".join(bench), flush=True)
+            rows += run(bench)
         from shared.bench import hardware
 
         for row in rows:

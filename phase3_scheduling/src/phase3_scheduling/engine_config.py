@@ -56,7 +56,7 @@ def resolve_engine_config(args: EngineArgs) -> EngineConfig:
     else:
         model_dir = resolve_model(args.model)
         model_config = ModelConfig.from_pretrained(model_dir)
-    scheduler = args.scheduler_config(model_config.max_position_embeddings)
+    scheduler = args.scheduler_config(model_config.max_position_embeddings, device_type)
     backend = args.attention_backend or best_paged_backend(device_type, args.block_size)
     tokenizer_dir = args.tokenizer or (str(model_dir) if model_dir is not None else None)
     config = EngineConfig(
