@@ -125,7 +125,7 @@ def _swap_for_hf(llm, args):
     same-run baseline."""
     info = llm.engine.info
     llm.engine.shutdown()
-    llm.engine.executor = None
+    llm.engine = None
     gc.collect()
     if info["device"].startswith("cuda"):
         torch.cuda.empty_cache()
@@ -219,11 +219,12 @@ def latency_main(argv: list[str] | None = None) -> list[dict]:
 
 def step_profile(llm) -> str:
     """Where a step's time went: scheduler, input preparation, model + sampler, bookkeeping."""
-    eng = llm.engine.timings
+    eng, core = llm.engine.timings, llm.engine.core.timings
     run = llm.engine.executor.collective_rpc("get_timings")[0]
-    steps = max(eng["steps"], 1)
-    parts = [f"{eng['steps']:.0f} steps, per step (ms): schedule {1e3 * eng['schedule'] / steps:.2f}, "
-             f"execute {1e3 * eng['execute'] / steps:.2f}, update {1e3 * eng['update'] / steps:.2f}"]
+    steps = max(core["steps"], 1)
+    parts = [f"{core['steps']:.0f} steps, per step (ms): schedule {1e3 * core['schedule'] / steps:.2f}, "
+             f"execute {1e3 * core['execute'] / steps:.2f}, update {1e3 * core['update'] / steps:.2f}, "
+             f"outputs {1e3 * eng['output_processing'] / steps:.2f}"]
     for kind in ("decode", "eager"):
         n = run.get(kind + "_steps", 0)
         if n:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import defaultdict
 
 import torch
 
@@ -61,6 +62,7 @@ class EngineCore:
         self.kv_manager = KVCacheManager(self.num_blocks, self.block_size,
                                          config.cache_config.enable_prefix_caching)
         self.scheduler = Scheduler(config.scheduler_config, self.kv_manager)
+        self.timings: dict[str, float] = defaultdict(float)  # seconds per step phase
         self.startup_seconds = time.perf_counter() - start
         logger.info("engine core ready in %.1f s: %d KV blocks, graphs %s", self.startup_seconds,
                     self.num_blocks, self.executor.graph_sizes)
@@ -82,7 +84,9 @@ class EngineCore:
 
     # ---- the loop ------------------------------------------------------------------------------
     def step(self) -> EngineCoreOutputs:
+        t0 = time.perf_counter()
         step = self.scheduler.schedule()
+        t1 = time.perf_counter()
         if step.is_empty:
             return EngineCoreOutputs(self._fail_unschedulable(), self.scheduler.stats(),
                                      time.monotonic())
@@ -94,7 +98,13 @@ class EngineCore:
             logger.exception("step of %d requests failed; they end with an error", len(step.req_ids))
             outputs = self.scheduler.fail_requests(step.req_ids, f"the engine step failed: {error}")
             return EngineCoreOutputs(outputs, self.scheduler.stats(), time.monotonic())
+        t2 = time.perf_counter()
         outputs = self.scheduler.update_from_output(step, result)
+        timings = self.timings
+        timings["schedule"] += t1 - t0
+        timings["execute"] += t2 - t1
+        timings["update"] += time.perf_counter() - t2
+        timings["steps"] += 1
         return EngineCoreOutputs(outputs, self.scheduler.stats(), time.monotonic())
 
     def _fail_unschedulable(self) -> list[EngineCoreOutput]:

@@ -78,9 +78,11 @@ class RequestState:
     metrics: RequestMetrics
     num_cached_tokens: int = 0
 
+    num_finished: int = 0  # sequences that ended (kept by OutputProcessor._apply)
+
     @property
     def finished(self) -> bool:
-        return all(s.finished for s in self.sequences)
+        return self.num_finished == len(self.sequences)
 
     def output(self) -> RequestOutput:
         errors = [s.error for s in self.sequences if s.error]
@@ -153,9 +155,10 @@ class OutputProcessor:
             touched[state.request_id] = state
         results = []
         for state in touched.values():
-            if state.stream or state.finished:
+            finished = state.finished
+            if state.stream or finished:
                 results.append(state.output())
-            if state.finished:
+            if finished:
                 self._forget(state)
         return ProcessedOutputs(results, aborts)
 
@@ -163,6 +166,7 @@ class OutputProcessor:
                now: float) -> bool:
         """One core output into its sequence; True if a stop string ended it here."""
         metrics = state.metrics
+        was_finished = seq.finished
         if metrics.first_scheduled_time is None and out.first_scheduled_time is not None:
             metrics.first_scheduled_time = out.first_scheduled_time
         state.num_cached_tokens = metrics.num_cached_tokens = out.num_cached_tokens
@@ -178,8 +182,10 @@ class OutputProcessor:
         if not stopped and out.finish_reason is not None:
             seq.finish_reason, seq.stop_reason, seq.error = (out.finish_reason, out.stop_reason,
                                                              out.error)
-        if state.finished:
-            metrics.finished_time = now
+        if seq.finished and not was_finished:
+            state.num_finished += 1
+            if state.finished:
+                metrics.finished_time = now
         return stopped and out.finish_reason is None
 
     def _forget(self, state: RequestState) -> None:

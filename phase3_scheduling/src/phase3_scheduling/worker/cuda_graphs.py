@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import weakref
 from typing import TYPE_CHECKING
 
 import torch
@@ -29,7 +30,7 @@ def graph_batch_sizes(max_num_seqs: int) -> list[int]:
 
 class DecodeGraphs:
     def __init__(self, runner: "ModelRunner"):
-        self.runner = runner
+        self.runner = weakref.proxy(runner)  # no cycle: the runner's memory goes when it does
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._sizes: list[int] = []
 
