@@ -25,7 +25,7 @@ def test_flash_attention_integrated(smollm2_dir):
     if flash_attn_available():
         assert get_backend("flash_attn").name == "flash_attn"
     else:
-        with pytest.raises(RuntimeError, match="flash-attn package is not importable"):
+        with pytest.raises(RuntimeError, match="flash_attn backend unavailable"):
             get_backend("flash_attn")
 
     naive = LightvLLM.from_pretrained(smollm2_dir, device="cpu")
@@ -57,8 +57,8 @@ def test_backend_abstraction_layer(tiny_llama_dir):
     expected = _greedy_with(tiny_llama_dir, "naive", prompts, 6)
     runnable = []
     for name in registered_backends():
-        if name == "flash_attn" and not flash_attn_available():
-            continue
+        if name == "flash_attn":  # CUDA-only kernels; these models run on the CPU (its GPU
+            continue              # test: phase2_attention/tests/test_flash_attn_gpu.py)
         if name == "triton_paged" and not triton_paged.is_available("cpu"):
             continue
         runnable.append(name)
