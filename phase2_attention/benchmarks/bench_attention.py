@@ -8,7 +8,8 @@ when importable, FlashAttention 4's paged varlen kernel (the flash_attn backend'
 
 Decode reports latency (median of ``triton.testing.do_bench``, which flushes L2 between
 runs), the K/V bytes a step must read (B * ctx * Hk * D * 2 tensors * 2 bytes), the achieved
-GB/s and its share of the H100's measured 3.01 TB/s, and the peak memory the call allocates
+GB/s and its share of the card's measured copy bandwidth (H100 3.01 TB/s, H200 4.3 TB/s;
+``--peak-bw`` for others), and the peak memory the call allocates
 beyond its inputs (output included). Prefill reports TFLOP/s of the causal product
 (2 * 2 * B * Hq * L * L * D / 2) and the ratio to SDPA's flash kernel.
 """
@@ -29,7 +30,8 @@ from phase2_attention.ops import triton_paged as tp
 
 HQ, HK, D, BLOCK = 32, 8, 128, 16
 DTYPE = torch.bfloat16
-PEAK_BW = 3.01e12
+MEASURED_BW = {"H100": 3.01e12, "H200": 4.3e12}  # device-to-device copy, read + write
+PEAK_BW = 3.01e12  # set in main from the device
 MAX_CACHE_BYTES = 60e9
 
 FA4_BLOCKS = (16, 128)
@@ -323,7 +325,7 @@ def tune(gen, rows):
 def print_tables(rows, device: str):
     print(f"\n### Decode (Llama-3.1-8B layer: Hq={HQ}, Hk={HK}, D={D}, bf16, block {BLOCK}) on {device}\n")
     print("GB/s from the CUDA-graph time (GPU time, no Python launch cost).\n")
-    print("| batch | ctx | impl | eager µs | graph µs | K/V read (MB) | GB/s | % of 3.01 TB/s | extra mem (MB) | note |")
+    print(f"| batch | ctx | impl | eager µs | graph µs | K/V read (MB) | GB/s | % of {PEAK_BW / 1e12:.2f} TB/s | extra mem (MB) | note |")
     print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         if r["kind"] == "decode":
@@ -366,6 +368,7 @@ def main(argv=None):
     ap.add_argument("--tune", action="store_true", help="also sweep tile settings at the targets")
     ap.add_argument("--skip-decode", action="store_true")
     ap.add_argument("--skip-prefill", action="store_true")
+    ap.add_argument("--peak-bw", type=float, help="bytes/s to report decode against")
     ap.add_argument("--decode-shapes", help="only these decode shapes, e.g. 64x4096,8x32768")
     ap.add_argument("--prefill-shapes", help="only these prefill shapes, e.g. 1x4096,1x16384")
     args = ap.parse_args(argv)
@@ -373,6 +376,8 @@ def main(argv=None):
         print("bench_attention needs a CUDA GPU")
         return 1
     device = torch.cuda.get_device_name(0)
+    global PEAK_BW
+    PEAK_BW = args.peak_bw or next((bw for k, bw in MEASURED_BW.items() if k in device), PEAK_BW)
     print(f"device: {device}, torch {torch.__version__}, triton {triton.__version__}, "
           f"flash_attn: {flash_versions() or 'none'}")
     gen = torch.Generator(device="cuda").manual_seed(0)

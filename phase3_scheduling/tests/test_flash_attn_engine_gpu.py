@@ -16,6 +16,7 @@ pytestmark = [pytest.mark.gpu,
 
 SHAPE = {**LLAMA_3_1_8B, "num_hidden_layers": 8}  # the 8B's layer shape; 8 layers keep it quick
 OUTPUT_LEN = 64
+NEAR_TIE = 0.05  # nats between the top two logprobs
 
 
 def greedy(backend: str, block_size: int, prompt: list[int]) -> tuple[list[int], list]:
@@ -40,7 +41,12 @@ def test_flash_attn_engine_matches_triton_on_b2_prompt():
         if first is not None:  # how close the Triton run's top two were where they part
             top = sorted((lp.logprob for lp in ref_logprobs[first].values()), reverse=True)
             gap = top[0] - top[1] if len(top) > 1 else None
-        assert got == expected, f"block {block_size}: first differs at {first}, top-2 gap {gap}"
+        print(f"flash_attn block {block_size}: {OUTPUT_LEN} tokens, first difference from "
+              f"triton_paged at {first} (Triton's top-2 logprob gap there: {gap})")
+        # Random weights give flat logits: where Triton's two best tokens are within bf16's
+        # rounding of each other, either kernel may pick either; anywhere else must agree.
+        assert got == expected or (gap is not None and gap < NEAR_TIE), \
+            f"block {block_size}: first differs at {first}, top-2 gap {gap}"
 
 
 def test_flash_attn_engine_refuses_float32():
