@@ -1,12 +1,15 @@
 """Attention kernels on the Llama-3.1-8B per-layer shape (32 q heads, 8 kv heads, head 128,
 bf16, block size 16): Triton paged decode/prefill against SDPA, a naive matmul+softmax and,
-when importable, flash-attn's paged ``flash_attn_with_kvcache``.
+when importable, FlashAttention 4's paged varlen kernel (the flash_attn backend's call) at block
+16 (its cp.async page gather) and 128 (its TMA path), or flash-attn 2's ``flash_attn_with_kvcache``.
 
     python phase2_attention/benchmarks/bench_attention.py [--quick] [--tune] [--out r.json]
+        [--decode-shapes 64x4096,8x32768] [--prefill-shapes 1x4096,1x16384]
 
 Decode reports latency (median of ``triton.testing.do_bench``, which flushes L2 between
 runs), the K/V bytes a step must read (B * ctx * Hk * D * 2 tensors * 2 bytes), the achieved
-GB/s and its share of the H100's measured 3.01 TB/s, and the peak memory the call allocates
+GB/s and its share of the card's measured copy bandwidth (H100 3.01 TB/s, H200 4.3 TB/s;
+``--peak-bw`` for others), and the peak memory the call allocates
 beyond its inputs (output included). Prefill reports TFLOP/s of the causal product
 (2 * 2 * B * Hq * L * L * D / 2) and the ratio to SDPA's flash kernel.
 """
@@ -27,15 +30,22 @@ from phase2_attention.ops import triton_paged as tp
 
 HQ, HK, D, BLOCK = 32, 8, 128, 16
 DTYPE = torch.bfloat16
-PEAK_BW = 3.01e12
+MEASURED_BW = {"H100": 3.01e12, "H200": 4.3e12}  # device-to-device copy, read + write
+PEAK_BW = 3.01e12  # set in main from the device
 MAX_CACHE_BYTES = 60e9
 
-try:
-    from flash_attn import flash_attn_with_kvcache  # type: ignore
+FA4_BLOCKS = (16, 128)
 
-    FLASH_ATTN = True
-except Exception:  # noqa: BLE001 - any import failure means "not installed"
-    FLASH_ATTN = False
+
+def flash_backend():
+    """The flash_attn backend when it can run here (FA4 or FA2), else None."""
+    from phase2_attention.backends import FlashAttnBackend, flash_attn_available
+
+    return FlashAttnBackend() if flash_attn_available() else None
+
+
+FLASH = flash_backend()
+FLASH_ATTN = FLASH is not None
 
 
 def bench(fn, rep: int = 40) -> float:
@@ -73,12 +83,12 @@ def extra_memory(fn) -> int:
     return peak
 
 
-def paged_cache(batch: int, ctx: int, gen: torch.Generator):
+def paged_cache(batch: int, ctx: int, gen: torch.Generator, block: int = BLOCK):
     """A random bf16 paged cache holding ``batch`` sequences of ``ctx`` tokens in shuffled
     blocks (block 0 reserved), plus the block table and seq_lens."""
-    nblk = math.ceil(ctx / BLOCK)
+    nblk = math.ceil(ctx / block)
     num_blocks = batch * nblk + 1
-    cache = torch.randn(2, num_blocks, BLOCK, HK, D, device="cuda", dtype=DTYPE, generator=gen)
+    cache = torch.randn(2, num_blocks, block, HK, D, device="cuda", dtype=DTYPE, generator=gen)
     ids = torch.randperm(num_blocks - 1, device="cuda", generator=gen).int() + 1
     tables = ids.view(batch, nblk)
     seq_lens = torch.full((batch,), ctx, dtype=torch.int32, device="cuda")
@@ -146,11 +156,7 @@ def run_decode(batches, contexts, gen, rows):
             entries.append(("sdpa", sdpa_fn, f"contiguous [B,H,L,D], {how}"))
             if batch * ctx <= 64 * 1024:
                 entries.append(("naive", lambda: naive_attention(q4, kc, vc, False), "matmul+softmax"))
-            if FLASH_ATTN:
-                kf, vf = cache[0], cache[1]
-                entries.append(("flash-attn paged", lambda: flash_attn_with_kvcache(
-                    q4.transpose(1, 2), kf, vf, cache_seqlens=seq_lens, block_table=tables,
-                    softmax_scale=scale), ""))
+            entries += flash_decode_entries(q, batch, ctx, gen, scale)
             for name, fn, note in entries:
                 us = bench(fn)
                 try:
@@ -203,6 +209,7 @@ def run_prefill(batches, lengths, gen, rows):
                        ("sdpa flash", sdpa_flash, f"causal, [B,H,L,D] views, {how}")]
             if L <= 4096:
                 entries.append(("naive", lambda: naive_attention(qb, kb, vb, True), "O(L^2) scores"))
+            entries += flash_prefill_entries(q, batch, L, gen, scale)
             for name, fn, note in entries:
                 try:
                     us = bench(fn, rep=60)
@@ -223,6 +230,48 @@ def run_prefill(batches, lengths, gen, rows):
                     r["vs_sdpa"] = r["us"] / sdpa_us_at[L]
             del cache, tables, q, k, v, out, qb, kb, vb
             torch.cuda.empty_cache()
+
+
+def flash_decode_entries(q, batch, ctx, gen, scale):
+    """FA4's decode (the backend's one varlen call, q_len 1) at each page size, each over its
+    own cache; flash-attn 2's ``flash_attn_with_kvcache`` at block 256 when that is installed."""
+    if FLASH is None:
+        return []
+    cu = torch.arange(batch + 1, dtype=torch.int32, device="cuda")
+    entries = []
+    for block in (FA4_BLOCKS if FLASH.api.version == 4 else (256,)):
+        cache, tables, seq_lens = paged_cache(batch, ctx, gen, block)
+        if FLASH.api.version == 4:
+            fn = (lambda c=cache, t=tables, s=seq_lens:
+                  FLASH.paged_attention(q, c, cu, s, t, 1, scale))
+            path = "TMA pages" if block == 128 else "cp.async page gather"
+            entries.append((f"flash-attn4 bs{block}", fn, f"{path}, no split-KV on sm90"))
+        else:
+            fn = (lambda c=cache, t=tables, s=seq_lens: FLASH.api.with_kvcache(
+                q.unsqueeze(1), c[0], c[1], cache_seqlens=s, block_table=t, softmax_scale=scale))
+            entries.append((f"flash-attn2 bs{block}", fn, "flash_attn_with_kvcache"))
+    return entries
+
+
+def flash_prefill_entries(q, batch, L, gen, scale):
+    """FA4's causal varlen prefill over the paged cache (attention only, like Triton's row)."""
+    if FLASH is None or FLASH.api.version != 4:
+        return []
+    qsl = torch.arange(0, batch * L + 1, L, dtype=torch.int32, device="cuda")
+    entries = []
+    for block in FA4_BLOCKS:
+        cache, tables, seq_lens = paged_cache(batch, L, gen, block)
+        fn = (lambda c=cache, t=tables, s=seq_lens:
+              FLASH.paged_attention(q, c, qsl, s, t, L, scale))
+        entries.append((f"flash-attn4 bs{block}", fn, "attention only, paged"))
+    return entries
+
+
+def parse_shapes(text: str | None) -> list[tuple[int, int]] | None:
+    """``"64x4096,8x32768"`` -> [(64, 4096), (8, 32768)] (batch x length)."""
+    if not text:
+        return None
+    return [tuple(int(x) for x in part.split("x")) for part in text.split(",")]
 
 
 # --------------------------------------------------------------------------------------------
@@ -276,7 +325,7 @@ def tune(gen, rows):
 def print_tables(rows, device: str):
     print(f"\n### Decode (Llama-3.1-8B layer: Hq={HQ}, Hk={HK}, D={D}, bf16, block {BLOCK}) on {device}\n")
     print("GB/s from the CUDA-graph time (GPU time, no Python launch cost).\n")
-    print("| batch | ctx | impl | eager µs | graph µs | K/V read (MB) | GB/s | % of 3.01 TB/s | extra mem (MB) | note |")
+    print(f"| batch | ctx | impl | eager µs | graph µs | K/V read (MB) | GB/s | % of {PEAK_BW / 1e12:.2f} TB/s | extra mem (MB) | note |")
     print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         if r["kind"] == "decode":
@@ -284,7 +333,9 @@ def print_tables(rows, device: str):
                   f"{r['kv_mb']:.1f} | {r['gbs']:.0f} | {r['pct_peak']:.1f} | {r['extra_mb']:.1f} | "
                   f"{r['note']} |")
     if not FLASH_ATTN:
-        print("\nflash-attn `flash_attn_with_kvcache`: not installed")
+        from phase2_attention.backends import flash_attn_unavailable_reason
+
+        print(f"\nflash_attn backend: {flash_attn_unavailable_reason()}")
     print(f"\n### Prefill (causal, same shape) on {device}\n")
     print("| batch | seq | impl | latency (µs) | TFLOP/s | time / SDPA flash | extra mem (MB) | note |")
     print("|---:|---:|---|---:|---:|---:|---:|---|")
@@ -295,6 +346,21 @@ def print_tables(rows, device: str):
                   f"{ratio} | {r['extra_mb']:.1f} | {r['note']} |")
 
 
+def flash_versions() -> dict[str, str]:
+    """The installed versions of FA4's stack, recorded with the figures."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("flash-attn-4", "flash-attn", "nvidia-cutlass-dsl-libs-base",
+                 "nvidia-cutlass-dsl-libs-core", "nvidia-cutlass-dsl-libs-cu13", "quack-kernels",
+                 "apache-tvm-ffi"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--out", help="write all rows as JSON here")
@@ -302,20 +368,33 @@ def main(argv=None):
     ap.add_argument("--tune", action="store_true", help="also sweep tile settings at the targets")
     ap.add_argument("--skip-decode", action="store_true")
     ap.add_argument("--skip-prefill", action="store_true")
+    ap.add_argument("--peak-bw", type=float, help="bytes/s to report decode against")
+    ap.add_argument("--decode-shapes", help="only these decode shapes, e.g. 64x4096,8x32768")
+    ap.add_argument("--prefill-shapes", help="only these prefill shapes, e.g. 1x4096,1x16384")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_attention needs a CUDA GPU")
         return 1
     device = torch.cuda.get_device_name(0)
-    print(f"device: {device}, torch {torch.__version__}, triton {triton.__version__}")
+    global PEAK_BW
+    PEAK_BW = args.peak_bw or next((bw for k, bw in MEASURED_BW.items() if k in device), PEAK_BW)
+    print(f"device: {device}, torch {torch.__version__}, triton {triton.__version__}, "
+          f"flash_attn: {flash_versions() or 'none'}")
     gen = torch.Generator(device="cuda").manual_seed(0)
     rows: list[dict] = []
     if args.tune:
         tune(gen, rows)
-    if not args.skip_decode:
+    decode_shapes, prefill_shapes = parse_shapes(args.decode_shapes), parse_shapes(args.prefill_shapes)
+    if not args.skip_decode and decode_shapes:
+        for batch, ctx in decode_shapes:
+            run_decode([batch], [ctx], gen, rows)
+    elif not args.skip_decode:
         run_decode([1, 64] if args.quick else [1, 8, 32, 64, 128],
                    [512, 4096] if args.quick else [512, 2048, 4096, 8192, 16384, 32768], gen, rows)
-    if not args.skip_prefill:
+    if not args.skip_prefill and prefill_shapes:
+        for batch, L in prefill_shapes:
+            run_prefill([batch], [L], gen, rows)
+    elif not args.skip_prefill:
         run_prefill([1] if args.quick else [1, 4],
                     [512, 4096] if args.quick else [512, 1024, 2048, 4096, 8192, 16384, 32768],
                     gen, rows)
@@ -323,7 +402,8 @@ def main(argv=None):
     if args.out:
         with open(args.out, "w") as f:
             json.dump(dict(device=device, torch=torch.__version__, triton=triton.__version__,
-                           flash_attn=FLASH_ATTN, rows=rows), f, indent=1)
+                           flash_attn=FLASH.api.version if FLASH else None,
+                           flash_attn_versions=flash_versions(), rows=rows), f, indent=1)
     return 0
 
 

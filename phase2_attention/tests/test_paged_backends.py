@@ -84,9 +84,20 @@ def test_paged_backend_without_cache_explains():
 
 
 def test_flash_attn_backend_reports_why_it_is_missing():
-    from phase2_attention.backends import flash_attn_available
+    from phase2_attention.backends import (FlashAttnUnavailable, flash_attn_available,
+                                           flash_attn_unavailable_reason)
 
     if flash_attn_available():
-        pytest.skip("flash-attn is installed")
-    with pytest.raises(RuntimeError, match="flash-attn package is not importable"):
+        pytest.skip("FlashAttention runs here")
+    reason = flash_attn_unavailable_reason()
+    expected = "no CUDA device" if not torch.cuda.is_available() else "phase2-attention\\[flash\\]"
+    with pytest.raises(FlashAttnUnavailable, match=expected):
         get_backend("flash_attn")
+    assert reason and "flash_attn backend unavailable: " + reason
+
+
+def test_flash_attn_backend_names_its_block_sizes_and_graph_safety():
+    from phase2_attention.backends import FlashAttnBackend
+
+    assert FlashAttnBackend.preferred_block_size == 128  # FA4's TMA page on sm90, head 128
+    assert FlashAttnBackend.supported_block_sizes is None and FlashAttnBackend.cudagraph_safe

@@ -8,7 +8,8 @@ import torch
 
 from phase1_kernels.layers.attention import register_backend
 
-from .flash_attn import FlashAttnBackend, flash_attn_available
+from .flash_attn import (FlashAttnBackend, FlashAttnUnavailable, FlashAttnUnsupported,
+                         flash_attn_available, flash_attn_unavailable_reason, flash_attn_version)
 from .sdpa import SdpaBackend
 from .torch_paged import TorchPagedBackend
 from .triton_paged import TritonPagedBackend
@@ -22,14 +23,17 @@ register_backend("triton_paged", TritonPagedBackend)
 
 
 def best_paged_backend(device: torch.device | str, block_size: int = 16) -> str:
-    """flash-attn where importable and its block size fits, else our Triton kernels on GPU,
-    else PyTorch's SDPA over the paged cache (CPU: its fused, multithreaded kernel)."""
+    """flash-attn 2 where installed and its block size fits, else our Triton kernels on GPU,
+    else PyTorch's SDPA over the paged cache (CPU: its fused, multithreaded kernel).
+    FlashAttention 4 is taken only when asked for by name: it compiles each kernel variant at
+    its first call, and docs/benchmarks.md has where it beats the Triton kernels and where not."""
     if torch.device(device).type == "cuda":
-        if flash_attn_available() and block_size % 256 == 0:
+        if flash_attn_available() and flash_attn_version() == 2 and block_size % 256 == 0:
             return "flash_attn"
         return "triton_paged"
     return "sdpa"
 
 
-__all__ = ["FlashAttnBackend", "SdpaBackend", "TorchPagedBackend", "TritonPagedBackend",
-           "PAGED_BACKENDS", "best_paged_backend", "flash_attn_available"]
+__all__ = ["FlashAttnBackend", "FlashAttnUnavailable", "FlashAttnUnsupported", "SdpaBackend",
+           "TorchPagedBackend", "TritonPagedBackend", "PAGED_BACKENDS", "best_paged_backend", "flash_attn_available",
+           "flash_attn_unavailable_reason", "flash_attn_version"]
