@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from .config import ModelConfig
 from .layers.attention import AttentionBackend
 from .layers.linear import LinearFactory
+from .lazy_tensor import LazyTensor
 from .models.llama import LlamaForCausalLM
 
 LOAD_FORMATS = ("auto", "safetensors", "dummy")
@@ -45,15 +46,20 @@ def safetensors_files(model_dir: Path) -> list[Path]:
     return files
 
 
-def iterate_safetensors(model_dir: Path, progress: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(name, tensor)`` for every tensor in the directory's safetensors files."""
+def iterate_safetensors(model_dir: Path, progress: bool = True, lazy: bool = False
+                        ) -> Iterator[tuple[str, torch.Tensor | LazyTensor]]:
+    """Yield ``(name, tensor)`` for every tensor in the directory's safetensors files.
+
+    ``lazy=True`` yields ``LazyTensor``s instead, valid until the next item: the consumer reads
+    what it needs of each (a tensor-parallel shard reads only its slice)."""
     from safetensors import safe_open
 
     files = safetensors_files(model_dir)
     for path in tqdm(files, desc="loading safetensors", unit="file", disable=not progress or len(files) < 2):
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             for name in handle.keys():
-                yield name, handle.get_tensor(name)
+                yield name, (LazyTensor(handle.get_slice(name), name) if lazy
+                             else handle.get_tensor(name))
 
 
 @contextlib.contextmanager
@@ -106,14 +112,19 @@ def build_model(
     linear_factory: LinearFactory | None = None,
     kernel_impl: str | None = None,
     seed: int = 0,
+    layer_range: tuple[int, int] | None = None,
 ) -> LlamaForCausalLM:
-    """Allocate the model on ``device``/``dtype`` and fill it from ``model_dir`` or randomly."""
+    """Allocate the model on ``device``/``dtype`` and fill it from ``model_dir`` or randomly.
+
+    ``linear_factory`` and ``layer_range`` are phase 4's injection points (a tensor-parallel
+    shard, a pipeline stage's layers). Checkpoint tensors are read lazily: each parameter's
+    ``weight_loader`` reads what it holds, so a shard never reads a full weight."""
     if load_format not in LOAD_FORMATS:
         raise ValueError(f"load_format {load_format!r} is not one of {LOAD_FORMATS}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = resolve_dtype(dtype, device)
     with _building_on(device, dtype):
-        model = LlamaForCausalLM(config, attn_backend, linear_factory, kernel_impl)
+        model = LlamaForCausalLM(config, attn_backend, linear_factory, kernel_impl, layer_range)
     model.eval()
     if load_format == "dummy":
         _dummy_fill(model, seed)
@@ -122,7 +133,7 @@ def build_model(
         raise ValueError("a model directory is needed unless load_format='dummy'")
     try:
         with torch.inference_mode():
-            loaded = model.load_weights(iterate_safetensors(Path(model_dir)))
+            loaded = model.load_weights(iterate_safetensors(Path(model_dir), lazy=True))
     except (KeyError, ValueError) as error:
         raise WeightsError(f"{model_dir}: {error.args[0]}") from None
     missing = model.expected_checkpoint_parts() - loaded

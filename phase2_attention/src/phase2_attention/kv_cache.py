@@ -101,7 +101,8 @@ def determine_num_blocks(model: LlamaForCausalLM, config: CacheConfig,
 
 
 def allocate_kv_cache(model: LlamaForCausalLM, num_blocks: int, block_size: int) -> list[torch.Tensor]:
-    """One [2, num_blocks, block_size, Hk, D] tensor per layer, bound to its attention layer."""
+    """One [2, num_blocks, block_size, Hk, D] tensor per attention layer the model holds (a
+    pipeline stage holds only its own layers), bound to that layer."""
     param = next(model.parameters())
     caches = []
     for layer in model.attention_layers:

@@ -7,6 +7,8 @@ layers; phase 4 passes a factory that returns tensor-parallel ones (vLLM's
 
 Every parameter carries a ``weight_loader(param, loaded_weight, shard_id=None)`` that copies a
 checkpoint tensor into its place, so fused layers (q|k|v, gate|up) load from HF's separate tensors.
+``loaded_weight`` may be a ``LazyTensor`` (read on demand from safetensors): a loader that needs
+only a slice calls ``loaded_weight.narrow(...)`` (works on tensors too) and reads just that.
 Parameters are allocated uninitialised (``torch.empty``): the loader or the dummy initialiser
 fills them, so building an 8B model costs no time and no second copy of memory.
 """
@@ -19,14 +21,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..lazy_tensor import LazyTensor, materialize
 
-def default_weight_loader(param: torch.Tensor, loaded_weight: torch.Tensor) -> None:
+
+def default_weight_loader(param: torch.Tensor, loaded_weight: torch.Tensor | LazyTensor) -> None:
+    """Copy the whole tensor into ``param`` (converting its dtype)."""
     if param.shape != loaded_weight.shape:
         raise ValueError(
             f"checkpoint tensor has shape {tuple(loaded_weight.shape)}, "
             f"parameter expects {tuple(param.shape)}"
         )
-    param.data.copy_(loaded_weight)
+    param.data.copy_(materialize(loaded_weight))
 
 
 class LinearBase(nn.Module):

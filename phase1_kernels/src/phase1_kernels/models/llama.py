@@ -5,6 +5,10 @@ layers) and ``kernel_impl`` (which kernels the norm/rotary/activation layers use
 ``forward(input_ids, positions, attn_metadata)`` takes one flattened batch of tokens
 (``[num_tokens]``) and returns hidden states ``[num_tokens, hidden]``; ``compute_logits`` turns
 the rows you need into fp32 logits.
+
+Pipeline parallelism enters through ``layer_range=(start, end)``: the model then builds only
+those layers (see ``pipeline.py``); a stage that is not the first takes the previous stage's
+``IntermediateTensors`` and one that is not the last returns its own instead of hidden states.
 """
 
 from __future__ import annotations
@@ -20,12 +24,14 @@ from ..layers.attention import Attention, AttentionBackend, AttentionMetadata, g
 from ..layers.layernorm import RMSNorm
 from ..layers.linear import LinearFactory, default_weight_loader
 from ..layers.rotary_embedding import RotaryEmbedding
+from .pipeline import IntermediateTensors, PPMissingLayer, check_layer_range
 
 
 def _load_into(param: nn.Parameter, tensor: torch.Tensor, name: str, *shard: object) -> None:
+    """The parameter's own loader copies (and converts) the tensor or just its shard of it."""
     try:
         loader = getattr(param, "weight_loader", None) or default_weight_loader
-        loader(param, tensor.to(param.dtype), *shard)
+        loader(param, tensor, *shard)
     except ValueError as error:
         raise ValueError(f"checkpoint tensor {name!r}: {error}") from None
 
@@ -95,20 +101,36 @@ class LlamaDecoderLayer(nn.Module):
 
 class LlamaModel(nn.Module):
     def __init__(self, config: ModelConfig, factory: LinearFactory, backend: AttentionBackend,
-                 kernel_impl: str | None):
+                 kernel_impl: str | None, layer_range: tuple[int, int] | None = None):
         super().__init__()
-        self.embed_tokens = factory.embedding(config.vocab_size, config.hidden_size)
+        num_layers = config.num_hidden_layers
+        self.start_layer, self.end_layer = check_layer_range(layer_range, num_layers)
+        self.is_first_stage = self.start_layer == 0
+        self.is_last_stage = self.end_layer == num_layers
+        self.embed_tokens = (factory.embedding(config.vocab_size, config.hidden_size)
+                             if self.is_first_stage else PPMissingLayer())
         self.layers = nn.ModuleList(
             LlamaDecoderLayer(config, i, factory, backend, kernel_impl)
-            for i in range(config.num_hidden_layers)
+            if self.start_layer <= i < self.end_layer else PPMissingLayer()
+            for i in range(num_layers)
         )
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, kernel_impl)
+        self.norm = (RMSNorm(config.hidden_size, config.rms_norm_eps, kernel_impl)
+                     if self.is_last_stage else PPMissingLayer())
 
-    def forward(self, input_ids, positions, attn_metadata):
-        hidden_states = self.embed_tokens(input_ids)
-        residual = None
-        for layer in self.layers:
+    def forward(self, input_ids, positions, attn_metadata,
+                intermediate_tensors: IntermediateTensors | None = None):
+        if self.is_first_stage:
+            hidden_states, residual = self.embed_tokens(input_ids), None
+        elif intermediate_tensors is None:
+            raise ValueError(f"the stage starting at layer {self.start_layer} needs the previous "
+                             "stage's intermediate tensors")
+        else:
+            hidden_states = intermediate_tensors.hidden_states
+            residual = intermediate_tensors.residual
+        for layer in self.layers[self.start_layer:self.end_layer]:
             hidden_states, residual = layer(positions, hidden_states, residual, attn_metadata)
+        if not self.is_last_stage:
+            return IntermediateTensors(hidden_states, residual)
         hidden_states, _ = self.norm(hidden_states, residual)
         return hidden_states
 
@@ -125,23 +147,30 @@ class LlamaForCausalLM(nn.Module):
     )
 
     def __init__(self, config: ModelConfig, attn_backend: str | AttentionBackend | None = None,
-                 linear_factory: LinearFactory | None = None, kernel_impl: str | None = None):
+                 linear_factory: LinearFactory | None = None, kernel_impl: str | None = None,
+                 layer_range: tuple[int, int] | None = None):
         super().__init__()
         self.config = config
         factory = linear_factory or LinearFactory()
         self.attn_backend = get_backend(attn_backend)
-        self.model = LlamaModel(config, factory, self.attn_backend, kernel_impl)
-        self.lm_head = factory.lm_head(config.hidden_size, config.vocab_size)
-        if config.tie_word_embeddings:
+        self.model = LlamaModel(config, factory, self.attn_backend, kernel_impl, layer_range)
+        last, first = self.model.is_last_stage, self.model.is_first_stage
+        self.lm_head = (factory.lm_head(config.hidden_size, config.vocab_size) if last
+                        else PPMissingLayer())
+        if config.tie_word_embeddings and first and last:
             self.lm_head.weight = self.model.embed_tokens.weight
 
     @property
     def attention_layers(self) -> list[Attention]:
-        return [layer.self_attn.attn for layer in self.model.layers]
+        """The attention layers this model (or pipeline stage) holds, in layer order."""
+        return [layer.self_attn.attn for layer in self.model.layers
+                if not isinstance(layer, PPMissingLayer)]
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                attn_metadata: AttentionMetadata) -> torch.Tensor:
-        return self.model(input_ids, positions, attn_metadata)
+                attn_metadata: AttentionMetadata,
+                intermediate_tensors: IntermediateTensors | None = None,
+                ) -> torch.Tensor | IntermediateTensors:
+        return self.model(input_ids, positions, attn_metadata, intermediate_tensors)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden_states).float()
@@ -153,12 +182,12 @@ class LlamaForCausalLM(nn.Module):
         in the model; the caller checks that nothing is missing.
         """
         params = dict(self.named_parameters())
+        elsewhere = self._missing_prefixes()
         loaded: set[str] = set()
         for name, tensor in weights:
-            if "rotary_emb.inv_freq" in name:
+            name = self._checkpoint_name_here(name, elsewhere)
+            if name is None:
                 continue
-            if name == "lm_head.weight" and self.config.tie_word_embeddings:
-                continue  # tied: the embedding is the head
             for ours, theirs, shard_id in self.stacked_params_mapping:
                 if theirs in name:
                     target = name.replace(theirs, ours)
@@ -175,6 +204,25 @@ class LlamaForCausalLM(nn.Module):
                 _load_into(param, tensor, name)
                 loaded.add(name)
         return loaded
+
+    def _checkpoint_name_here(self, name: str, elsewhere: tuple[str, ...]) -> str | None:
+        """The name a checkpoint tensor loads under in this model, or None to skip it."""
+        if "rotary_emb.inv_freq" in name:
+            return None
+        if self.config.tie_word_embeddings:
+            if name == "lm_head.weight":
+                return None  # tied: the embedding is the head
+            if name == "model.embed_tokens.weight" and self.model.is_last_stage \
+                    and not self.model.is_first_stage:
+                return "lm_head.weight"  # a last stage without the embedding loads its head
+        if name.startswith(elsewhere):
+            return None  # owned by another pipeline stage
+        return name
+
+    def _missing_prefixes(self) -> tuple[str, ...]:
+        """Name prefixes of the modules another pipeline stage owns (empty without PP)."""
+        return tuple(f"{name}." for name, module in self.named_modules()
+                     if isinstance(module, PPMissingLayer))
 
     def expected_checkpoint_parts(self) -> set[str]:
         """What ``load_weights`` must have filled for the model to be complete."""
