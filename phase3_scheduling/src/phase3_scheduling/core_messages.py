@@ -47,6 +47,7 @@ class EngineCoreOutput(msgspec.Struct, array_like=True, omit_defaults=True):
     logprobs: list[TokenLogprobs] | None = None
     num_cached_tokens: int = 0
     first_scheduled_time: float | None = None
+    num_preemptions: int = 0
     error: str | None = None
 
 

@@ -170,6 +170,7 @@ class OutputProcessor:
         if metrics.first_scheduled_time is None and out.first_scheduled_time is not None:
             metrics.first_scheduled_time = out.first_scheduled_time
         state.num_cached_tokens = metrics.num_cached_tokens = out.num_cached_tokens
+        metrics.num_preemptions = max(metrics.num_preemptions, out.num_preemptions)
         stopped = False
         for i, token in enumerate(out.new_token_ids):
             if metrics.first_token_time is None:

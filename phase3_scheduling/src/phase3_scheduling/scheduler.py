@@ -202,7 +202,7 @@ class Scheduler:
         return EngineCoreOutput(
             request.request_id, tokens, request.status.finish_reason, request.stop_reason,
             None if logprobs is None else [logprobs], request.num_cached_tokens,
-            request.first_scheduled_time)
+            request.first_scheduled_time, request.num_preemptions)
 
     def stats(self) -> SchedulerStats:
         pool = self.kv.pool
