@@ -5,15 +5,18 @@ from .async_engine import AsyncLLMEngine, EngineDeadError
 from .config import EngineArgs, SchedulerConfig
 from .executor import Executor, UniProcExecutor
 from .llm import LLM
-from .llm_engine import LLMEngine, PromptTooLongError
+from .llm_engine import LLMEngine
 from .outputs import CompletionOutput, Logprob, RequestOutput
 from .request import Request, RequestStatus
 from .sampling_params import SamplingParams, SamplingParamsError
 from .scheduler import Scheduler, SchedulerOutput
+from .validation import (PromptTooLongError, RequestLimits, RequestTooLargeError,
+                         RequestValidationError, validate_request)
 
 __all__ = [
     "AsyncLLMEngine", "EngineDeadError", "EngineArgs", "SchedulerConfig", "Executor",
     "UniProcExecutor", "LLM", "LLMEngine", "PromptTooLongError", "CompletionOutput", "Logprob",
     "RequestOutput", "Request", "RequestStatus", "SamplingParams", "SamplingParamsError",
-    "Scheduler", "SchedulerOutput",
+    "Scheduler", "SchedulerOutput", "RequestLimits", "RequestTooLargeError",
+    "RequestValidationError", "validate_request",
 ]

@@ -27,10 +27,10 @@ from .outputs import CompletionOutput, RequestOutput
 from .request import Request, RequestStatus
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler
+from .validation import (PromptTooLongError, RequestLimits, RequestValidationError, check_prompt_ids,
+                         check_text, validate_request)
 
-
-class PromptTooLongError(ValueError):
-    pass
+__all__ = ["EngineStats", "LLMEngine", "PromptTooLongError"]
 
 
 @dataclass
@@ -64,6 +64,8 @@ class LLMEngine:
         self.kv_manager = KVCacheManager(info["num_blocks"], info["block_size"],
                                          args.enable_prefix_caching)
         self.scheduler = Scheduler(self.scheduler_config, self.kv_manager)
+        self.limits = RequestLimits(self.model_config.vocab_size, self.max_model_len,
+                                    (info["num_blocks"] - 1) * info["block_size"])
         self._children: dict[str, list[Request]] = {}
         self._stream: dict[str, bool] = {}
         self._counter = itertools.count()
@@ -75,24 +77,16 @@ class LLMEngine:
     def tokenize_prompt(self, prompt: str | Sequence[int]) -> tuple[str | None, list[int]]:
         if isinstance(prompt, str):
             if self.tokenizer is None:
-                raise ValueError("this engine has no tokenizer: pass prompt token ids")
+                raise RequestValidationError("this engine has no tokenizer: pass prompt token ids",
+                                             "prompt")
+            check_text(prompt, "prompt")
             return prompt, self.tokenizer.encode(prompt)
         ids = list(prompt)
-        if any(not isinstance(t, int) for t in ids):
-            raise ValueError("a prompt must be a string or a list of token ids (integers)")
+        check_prompt_ids(ids, self.limits)
         return None, ids
 
     def validate_prompt(self, ids: list[int]) -> None:
-        if not ids:
-            raise ValueError("the prompt is empty")
-        vocab = self.model_config.vocab_size
-        bad = [t for t in ids if not 0 <= t < vocab]
-        if bad:
-            raise ValueError(f"token id {bad[0]} is out of range [0, {vocab})")
-        if len(ids) >= self.max_model_len:
-            raise PromptTooLongError(
-                f"prompt has {len(ids)} tokens, max_model_len is {self.max_model_len} "
-                f"(at least one token must remain for the output)")
+        check_prompt_ids(ids, self.limits)
 
     def add_request(self, request_id: str | None, prompt: str | Sequence[int],
                     params: SamplingParams | None = None, arrival_time: float | None = None,
@@ -104,7 +98,7 @@ class LLMEngine:
         if request_id in self._children:
             raise ValueError(f"request id {request_id!r} is already in use")
         text, ids = self.tokenize_prompt(prompt)
-        self.validate_prompt(ids)
+        validate_request(ids, params, self.limits)
         arrival = arrival_time or time.monotonic()
         children = []
         for i in range(params.n):
