@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from pathlib import Path
 from typing import Iterator
 
@@ -21,6 +22,7 @@ from .layers.attention import AttentionBackend
 from .layers.linear import LinearFactory
 from .models.llama import LlamaForCausalLM
 
+logger = logging.getLogger(__name__)
 LOAD_FORMATS = ("auto", "safetensors", "dummy")
 
 
@@ -47,13 +49,21 @@ def safetensors_files(model_dir: Path) -> list[Path]:
 
 def iterate_safetensors(model_dir: Path, progress: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(name, tensor)`` for every tensor in the directory's safetensors files."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     files = safetensors_files(model_dir)
     for path in tqdm(files, desc="loading safetensors", unit="file", disable=not progress or len(files) < 2):
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            for name in handle.keys():
-                yield name, handle.get_tensor(name)
+        logger.debug("reading %s", path)
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as handle:
+                names = list(handle.keys())
+                tensors = ((name, handle.get_tensor(name)) for name in names)
+                yield from tensors
+        except (OSError, RuntimeError, ValueError, SafetensorError) as error:  # truncated, not one
+            if isinstance(error, WeightsError):
+                raise
+            raise WeightsError(f"{path} is not a readable safetensors file "
+                               f"({type(error).__name__}: {error})") from None
 
 
 @contextlib.contextmanager
