@@ -128,7 +128,7 @@ def sampling_params(req, max_tokens: int | None, logprobs: int | None, prompt_le
             min_p=req.min_p or 0.0, repetition_penalty=req.repetition_penalty or 1.0,
             presence_penalty=req.presence_penalty or 0.0,
             frequency_penalty=req.frequency_penalty or 0.0, seed=req.seed, max_tokens=max_tokens,
-            min_tokens=min(req.min_tokens, max_tokens or req.min_tokens), stop=req.stop,
+            min_tokens=req.min_tokens, stop=req.stop,
             stop_token_ids=req.stop_token_ids, ignore_eos=req.ignore_eos, logprobs=logprobs,
             skip_special_tokens=req.skip_special_tokens)
         check_against_model(params, prompt_len, state.limits)
@@ -153,12 +153,18 @@ async def encode_prompt(state: ServerState, prompt: str | Sequence[int],
                 raise APIError("this server has no tokenizer: send the prompt as token ids", 400,
                                param=param)
             check_text(prompt, param)
-            ids = await state.off_loop(state.tokenizer.encode, prompt)
-        else:
-            ids = list(prompt)
+            return await state.off_loop(_encode_checked, state, prompt, param)
+        ids = list(prompt)
         check_prompt_ids(ids, state.limits, param)
     except RequestValidationError as error:
         raise invalid(error) from None
+    return ids
+
+
+def _encode_checked(state: ServerState, text: str, param: str) -> list[int]:
+    """Tokenize and check in the worker thread: a megabyte prompt's ids never touch the loop."""
+    ids = state.tokenizer.encode(text)
+    check_prompt_ids(ids, state.limits, param)
     return ids
 
 
