@@ -24,7 +24,8 @@ BAD_FIELDS = [
     ("stop_token_ids", [-100000]), ("stop_token_ids", ["a"]), ("stop", [""]), ("stop", ["\ud800"]),
     ("ignore_eos", "yes"),
 ]
-NEEDS_MODEL = [("top_k", 2**63), ("top_k", 49153), ("stop_token_ids", [10**9]), ("stop_token_ids", [-100000])]
+NEEDS_MODEL = [("top_k", 2**63), ("top_k", 49153), ("stop_token_ids", [10**9]),
+               ("stop_token_ids", [-100000])]
 
 
 TINY = dict(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -95,7 +96,8 @@ def test_request_larger_than_the_kv_cache(smollm2_dir):
     llm = tiny_llm(smollm2_dir, num_gpu_blocks_override=9, block_size=16, max_model_len=1024)
     capacity = llm.engine.limits.kv_cache_tokens
     assert capacity == 8 * 16
-    with pytest.raises(RequestTooLargeError, match=r"more than the whole cache holds \(128 tokens\)") as e:
+    full = r"more than the whole cache holds \(128 tokens\)"
+    with pytest.raises(RequestTooLargeError, match=full) as e:
         llm.generate(PROMPT, SamplingParams(temperature=0, max_tokens=200), use_tqdm=False)
     assert e.value.param == "max_tokens"
     with pytest.raises(RequestTooLargeError):  # max_tokens=None reaches for the whole context

@@ -41,18 +41,20 @@ def safetensors_files(model_dir: Path) -> list[Path]:
         return files
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:
-        others = [p.name for p in model_dir.glob("*.bin")] + [p.name for p in model_dir.glob("*.pt")]
+        others = [p.name for pattern in ("*.bin", "*.pt") for p in model_dir.glob(pattern)]
         hint = f" (found {others}: convert them to safetensors)" if others else ""
         raise WeightsError(f"no .safetensors files in {model_dir}{hint}")
     return files
 
 
-def iterate_safetensors(model_dir: Path, progress: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
+def iterate_safetensors(model_dir: Path,
+                        progress: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(name, tensor)`` for every tensor in the directory's safetensors files."""
     from safetensors import SafetensorError, safe_open
 
     files = safetensors_files(model_dir)
-    for path in tqdm(files, desc="loading safetensors", unit="file", disable=not progress or len(files) < 2):
+    quiet = not progress or len(files) < 2
+    for path in tqdm(files, desc="loading safetensors", unit="file", disable=quiet):
         logger.debug("reading %s", path)
         try:
             with safe_open(str(path), framework="pt", device="cpu") as handle:
@@ -138,6 +140,7 @@ def build_model(
     missing = model.expected_checkpoint_parts() - loaded
     if missing:
         raise WeightsError(
-            f"{len(missing)} tensors missing from the checkpoint in {model_dir}, e.g. {sorted(missing)[:5]}"
+            f"{len(missing)} tensors missing from the checkpoint in {model_dir}, "
+            f"e.g. {sorted(missing)[:5]}"
         )
     return model

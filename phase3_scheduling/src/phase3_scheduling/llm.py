@@ -58,8 +58,10 @@ class LLM:
         for conv in conversations:
             for m in conv:
                 if m.get("role") not in ("system", "user", "assistant"):
-                    raise ValueError(f"message role must be system, user or assistant, got {m.get('role')!r}")
-        prompts = [tok.apply_chat_template(conv, add_generation_prompt) for conv in conversations]
+                    raise ValueError(f"message role must be system, user or assistant, "
+                                     f"got {m.get('role')!r}")
+        # contents are encoded as plain text: a user's "<|im_start|>" cannot forge a turn
+        prompts = [tok.encode_chat(conv, add_generation_prompt) for conv in conversations]
         return self.generate(prompts, sampling_params, use_tqdm)
 
     def _run(self, ids: list[str], use_tqdm: bool) -> list[RequestOutput]:

@@ -153,7 +153,8 @@ def check_against_model(params: "SamplingParams", prompt_len: int, limits: Reque
     for t in params.stop_token_ids or []:
         if not 0 <= t < vocab:
             raise RequestValidationError(
-                f"stop_token_ids contains {t}, outside the vocabulary [0, {vocab})", "stop_token_ids")
+                f"stop_token_ids contains {t}, outside the vocabulary [0, {vocab})",
+                "stop_token_ids")
     total = min(prompt_len + (params.max_tokens or limits.max_model_len), limits.max_model_len)
     if total > limits.kv_cache_tokens:
         param = "prompt" if prompt_len > limits.kv_cache_tokens else "max_tokens"

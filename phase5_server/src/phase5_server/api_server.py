@@ -73,7 +73,7 @@ def version() -> str:
 
 
 class SSEResponse(StreamingResponse):
-    """Server-sent events whose generator is always closed, so a dropped client aborts its request."""
+    """Server-sent events whose generator is always closed: a dropped client aborts its request."""
 
     media_type = "text/event-stream"
 
@@ -126,7 +126,8 @@ class Gate:
             if surrogate is not None:
                 return await _reply(send, 400, surrogate, "invalid_unicode")
             if b"content-type" not in dict(scope["headers"]):  # curl -d sends none: JSON is meant
-                scope = dict(scope, headers=[*scope["headers"], (b"content-type", b"application/json")])
+                json_type = (b"content-type", b"application/json")
+                scope = dict(scope, headers=[*scope["headers"], json_type])
             replayed = False
 
             async def replay():
@@ -210,7 +211,7 @@ async def _reply(send, status: int, message: str, code: str, headers: dict | Non
 
 
 def build_app(config: ServerConfig, engine: AsyncLLMEngine | None = None) -> FastAPI:
-    """The app; with ``engine`` it serves that engine (and never shuts it down), else it loads one."""
+    """The app; with ``engine`` it serves that engine (never shutting it down), else loads one."""
     state = ServerState(model_name=config.model_name(), metrics=None,  # type: ignore[arg-type]
                         admission=config.admission)
     state.metrics = ServerMetrics(state.model_name)
@@ -344,8 +345,9 @@ def run_server(config: ServerConfig) -> None:
     load, after uvicorn has closed its socket."""
     server = make_server(config)
     state = server.lightvllm_state
-    print(f"LightvLLM: loading {config.engine_args.model or state.model_name}; http://{config.host}:{config.port} answers 503 "
-          f"until it is ready (/health then answers 200)", flush=True)
+    url = f"http://{config.host}:{config.port}"
+    print(f"LightvLLM: loading {config.engine_args.model or state.model_name}; {url} answers "
+          f"503 until it is ready (/health then answers 200)", flush=True)
     try:
         server.run()
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it already handled

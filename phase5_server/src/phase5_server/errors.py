@@ -65,8 +65,8 @@ def error_body(message: str, status: int, param: str | None = None, code: str | 
 
 def error_response(error: APIError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
-    return JSONResponse(error_body(error.message, error.status, error.param, error.code, error.type),
-                        status_code=error.status, headers=headers)
+    body = error_body(error.message, error.status, error.param, error.code, error.type)
+    return JSONResponse(body, status_code=error.status, headers=headers)
 
 
 def sse_error(message: str, status: int, code: str | None = None) -> str:
@@ -80,8 +80,8 @@ def _validation_error(exc: RequestValidationError) -> APIError:
         return APIError("invalid request", 400)
     first = errors[0]
     if first.get("type") == "json_invalid":
-        return APIError(f"malformed JSON body: {first.get('ctx', {}).get('error', first.get('msg'))}",
-                        400, code="invalid_json")
+        reason = first.get("ctx", {}).get("error", first.get("msg"))
+        return APIError(f"malformed JSON body: {reason}", 400, code="invalid_json")
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
     param = loc[0] if loc else None  # the top-level field (deeper parts name union branches)
     value = first.get("input")

@@ -18,7 +18,8 @@ async def chat_prompt_ids(state: ServerState, messages: list[ChatMessage],
     text, so special-token text a user writes cannot open a turn of another role."""
     tok = state.tokenizer
     if tok is None or not tok.chat_template:
-        raise APIError("this model has no chat template: use /v1/completions", 400, param="messages")
+        raise APIError("this model has no chat template: use /v1/completions", 400,
+                       param="messages")
     plain = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
              for m in messages]
     try:
@@ -77,8 +78,9 @@ async def _stream(state: ServerState, req: ChatCompletionRequest, cid: str, crea
     base = {"id": cid, "object": "chat.completion.chunk", "created": created,
             "model": state.model_name}
     for index in range(req.n):  # the role comes first, before any token
-        yield sse({**base, "choices": [{"index": index, "delta": {"role": "assistant", "content": ""},
-                                        "logprobs": None, "finish_reason": None}]})
+        role = {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                "finish_reason": None}
+        yield sse({**base, "choices": [role]})
     sent: dict[int, tuple[int, int]] = {}
     finished: set[int] = set()
     completion_tokens = 0

@@ -75,7 +75,8 @@ async def create_completion(state: ServerState, req: CompletionRequest, raw_requ
             completion_tokens += len(o.token_ids)
             choices.append({
                 "index": i * req.n + o.index, "text": echo[i] + o.text,
-                "logprobs": logprobs.render(o.token_ids, o.logprobs, len(echo[i])) if logprobs else None,
+                "logprobs": (logprobs.render(o.token_ids, o.logprobs, len(echo[i]))
+                             if logprobs else None),
                 "finish_reason": o.finish_reason, "stop_reason": o.stop_reason})
     choices.sort(key=lambda c: c["index"])
     return {"id": cid, "object": "text_completion", "created": created, "model": state.model_name,

@@ -91,8 +91,8 @@ class ServerState:
 
     def check_model(self, name: str | None) -> None:
         if name is not None and name != self.model_name:
-            raise APIError(f"the model {name!r} does not exist; this server serves {self.model_name!r}",
-                           400, param="model", code="model_not_found")
+            raise APIError(f"the model {name!r} does not exist; this server serves "
+                           f"{self.model_name!r}", 400, param="model", code="model_not_found")
 
     def shut_down_streams(self, message: str = "the server is shutting down") -> None:
         """Stop taking requests and end every open stream with an error (called on Ctrl-C)."""
@@ -185,7 +185,8 @@ async def generate(state: ServerState, prompt_ids: list[int], params: SamplingPa
         state.active.discard(request_id)
         state.num_seqs -= params.n
         await stream.aclose()
-        reasons = [o.finish_reason for o in last.outputs] if last is not None and last.finished else []
+        done = last is not None and last.finished
+        reasons = [o.finish_reason for o in last.outputs] if done else []
         timer.finish(reasons[0] if reasons else None)
 
 

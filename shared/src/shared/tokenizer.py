@@ -32,7 +32,8 @@ class Tokenizer:
         self.bos_token_id = self._id(self.bos_token, config.get("bos_token_id"))
         eos_ids: list[int] = []
         for source in (generation.get("eos_token_id"), config.get("eos_token_id")):
-            eos_ids += source if isinstance(source, list) else ([source] if source is not None else [])
+            if source is not None:
+                eos_ids += source if isinstance(source, list) else [source]
         tok_eos = self._id(self.eos_token, None)
         if tok_eos is not None:
             eos_ids.append(tok_eos)
@@ -86,7 +87,8 @@ class Tokenizer:
         )
 
 
-    def encode_chat(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> list[int]:
+    def encode_chat(self, messages: Sequence[dict],
+                    add_generation_prompt: bool = True) -> list[int]:
         """Token ids of a conversation: the template's own markup may hold special tokens, the
         messages' contents never do (each content is encoded as plain text)."""
         marks = {f"\x00{uuid.uuid4().hex}\x00": str(m.get("content") or "") for m in messages}
