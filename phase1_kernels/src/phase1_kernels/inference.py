@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -20,6 +21,8 @@ from .config import ModelConfig
 from .layers.attention import AttentionBackend, AttentionMetadata
 from .loader import build_model
 from .models.llama import LlamaForCausalLM
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass

@@ -137,6 +137,7 @@ def build_model(
             loaded = model.load_weights(iterate_safetensors(Path(model_dir)))
     except (KeyError, ValueError) as error:
         raise WeightsError(f"{model_dir}: {error.args[0]}") from None
+    logger.info("loaded %d checkpoint tensors from %s", len(loaded), model_dir)
     missing = model.expected_checkpoint_parts() - loaded
     if missing:
         raise WeightsError(

@@ -9,12 +9,15 @@ attention layers (``layer.kv_cache``).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 
 from phase1_kernels.layers.attention import AttentionMetadata
 from phase1_kernels.models.llama import LlamaForCausalLM
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -72,9 +75,11 @@ def profile_peak_memory(model: LlamaForCausalLM, num_tokens: int) -> int:
 
 def determine_num_blocks(model: LlamaForCausalLM, config: CacheConfig,
                          max_num_batched_tokens: int = 2048) -> int:
-    if config.num_blocks is not None:
-        return config.num_blocks
     per_block = bytes_per_block(model, config.block_size)
+    if config.num_blocks is not None:
+        logger.info("KV cache: %d blocks of %d tokens as configured (%.2f GiB)", config.num_blocks,
+                    config.block_size, config.num_blocks * per_block / 2**30)
+        return config.num_blocks
     device = next(model.parameters()).device
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
@@ -90,6 +95,9 @@ def determine_num_blocks(model: LlamaForCausalLM, config: CacheConfig,
             f"no memory left for the KV cache: budget {budget / 2**30:.2f} GiB, one block needs "
             f"{per_block / 2**20:.2f} MiB; raise gpu_memory_utilization / cpu_kv_cache_gib"
         )
+    logger.info("KV cache: %d blocks of %d tokens = %d tokens, %.2f GiB (%.2f MiB per block) on %s",
+                num_blocks, config.block_size, num_blocks * config.block_size,
+                num_blocks * per_block / 2**30, per_block / 2**20, device)
     return num_blocks
 
 

@@ -5,12 +5,15 @@ lives in one place (the dataclass): ``add_engine_args(parser)`` adds one vLLM-na
 
 from __future__ import annotations
 
+import logging
 import argparse
 import dataclasses
 import json
 from typing import Any
 
 from .config import EngineArgs
+
+logger = logging.getLogger(__name__)
 
 PRESETS = {"llama-3.1-8b": "LLAMA_3_1_8B"}
 
@@ -68,8 +71,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                                    help=f"same as --no-{flag[2:]}")
             continue
         default = None if field.name == "hf_config" else field.default
+        shown = "" if default is None else f" (default: {default})"
         group.add_argument(flag, dest=field.name, type=_value_type(field), default=default,
-                           help=f"{help_text} (default: {default})")
+                           help=help_text + shown)
 
 
 def hf_config(spec: str | None) -> dict | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 from tqdm.auto import tqdm
@@ -10,6 +11,8 @@ from .config import EngineArgs
 from .llm_engine import LLMEngine
 from .outputs import RequestOutput
 from .sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
 
 Prompt = str | Sequence[int]
 

@@ -8,12 +8,15 @@ recompute after preemption one code path.
 
 from __future__ import annotations
 
+import logging
 import enum
 import time
 
 from .detokenizer import IncrementalDetokenizer
 from .outputs import Logprob, RequestMetrics
 from .sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
 
 
 class RequestStatus(enum.Enum):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from .validation import SEED_MIN, RequestValidationError, check_sampling_params
+
+logger = logging.getLogger(__name__)
 
 
 class SamplingParamsError(RequestValidationError):

@@ -11,6 +11,7 @@ front of the queue to be recomputed later (its generated tokens are kept).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from phase2_attention.block_pool import OutOfKVBlocksError
 
 from .config import SchedulerConfig
 from .request import Request, RequestStatus
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -174,6 +177,8 @@ class Scheduler:
         request.num_blocks_sent = 0
         request.metrics.num_preemptions += 1
         self.num_preemptions += 1
+        logger.debug("preempted %s (%d tokens; %d preemptions so far): the KV cache is full",
+                     request.request_id, request.num_tokens, self.num_preemptions)
         self.waiting.appendleft(request)
 
     # ---- results -------------------------------------------------------------------------------

@@ -11,9 +11,12 @@ that need the model's ``RequestLimits``.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .sampling_params import SamplingParams

@@ -9,6 +9,7 @@ the rows you need into fp32 logits.
 
 from __future__ import annotations
 
+import logging
 from typing import Iterable
 
 import torch
@@ -20,6 +21,8 @@ from ..layers.attention import Attention, AttentionBackend, AttentionMetadata, g
 from ..layers.layernorm import RMSNorm
 from ..layers.linear import LinearFactory, default_weight_loader
 from ..layers.rotary_embedding import RotaryEmbedding
+
+logger = logging.getLogger(__name__)
 
 
 def _load_into(param: nn.Parameter, tensor: torch.Tensor, name: str, *shard: object) -> None:

@@ -8,11 +8,14 @@ the cache's block size and says so rather than failing inside the kernel.
 
 from __future__ import annotations
 
+import logging
 import torch
 
 from phase1_kernels.layers.attention import AttentionBackend
 
 from .paged_common import check_paged, store_kv
+
+logger = logging.getLogger(__name__)
 
 
 def flash_attn_available() -> bool:
