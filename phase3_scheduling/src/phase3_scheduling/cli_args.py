@@ -63,11 +63,11 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
         flag = "--" + field.name.replace("_", "-")
         help_text = HELP[field.name]
         if field.type == "bool":
-            flags = [flag] + ([SHORT_NEGATIONS[field.name]] if field.name in SHORT_NEGATIONS else [])
+            short = SHORT_NEGATIONS.get(field.name)
             group.add_argument(flag, dest=field.name, default=field.default,
                                action=argparse.BooleanOptionalAction, help=help_text)
-            if field.name in SHORT_NEGATIONS:  # the older spelling stays
-                group.add_argument(flags[1], dest=field.name, action="store_false",
+            if short:  # the older spelling stays
+                group.add_argument(short, dest=field.name, action="store_false",
                                    help=f"same as --no-{flag[2:]}")
             continue
         default = None if field.name == "hf_config" else field.default
