@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 PHASES := shared phase1_kernels phase2_attention phase3_scheduling phase4_distributed phase5_server
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo serve test test-gpu bench-kernels clean
+.PHONY: install demo serve lint test test-gpu bench-kernels clean
 
 $(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PHASES))
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,8 +34,15 @@ serve: install
 	@echo "       -d '{\"model\": \"smollm2-135m-instruct\", \"messages\": [{\"role\": \"user\", \"content\": \"Hi!\"}]}'"
 	$(BIN)/lightvllm serve --host $(HOST) --port $(PORT)
 
+# ruff (pycodestyle + pyflakes, line length 100) over the repository and mypy over the phase
+# packages; both read their configuration from the root pyproject.toml.
+MYPYPATH := $(subst $(eval ) ,:,$(foreach p,$(PHASES),$(p)/src))
+lint: install
+	$(BIN)/python -m ruff check .
+	MYPYPATH=$(MYPYPATH) $(BIN)/python -m mypy
+
 # pytest exits with 5 when it collects no test: that is not a failure of the suite.
-test: install
+test: install lint
 	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -ne 0 ] && [ $$rc -ne 5 ]; then exit $$rc; fi
 	$(BIN)/python -m pytest -q --nbmake notebooks; rc=$$?; if [ $$rc -eq 5 ]; then echo "no notebooks"; exit 0; fi; exit $$rc
 

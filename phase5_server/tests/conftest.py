@@ -11,6 +11,7 @@ import pytest
 
 from phase3_scheduling import EngineArgs
 from phase5_server.api_server import ServerConfig
+from phase5_server.serving_engine import AdmissionLimits
 from phase5_server.testing import serve_in_thread, tiny_engine_args
 
 
@@ -23,8 +24,10 @@ def smol_server():
 
 @pytest.fixture(scope="session")
 def tiny_server():
-    with serve_in_thread(ServerConfig(tiny_engine_args(), served_model_name="tiny",
-                                      max_body_bytes=64 * 1024)) as handle:
+    # at most 16 sequences per request: fuzzed n=128 requests are refused, not run for minutes
+    config = ServerConfig(tiny_engine_args(), served_model_name="tiny", max_body_bytes=64 * 1024,
+                          admission=AdmissionLimits(max_seqs_per_request=16))
+    with serve_in_thread(config) as handle:
         yield handle
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
@@ -122,7 +125,20 @@ class ModelConfig:
         path = Path(model_dir) / "config.json"
         if not path.is_file():
             raise ConfigError(f"{model_dir} has no config.json")
-        return cls.from_dict(json.loads(path.read_text()))
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{path} is not valid JSON: {error}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a JSON object, got {type(data).__name__}")
+        try:
+            return cls.from_dict(data)
+        except KeyError as error:
+            raise ConfigError(f"{path} lacks the field {error.args[0]!r}") from None
+        except ConfigError as error:
+            raise ConfigError(f"{path}: {error}") from None
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"{path} has a field of the wrong type: {error}") from None
 
 
 LLAMA_3_1_8B = dict(

@@ -7,10 +7,13 @@ The choice (``native``, ``cpp`` or ``triton``) comes from the ``impl`` argument,
 
 from __future__ import annotations
 
+import logging
 import torch
 from torch import nn
 
 from . import ops
+
+logger = logging.getLogger(__name__)
 
 
 class CustomOp(nn.Module):

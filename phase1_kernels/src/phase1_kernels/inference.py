@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -20,6 +21,8 @@ from .config import ModelConfig
 from .layers.attention import AttentionBackend, AttentionMetadata
 from .loader import build_model
 from .models.llama import LlamaForCausalLM
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -167,16 +170,17 @@ class LightvLLM:
         """Generate from a text prompt (through the chat template when the model has one)."""
         if self.tokenizer is None:
             raise ValueError("this model has no tokenizer.json; pass token ids to generate()")
-        text = prompt
         if chat and self.tokenizer.chat_template:
-            text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
-        ids = self.tokenizer.encode(text)
+            ids = self.tokenizer.encode_chat([{"role": "user", "content": prompt}])
+        else:
+            ids = self.tokenizer.encode(prompt)
         stops = self.tokenizer.eos_token_ids or None
         out = self.generate([ids], max_new_tokens, temperature, seed, stop_token_ids=stops)[0]
         return self.tokenizer.decode(out)
 
 
-def _sample(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+def _sample(logits: torch.Tensor, temperature: float,
+            generator: torch.Generator | None) -> torch.Tensor:
     if temperature == 0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits / temperature, dim=-1)

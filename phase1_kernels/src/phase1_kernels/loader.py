@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from pathlib import Path
 from typing import Iterator
 
@@ -22,6 +23,7 @@ from .layers.linear import LinearFactory
 from .lazy_tensor import LazyTensor
 from .models.llama import LlamaForCausalLM
 
+logger = logging.getLogger(__name__)
 LOAD_FORMATS = ("auto", "safetensors", "dummy")
 
 
@@ -40,7 +42,7 @@ def safetensors_files(model_dir: Path) -> list[Path]:
         return files
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:
-        others = [p.name for p in model_dir.glob("*.bin")] + [p.name for p in model_dir.glob("*.pt")]
+        others = [p.name for pattern in ("*.bin", "*.pt") for p in model_dir.glob(pattern)]
         hint = f" (found {others}: convert them to safetensors)" if others else ""
         raise WeightsError(f"no .safetensors files in {model_dir}{hint}")
     return files
@@ -51,15 +53,24 @@ def iterate_safetensors(model_dir: Path, progress: bool = True, lazy: bool = Fal
     """Yield ``(name, tensor)`` for every tensor in the directory's safetensors files.
 
     ``lazy=True`` yields ``LazyTensor``s instead, valid until the next item: the consumer reads
-    what it needs of each (a tensor-parallel shard reads only its slice)."""
-    from safetensors import safe_open
+    what it needs of each (a tensor-parallel shard reads only its slice). A file that is not
+    readable safetensors (truncated, another format) raises ``WeightsError`` naming it."""
+    from safetensors import SafetensorError, safe_open
 
     files = safetensors_files(model_dir)
-    for path in tqdm(files, desc="loading safetensors", unit="file", disable=not progress or len(files) < 2):
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            for name in handle.keys():
-                yield name, (LazyTensor(handle.get_slice(name), name) if lazy
-                             else handle.get_tensor(name))
+    quiet = not progress or len(files) < 2
+    for path in tqdm(files, desc="loading safetensors", unit="file", disable=quiet):
+        logger.debug("reading %s", path)
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as handle:
+                for name in list(handle.keys()):
+                    yield name, (LazyTensor(handle.get_slice(name), name) if lazy
+                                 else handle.get_tensor(name))
+        except (OSError, RuntimeError, ValueError, SafetensorError) as error:  # truncated, not one
+            if isinstance(error, WeightsError):
+                raise
+            raise WeightsError(f"{path} is not a readable safetensors file "
+                               f"({type(error).__name__}: {error})") from None
 
 
 @contextlib.contextmanager
@@ -136,9 +147,11 @@ def build_model(
             loaded = model.load_weights(iterate_safetensors(Path(model_dir), lazy=True))
     except (KeyError, ValueError) as error:
         raise WeightsError(f"{model_dir}: {error.args[0]}") from None
+    logger.info("loaded %d checkpoint tensors from %s", len(loaded), model_dir)
     missing = model.expected_checkpoint_parts() - loaded
     if missing:
         raise WeightsError(
-            f"{len(missing)} tensors missing from the checkpoint in {model_dir}, e.g. {sorted(missing)[:5]}"
+            f"{len(missing)} tensors missing from the checkpoint in {model_dir}, "
+            f"e.g. {sorted(missing)[:5]}"
         )
     return model

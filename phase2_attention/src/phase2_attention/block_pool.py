@@ -13,10 +13,13 @@
 
 from __future__ import annotations
 
+import logging
 import hashlib
 from array import array
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
+
+logger = logging.getLogger(__name__)
 
 
 class OutOfKVBlocksError(RuntimeError):

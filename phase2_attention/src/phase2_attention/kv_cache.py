@@ -9,12 +9,15 @@ attention layers (``layer.kv_cache``).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 
 from phase1_kernels.layers.attention import AttentionMetadata
 from phase1_kernels.models.llama import LlamaForCausalLM
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -94,10 +97,16 @@ def num_blocks_for(budget_bytes: int, per_block: int) -> int:
 
 def determine_num_blocks(model: LlamaForCausalLM, config: CacheConfig,
                          max_num_batched_tokens: int = 2048) -> int:
+    per_block = bytes_per_block(model, config.block_size)
     if config.num_blocks is not None:
+        logger.info("KV cache: %d blocks of %d tokens as configured (%.2f GiB)", config.num_blocks,
+                    config.block_size, config.num_blocks * per_block / 2**30)
         return config.num_blocks
     budget = available_kv_cache_bytes(model, config, max_num_batched_tokens)
-    return num_blocks_for(budget, bytes_per_block(model, config.block_size))
+    num_blocks = num_blocks_for(budget, per_block)
+    logger.info("KV cache: %d blocks of %d tokens, %.2f GiB (%.2f MiB per block)", num_blocks,
+                config.block_size, num_blocks * per_block / 2**30, per_block / 2**20)
+    return num_blocks
 
 
 def allocate_kv_cache(model: LlamaForCausalLM, num_blocks: int, block_size: int) -> list[torch.Tensor]:

@@ -10,9 +10,12 @@ either and the memory they waste can be measured side by side.
 
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 from .block_pool import BlockPool, KVCacheBlock, OutOfKVBlocksError, hash_block
+
+logger = logging.getLogger(__name__)
 
 
 def cdiv(a: int, b: int) -> int:

@@ -13,12 +13,15 @@ generation), as a running server would see it.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from .kv_cache_manager import KVCacheManager
+
+logger = logging.getLogger(__name__)
 
 # mean prompt / output tokens reported in the PagedAttention paper (Table 1 / Fig. 11)
 DATASETS = {"sharegpt": (161.3, 337.9), "alpaca": (19.3, 58.5)}

@@ -3,12 +3,15 @@ lives (``slot_mapping``) and where each sequence's history lives (``block_tables
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
 from phase1_kernels.layers.attention import AttentionMetadata
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass

@@ -8,6 +8,7 @@ prompts into chunks whose attention reads the earlier chunks from the cache.
 
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 import torch
@@ -17,6 +18,8 @@ from phase1_kernels import LightvLLM
 from .kv_cache import CacheConfig, allocate_kv_cache, determine_num_blocks
 from .kv_cache_manager import ContiguousKVCacheManager, KVCacheManager
 from .metadata import PagedAttentionMetadata
+
+logger = logging.getLogger(__name__)
 
 
 class PagedGenerator:

@@ -3,20 +3,22 @@ executors, ``LLMEngine``, the offline ``LLM`` API and ``AsyncLLMEngine`` for str
 
 from .async_engine import AsyncLLMEngine, EngineDeadError, EngineStepError
 from .config import EngineArgs, SchedulerConfig
+from .engine_core import EngineCore
 from .executor import Executor, UniProcExecutor
 from .llm import LLM
 from .llm_engine import LLMEngine
-from .input_processor import InvalidPromptError, PromptTooLongError
-from .engine_core import EngineCore, RequestTooLargeError
 from .outputs import CompletionOutput, Logprob, RequestOutput
 from .request import Request, RequestStatus
 from .sampling_params import SamplingParams, SamplingParamsError
 from .scheduler import Scheduler, SchedulerOutput
+from .validation import (PromptTooLongError, RequestLimits, RequestTooLargeError,
+                         RequestValidationError, validate_request)
 
 __all__ = [
     "AsyncLLMEngine", "EngineDeadError", "EngineStepError", "EngineCore", "RequestTooLargeError",
-    "InvalidPromptError", "EngineArgs", "SchedulerConfig", "Executor",
+    "EngineArgs", "SchedulerConfig", "Executor",
     "UniProcExecutor", "LLM", "LLMEngine", "PromptTooLongError", "CompletionOutput", "Logprob",
     "RequestOutput", "Request", "RequestStatus", "SamplingParams", "SamplingParamsError",
-    "Scheduler", "SchedulerOutput",
+    "Scheduler", "SchedulerOutput", "RequestLimits",
+    "RequestValidationError", "validate_request",
 ]

@@ -66,6 +66,10 @@ class AsyncLLMEngine:
         """The process doing the model work (this one)."""
         return os.getpid()
 
+    @property
+    def request_limits(self):
+        return self.engine.inputs.limits.request_limits
+
     def validate_prompt(self, ids: list[int]) -> None:
         self.engine.validate_prompt(ids)
 

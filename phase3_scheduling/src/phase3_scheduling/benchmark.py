@@ -8,6 +8,7 @@ also runs HuggingFace ``generate`` on the same requests in the same process, for
 
 from __future__ import annotations
 
+import logging
 import argparse
 import gc
 import json
@@ -20,6 +21,8 @@ import torch
 from shared.bench import hardware, markdown_table
 
 from .cli_args import add_engine_args, engine_args, hf_config
+
+logger = logging.getLogger(__name__)
 
 @dataclass
 class Workload:

@@ -1,36 +1,79 @@
-"""Engine options on the command line, defined once for ``lightvllm bench``, ``serve`` and
-``chat``: ``add_engine_args(parser)`` adds vLLM-named flags, ``engine_args(namespace)`` turns
-them into ``EngineArgs``."""
+"""Engine options on the command line, generated from ``EngineArgs``' fields so that every default
+lives in one place (the dataclass): ``add_engine_args(parser)`` adds one vLLM-named flag per field
+(``max_num_seqs`` -> ``--max-num-seqs``), ``engine_args(namespace)`` turns them back into
+``EngineArgs``. Used by ``lightvllm bench``, ``serve`` and ``chat``."""
 
 from __future__ import annotations
 
+import logging
 import argparse
+import dataclasses
 import json
+from typing import Any
 
 from .config import EngineArgs
 
+logger = logging.getLogger(__name__)
+
 PRESETS = {"llama-3.1-8b": "LLAMA_3_1_8B"}
+
+HELP = {
+    "dtype": "auto, float32, bfloat16, float16 (auto: float32 on CPU, bfloat16 on GPU)",
+    "device": "cpu or cuda (default: cuda when present)",
+    "load_format": "auto or safetensors: the checkpoint's weights; dummy: random weights",
+    "hf_config": f"model shape for dummy weights: a preset ({', '.join(PRESETS)}) or a "
+                 f"config.json path",
+    "seed": "seed of the random weights and of unseeded sampling",
+    "max_model_len": "context length (default: the model's, capped at 4096)",
+    "max_num_seqs": "most sequences in one step",
+    "max_num_batched_tokens": "token budget of one step (default: 2048 with chunked prefill)",
+    "enable_chunked_prefill": "split long prompts across steps",
+    "block_size": "tokens per KV-cache block",
+    "gpu_memory_utilization": "share of GPU memory the engine may use (weights + KV cache)",
+    "kv_cache_gib": "KV cache size on CPU, GiB",
+    "num_gpu_blocks_override": "number of KV blocks, ignoring the memory profile",
+    "enable_prefix_caching": "reuse KV blocks of shared prompt prefixes",
+    "enforce_eager": "no CUDA graphs",
+    "attention_backend": "attention backend (default: the best paged backend for the device)",
+    "kernel_impl": "force one kernel implementation (native, cpp, cuda, triton)",
+    "tokenizer": "directory with tokenizer.json (default: the model's)",
+    "tensor_parallel_size": "GPUs (workers) each layer is split across",
+    "pipeline_parallel_size": "stages the layers are split into",
+    "distributed_executor_backend": "uni, mp, ray or grpc (default: uni for one worker, else mp)",
+}
+SKIPPED = {"model", "extra"}  # model is each command's positional argument; extra is internal
+SHORT_NEGATIONS = {"enable_prefix_caching": "--no-prefix-caching",
+                   "enable_chunked_prefill": "--no-chunked-prefill"}
+TYPES = {"str": str, "int": int, "float": float}
+
+
+def _engine_fields() -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(EngineArgs) if f.name not in SKIPPED]
+
+
+def _value_type(field: dataclasses.Field) -> Any:
+    """``int | None`` -> int; dicts come as a preset name or a path (a string)."""
+    names = [part.strip() for part in str(field.type).split("|") if part.strip() != "None"]
+    return TYPES.get(names[0], str)
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
-    parser.add_argument("--load-format", default="auto", choices=["auto", "safetensors", "dummy"])
-    parser.add_argument("--hf-config", default=None,
-                        help=f"model shape for dummy weights: a preset ({', '.join(PRESETS)}) or a config.json path")
-    parser.add_argument("--tokenizer", default=None, help="directory with tokenizer.json (default: the model's)")
-    parser.add_argument("--max-model-len", type=int, default=None)
-    parser.add_argument("--max-num-seqs", type=int, default=256)
-    parser.add_argument("--max-num-batched-tokens", type=int, default=None)
-    parser.add_argument("--block-size", type=int, default=16)
-    parser.add_argument("--kv-cache-gib", type=float, default=1.0, help="KV cache size on CPU")
-    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    parser.add_argument("--num-gpu-blocks-override", type=int, default=None)
-    parser.add_argument("--no-prefix-caching", action="store_true")
-    parser.add_argument("--no-chunked-prefill", action="store_true")
-    parser.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
-    parser.add_argument("--attention-backend", default=None)
-    parser.add_argument("--seed", type=int, default=0)
+    group = parser.add_argument_group("engine", "EngineArgs (defaults shown)")
+    for field in _engine_fields():
+        flag = "--" + field.name.replace("_", "-")
+        help_text = HELP[field.name]
+        if field.type == "bool":
+            short = SHORT_NEGATIONS.get(field.name)
+            group.add_argument(flag, dest=field.name, default=field.default,
+                               action=argparse.BooleanOptionalAction, help=help_text)
+            if short:  # the older spelling stays
+                group.add_argument(short, dest=field.name, action="store_false",
+                                   help=f"same as --no-{flag[2:]}")
+            continue
+        default = None if field.name == "hf_config" else field.default
+        shown = "" if default is None else f" (default: {default})"
+        group.add_argument(flag, dest=field.name, type=_value_type(field), default=default,
+                           help=help_text + shown)
 
 
 def hf_config(spec: str | None) -> dict | None:
@@ -45,14 +88,7 @@ def hf_config(spec: str | None) -> dict | None:
 
 
 def engine_args(args: argparse.Namespace) -> EngineArgs:
-    return EngineArgs(
-        model=getattr(args, "model", None), dtype=args.dtype, device=args.device,
-        load_format=args.load_format, hf_config=hf_config(args.hf_config), tokenizer=args.tokenizer,
-        seed=args.seed, max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens,
-        enable_chunked_prefill=not args.no_chunked_prefill, block_size=args.block_size,
-        gpu_memory_utilization=args.gpu_memory_utilization, kv_cache_gib=args.kv_cache_gib,
-        num_gpu_blocks_override=args.num_gpu_blocks_override,
-        enable_prefix_caching=not args.no_prefix_caching, enforce_eager=args.enforce_eager,
-        attention_backend=args.attention_backend,
-        extra={"hf_config_name": args.hf_config} if args.hf_config else {})
+    values = {f.name: getattr(args, f.name) for f in _engine_fields()}
+    values["hf_config"] = hf_config(args.hf_config)
+    extra = {"hf_config_name": args.hf_config} if args.hf_config else {}
+    return EngineArgs(model=getattr(args, "model", None), extra=extra, **values)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from phase2_attention import CacheConfig
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass

@@ -136,6 +136,10 @@ class AsyncMPClient:
     def engine_pid(self) -> int:
         return self.proc.pid
 
+    @property
+    def request_limits(self):
+        return self.limits.request_limits
+
     def validate_prompt(self, ids: list[int]) -> None:
         self.inputs.validate_prompt(ids)
 

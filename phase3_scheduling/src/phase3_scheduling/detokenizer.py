@@ -10,9 +10,12 @@ are withheld from streaming so a client never sees text that later turns out to 
 
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 from shared.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
 
 _CONTEXT = 5  # prompt tokens decoded along with the first output token (leading-space rules)
 

@@ -27,12 +27,9 @@ from .executor import Executor, WorkerDiedError
 from .executor_registry import get_executor_class
 from .request import Request, RequestStatus
 from .scheduler import Scheduler
+from .validation import RequestTooLargeError
 
 logger = logging.getLogger(__name__)
-
-
-class RequestTooLargeError(ValueError):
-    """The request can never fit: its tokens need more KV blocks than the whole cache."""
 
 
 class DuplicateRequestError(ValueError):
@@ -130,4 +127,4 @@ def check_fits_cache(prompt_len: int, max_tokens: int | None, num_blocks: int, b
     if needed > usable:
         raise RequestTooLargeError(
             f"the request needs up to {tokens} tokens ({needed} KV blocks of {block_size}); the "
-            f"whole KV cache holds {usable} blocks ({usable * block_size} tokens)")
+            f"whole KV cache holds {usable} blocks ({usable * block_size} tokens)", "max_tokens")

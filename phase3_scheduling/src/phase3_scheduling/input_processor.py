@@ -10,16 +10,9 @@ from typing import Sequence
 from shared.tokenizer import Tokenizer
 
 from .core_messages import EngineCoreRequest
-from .engine_core import check_fits_cache
 from .sampling_params import SamplingParams
-
-
-class PromptTooLongError(ValueError):
-    pass
-
-
-class InvalidPromptError(ValueError):
-    pass
+from .validation import (RequestLimits, RequestValidationError, check_prompt_ids, check_text,
+                         validate_request)
 
 
 @dataclass(frozen=True)
@@ -32,6 +25,12 @@ class ModelLimits:
     block_size: int
     eos_token_ids: list[int]
 
+    @property
+    def request_limits(self) -> RequestLimits:
+        """What validation checks a request against (block 0 is the reserved null block)."""
+        return RequestLimits(self.vocab_size, self.max_model_len,
+                             (self.num_blocks - 1) * self.block_size)
+
 
 class InputProcessor:
     def __init__(self, tokenizer: Tokenizer | None, limits: ModelLimits):
@@ -41,32 +40,22 @@ class InputProcessor:
     def tokenize_prompt(self, prompt: str | Sequence[int]) -> tuple[str | None, list[int]]:
         if isinstance(prompt, str):
             if self.tokenizer is None:
-                raise InvalidPromptError("this engine has no tokenizer: pass prompt token ids")
+                raise RequestValidationError("this engine has no tokenizer: pass prompt token ids",
+                                             "prompt")
+            check_text(prompt, "prompt")
             return prompt, self.tokenizer.encode(prompt)
         ids = list(prompt)
-        if any(not isinstance(t, int) or isinstance(t, bool) for t in ids):
-            raise InvalidPromptError("a prompt must be a string or a list of token ids (integers)")
+        check_prompt_ids(ids, self.limits.request_limits)
         return None, ids
 
     def validate_prompt(self, ids: list[int]) -> None:
-        if not ids:
-            raise InvalidPromptError("the prompt is empty")
-        vocab, max_len = self.limits.vocab_size, self.limits.max_model_len
-        bad = [t for t in ids if not 0 <= t < vocab]
-        if bad:
-            raise InvalidPromptError(f"token id {bad[0]} is out of range [0, {vocab})")
-        if len(ids) >= max_len:
-            raise PromptTooLongError(
-                f"prompt has {len(ids)} tokens, max_model_len is {max_len} "
-                f"(at least one token must remain for the output)")
+        check_prompt_ids(ids, self.limits.request_limits)
 
     def core_requests(self, request_id: str, ids: list[int], params: SamplingParams,
                       arrival_time: float | None = None) -> list[EngineCoreRequest]:
         """Validate the request against the model, then build one core request per sample."""
         limits = self.limits
-        self.validate_prompt(ids)
-        check_fits_cache(len(ids), params.max_tokens, limits.num_blocks, limits.block_size,
-                         limits.max_model_len)
+        validate_request(ids, params, limits.request_limits)
         arrival = arrival_time or time.monotonic()
         if params.n == 1:
             return [EngineCoreRequest.build(request_id, ids, params, limits.eos_token_ids, arrival)]

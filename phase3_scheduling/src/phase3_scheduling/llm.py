@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 from tqdm.auto import tqdm
@@ -10,6 +11,8 @@ from .config import EngineArgs
 from .llm_engine import LLMEngine
 from .outputs import RequestOutput
 from .sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
 
 Prompt = str | Sequence[int]
 
@@ -58,8 +61,10 @@ class LLM:
         for conv in conversations:
             for m in conv:
                 if m.get("role") not in ("system", "user", "assistant"):
-                    raise ValueError(f"message role must be system, user or assistant, got {m.get('role')!r}")
-        prompts = [tok.apply_chat_template(conv, add_generation_prompt) for conv in conversations]
+                    raise ValueError(f"message role must be system, user or assistant, "
+                                     f"got {m.get('role')!r}")
+        # contents are encoded as plain text: a user's "<|im_start|>" cannot forge a turn
+        prompts = [tok.encode_chat(conv, add_generation_prompt) for conv in conversations]
         return self.generate(prompts, sampling_params, use_tqdm)
 
     def _run(self, ids: list[str], use_tqdm: bool) -> list[RequestOutput]:

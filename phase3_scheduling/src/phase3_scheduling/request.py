@@ -8,10 +8,13 @@ recompute after preemption one code path.
 
 from __future__ import annotations
 
+import logging
 import enum
 import time
 
 from .core_messages import EngineCoreRequest
+
+logger = logging.getLogger(__name__)
 
 
 class RequestStatus(enum.Enum):

@@ -9,11 +9,14 @@ its samples do not depend on which other requests share the batch.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 
 from .sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
+from .validation import SEED_MIN, RequestValidationError, check_sampling_params
 
-class SamplingParamsError(ValueError):
-    """A sampling parameter is out of range; the message names it and its limit."""
+logger = logging.getLogger(__name__)
+
+
+class SamplingParamsError(RequestValidationError):
+    """A sampling parameter is out of range; ``param`` names it, the message gives its limit."""
 
 
 @dataclass
@@ -30,41 +35,13 @@ class SamplingParams:
     _stop: list[str] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        def bad(name: str, rule: str) -> None:
-            raise SamplingParamsError(f"{name} must be {rule}, got {getattr(self, name)!r}")
-
-        if not isinstance(self.n, int) or self.n < 1:
-            bad("n", "an integer >= 1")
-        if self.temperature < 0:
-            bad("temperature", ">= 0")
-        if not 0 < self.top_p <= 1:
-            bad("top_p", "in (0, 1]")
         if self.top_k == -1:
             self.top_k = 0
-        if not isinstance(self.top_k, int) or self.top_k < 0:
-            bad("top_k", "-1, 0 (no limit) or a positive integer")
-        if not 0 <= self.min_p <= 1:
-            bad("min_p", "in [0, 1]")
-        if self.repetition_penalty <= 0:
-            bad("repetition_penalty", "> 0")
-        if not -2 <= self.presence_penalty <= 2:
-            bad("presence_penalty", "in [-2, 2]")
-        if not -2 <= self.frequency_penalty <= 2:
-            bad("frequency_penalty", "in [-2, 2]")
-        if self.max_tokens is not None and (not isinstance(self.max_tokens, int) or self.max_tokens < 1):
-            bad("max_tokens", "an integer >= 1")
-        if self.min_tokens < 0:
-            bad("min_tokens", ">= 0")
-        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
-            bad("min_tokens", f"<= max_tokens ({self.max_tokens})")
-        if self.logprobs is not None and not 0 <= self.logprobs <= 20:
-            bad("logprobs", "in [0, 20]")
-        if self.seed is not None and not isinstance(self.seed, int):
-            bad("seed", "an integer")
-        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        if any(not isinstance(s, str) or not s for s in stop):
-            bad("stop", "a non-empty string or a list of them")
-        self._stop = stop
+        try:
+            check_sampling_params(self)
+        except RequestValidationError as error:
+            raise SamplingParamsError(error.message, error.param) from None
+        self._stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         self.stop_token_ids = list(self.stop_token_ids or [])
 
     @property
@@ -77,6 +54,6 @@ class SamplingParams:
 
     def child(self, index: int) -> "SamplingParams":
         """Parameters of the ``index``-th of ``n`` samples: one sequence, its own seed."""
-        seed = None if self.seed is None else self.seed + index
+        seed = None if self.seed is None else (self.seed + index - SEED_MIN) % 2**64 + SEED_MIN
         kwargs = {f: getattr(self, f) for f in self.__dataclass_fields__ if not f.startswith("_")}
         return SamplingParams(**{**kwargs, "n": 1, "seed": seed})

@@ -149,8 +149,8 @@ class Scheduler:
         request.num_tokens_sent = 0
         request.num_preemptions += 1
         self.num_preemptions += 1
-        logger.debug("preempted %s (%d tokens) to free KV blocks", request.request_id,
-                     request.num_tokens)
+        logger.debug("preempted %s (%d tokens; %d preemptions so far): the KV cache is full",
+                     request.request_id, request.num_tokens, self.num_preemptions)
         self.waiting.appendleft(request)
 
     # ---- results -------------------------------------------------------------------------------

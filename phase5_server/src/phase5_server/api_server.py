@@ -14,9 +14,10 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 
 import uvicorn
@@ -26,15 +27,17 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from phase3_scheduling import AsyncLLMEngine, EngineArgs
 from phase3_scheduling.core_client import AsyncMPClient
 
-from .errors import APIError, error_body, install_error_handlers
+from .errors import APIError, error_body, install_error_handlers, internal_error
 from .metrics import ServerMetrics
 from .protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
-from .serving_chat import create_chat_completion, render_chat
+from .serving_chat import chat_prompt_ids
 from .serving_completions import create_completion
-from .serving_engine import ServerState
+from .serving_chat import create_chat_completion
+from .serving_engine import AdmissionLimits, ServerState
 
-logger = logging.getLogger("lightvllm.server")
+logger = logging.getLogger(__name__)
 PROTECTED_PREFIXES = ("/v1/", "/tokenize", "/detokenize")
+ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
 @dataclass
@@ -46,6 +49,7 @@ class ServerConfig:
     port: int = 8000
     max_body_bytes: int = 4 * 2**20
     log_level: str = "warning"
+    admission: AdmissionLimits = field(default_factory=AdmissionLimits)
     engine_process: bool = True  # False: the engine runs in a thread of the API process
 
     def model_name(self) -> str:
@@ -71,7 +75,7 @@ def version() -> str:
 
 
 class SSEResponse(StreamingResponse):
-    """Server-sent events whose generator is always closed, so a dropped client aborts its request."""
+    """Server-sent events whose generator is always closed: a dropped client aborts its request."""
 
     media_type = "text/event-stream"
 
@@ -120,8 +124,12 @@ class Gate:
                                         f"{self.max_body} bytes", "body_too_large")
                 if not message.get("more_body"):
                     break
+            surrogate = _lone_surrogate(bytes(body))
+            if surrogate is not None:
+                return await _reply(send, 400, surrogate, "invalid_unicode")
             if b"content-type" not in dict(scope["headers"]):  # curl -d sends none: JSON is meant
-                scope = dict(scope, headers=[*scope["headers"], (b"content-type", b"application/json")])
+                json_type = (b"content-type", b"application/json")
+                scope = dict(scope, headers=[*scope["headers"], json_type])
             replayed = False
 
             async def replay():
@@ -131,8 +139,59 @@ class Gate:
                     return {"type": "http.request", "body": bytes(body), "more_body": False}
                 return await receive()
 
-            return await self.app(scope, replay, send)
-        return await self.app(scope, receive, send)
+            return await _shielded(self.app, scope, replay, send)
+        return await _shielded(self.app, scope, receive, send)
+
+
+async def _shielded(app, scope, receive, send) -> None:
+    """Run the app; an exception escaping it (already answered with a 500 by the error handler,
+    or raised mid-stream) is logged once here and goes no further, so uvicorn neither prints a
+    second traceback nor resets the kept-alive connection."""
+    started = False
+
+    async def tracking_send(message) -> None:
+        nonlocal started
+        started = started or message["type"] == "http.response.start"
+        await send(message)
+
+    try:
+        await app(scope, receive, tracking_send)
+    except Exception as error:
+        if not getattr(error, "lightvllm_logged", False):
+            reference = internal_error(error, scope.get("path", "?"))
+            if not started:
+                return await _reply(send, 500, reference.message, "internal_error")
+
+
+def _lone_surrogate(body: bytes) -> str | None:
+    """A message naming the first lone UTF-16 surrogate escaped in a JSON body, else None.
+    (json decodes ``"\\ud800"`` into a str that no UTF-8 encoder or tokenizer accepts.)"""
+    if not ESCAPED_SURROGATE.search(body):
+        return None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None  # malformed JSON: FastAPI answers it
+    for path, text in _strings(data, ""):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            where = path.lstrip(".") or "the body"
+            return (f"{where} contains a lone UTF-16 surrogate (\\u{ord(text[error.start]):04x} "
+                    f"at character {error.start}): send valid Unicode text")
+    return None
+
+
+def _strings(value, path: str):
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(key, f"{path}.{key!s}")
+            yield from _strings(item, f"{path}.{key!s}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _strings(item, f"{path}.{i}")
 
 
 def _not_ready(state: ServerState) -> str:
@@ -161,8 +220,9 @@ def start_engine(config: ServerConfig) -> AsyncLLMEngine | AsyncMPClient:
 
 
 def build_app(config: ServerConfig, engine: AsyncLLMEngine | None = None) -> FastAPI:
-    """The app; with ``engine`` it serves that engine (and never shuts it down), else it loads one."""
-    state = ServerState(model_name=config.model_name(), metrics=None)  # type: ignore[arg-type]
+    """The app; with ``engine`` it serves that engine (never shutting it down), else loads one."""
+    state = ServerState(model_name=config.model_name(), metrics=None,  # type: ignore[arg-type]
+                        admission=config.admission)
     state.metrics = ServerMetrics(state.model_name)
     state.engine = engine
     owns_engine = engine is None
@@ -171,7 +231,8 @@ def build_app(config: ServerConfig, engine: AsyncLLMEngine | None = None) -> Fas
         try:
             loaded = await asyncio.to_thread(start_engine, config)
         except Exception as error:
-            logger.exception("the model failed to load")
+            # one paragraph reaches the user (run_server, /health); the traceback only at DEBUG
+            logger.debug("the model failed to load", exc_info=error)
             state.load_error = error
             if getattr(state, "on_load_error", None):
                 state.on_load_error()
@@ -191,6 +252,7 @@ def build_app(config: ServerConfig, engine: AsyncLLMEngine | None = None) -> Fas
         await asyncio.sleep(0.05)  # let the streams write their last event
         if owns_engine and state.engine is not None:
             await asyncio.to_thread(state.engine.shutdown)
+        state.pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="LightvLLM OpenAI-compatible server", version=version(), lifespan=lifespan)
     app.state.server_state = state
@@ -236,9 +298,11 @@ def build_app(config: ServerConfig, engine: AsyncLLMEngine | None = None) -> Fas
             raise APIError("this server has no tokenizer", 400)
         if (body.prompt is None) == (body.messages is None):
             raise APIError("give exactly one of prompt or messages", 400, param="prompt")
-        text = body.prompt if body.prompt is not None else render_chat(
-            state, body.messages, body.add_generation_prompt)
-        tokens = state.tokenizer.encode(text, add_special_tokens=body.add_special_tokens)
+        if body.messages is not None:
+            tokens = await chat_prompt_ids(state, body.messages, body.add_generation_prompt)
+        else:
+            tokens = await state.off_loop(state.tokenizer.encode, body.prompt,
+                                          body.add_special_tokens)
         return JSONResponse({"count": len(tokens), "max_model_len": state.max_model_len,
                              "tokens": tokens})
 
@@ -247,11 +311,11 @@ def build_app(config: ServerConfig, engine: AsyncLLMEngine | None = None) -> Fas
         state.check_model(body.model)
         if state.tokenizer is None:
             raise APIError("this server has no tokenizer", 400)
-        vocab = state.engine.vocab_size
+        vocab = state.limits.vocab_size
         bad = [t for t in body.tokens if not 0 <= t < vocab]
         if bad:
             raise APIError(f"token id {bad[0]} is out of range [0, {vocab})", 400, param="tokens")
-        return JSONResponse({"prompt": state.tokenizer.decode(body.tokens)})
+        return JSONResponse({"prompt": await state.off_loop(state.tokenizer.decode, body.tokens)})
 
     gated = Gate(app, state, config.api_key, config.max_body_bytes)
     gated.fastapi_app = app  # type: ignore[attr-defined]
@@ -281,12 +345,30 @@ def make_server(config: ServerConfig, engine: AsyncLLMEngine | None = None,
     return server
 
 
+class ModelLoadFailed(SystemExit):
+    """``lightvllm serve`` could not load its model: exit status 1, one readable paragraph."""
+
+
 def run_server(config: ServerConfig) -> None:
-    """Serve until Ctrl-C (blocking)."""
+    """Serve until Ctrl-C (blocking); raises ``ModelLoadFailed`` (exit 1) if the model cannot
+    load, after uvicorn has closed its socket."""
     server = make_server(config)
-    print(f"LightvLLM serving {server.lightvllm_state.model_name} on http://{config.host}:{config.port} "
-          f"(the model loads in the background; /health answers 200 once it is ready)", flush=True)
+    state = server.lightvllm_state
+    url = f"http://{config.host}:{config.port}"
+    print(f"LightvLLM: loading {config.engine_args.model or state.model_name}; {url} answers "
+          f"503 until it is ready (/health then answers 200)", flush=True)
     try:
         server.run()
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it already handled
         pass
+    if state.load_error is not None:
+        raise ModelLoadFailed(load_failure_message(config.engine_args.model or state.model_name,
+                                                   state.load_error))
+
+
+def load_failure_message(model_name: str, error: BaseException) -> str:
+    """One paragraph: which model, what went wrong (the loaders name the file), what to try."""
+    problem = (str(error) or type(error).__name__).rstrip(".")
+    return (f"lightvllm serve: could not load the model {model_name!r}: {problem}. Nothing was "
+            f"served; check the path and its files (config.json, *.safetensors, tokenizer.json) "
+            f"and run again with --log-level debug for the full traceback.")

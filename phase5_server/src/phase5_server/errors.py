@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-logger = logging.getLogger("lightvllm.server")
+from phase3_scheduling import EngineDeadError
+from phase3_scheduling import RequestValidationError as EngineRequestError
+
+logger = logging.getLogger(__name__)
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
           405: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error",
-          500: "server_error", 503: "service_unavailable"}
+          429: "rate_limit_error", 499: "invalid_request_error", 500: "server_error",
+          503: "service_unavailable"}
 
 
 class APIError(Exception):
@@ -32,6 +37,26 @@ class APIError(Exception):
         self.type = type_ or _TYPES.get(status, "invalid_request_error")
 
 
+class ServerShuttingDown(APIError):
+    """Delivered into every open request when the server stops: 503, retry elsewhere."""
+
+    def __init__(self, message: str = "the server is shutting down"):
+        super().__init__(message, 503, code="server_shutting_down")
+
+
+def internal_error(error: BaseException, where: str) -> APIError:
+    """A generic 500 for an unexpected exception: logged in full with an id the client sees,
+    never its type or message (they may hold internals)."""
+    reference = uuid.uuid4().hex[:12]
+    logger.error("internal error %s on %s", reference, where, exc_info=error)
+    try:
+        error.lightvllm_logged = True  # type: ignore[attr-defined]  # the ASGI shield skips it
+    except AttributeError:
+        pass
+    return APIError(f"internal server error (reference {reference}); the server log has the "
+                    f"details", 500, code="internal_error")
+
+
 def error_body(message: str, status: int, param: str | None = None, code: str | None = None,
                type_: str | None = None) -> dict:
     return {"error": {"message": message, "type": type_ or _TYPES.get(status, "server_error"),
@@ -40,8 +65,8 @@ def error_body(message: str, status: int, param: str | None = None, code: str | 
 
 def error_response(error: APIError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
-    return JSONResponse(error_body(error.message, error.status, error.param, error.code, error.type),
-                        status_code=error.status, headers=headers)
+    body = error_body(error.message, error.status, error.param, error.code, error.type)
+    return JSONResponse(body, status_code=error.status, headers=headers)
 
 
 def sse_error(message: str, status: int, code: str | None = None) -> str:
@@ -55,8 +80,8 @@ def _validation_error(exc: RequestValidationError) -> APIError:
         return APIError("invalid request", 400)
     first = errors[0]
     if first.get("type") == "json_invalid":
-        return APIError(f"malformed JSON body: {first.get('ctx', {}).get('error', first.get('msg'))}",
-                        400, code="invalid_json")
+        reason = first.get("ctx", {}).get("error", first.get("msg"))
+        return APIError(f"malformed JSON body: {reason}", 400, code="invalid_json")
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
     param = loc[0] if loc else None  # the top-level field (deeper parts name union branches)
     value = first.get("input")
@@ -84,11 +109,15 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(APIError(message.get(exc.status_code, str(exc.detail)),
                                        exc.status_code, code=str(exc.status_code)))
 
-    @app.exception_handler(ValueError)
-    async def _value(request: Request, exc: ValueError) -> JSONResponse:
-        return error_response(APIError(str(exc), 400, code="invalid_value"))
+    @app.exception_handler(EngineRequestError)
+    async def _refused(request: Request, exc: EngineRequestError) -> JSONResponse:
+        return error_response(APIError(exc.message, 400, param=exc.param, code="invalid_value"))
+
+    @app.exception_handler(EngineDeadError)
+    async def _dead(request: Request, exc: EngineDeadError) -> JSONResponse:
+        return error_response(APIError("the engine stopped after an error; the server needs a "
+                                       "restart", 503, code="engine_dead"))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error on %s", request.url.path)
-        return error_response(APIError(f"internal error: {type(exc).__name__}: {exc}", 500))
+        return error_response(internal_error(exc, f"{request.method} {request.url.path}"))

@@ -6,19 +6,24 @@ from typing import AsyncIterator
 
 from .errors import APIError, sse_error
 from .protocol import ChatCompletionRequest, ChatMessage
-from .serving_engine import (SSE_DONE, ServerState, clamp, encode_prompt, generate, merge, new_id,
-                             now, sampling_params, sse, stream_error, token_text, top_entries, usage)
+from .serving_engine import (SSE_DONE, ServerState, clamp, encode_prompt, final_outputs, generate,
+                             merge, new_id, now, sampling_params, sse, stream_error, token_text,
+                             top_entries, usage)
 
 
-def render_chat(state: ServerState, messages: list[ChatMessage], add_generation_prompt: bool) -> str:
-    """The prompt text of a conversation (system/user/assistant; developer counts as system)."""
+async def chat_prompt_ids(state: ServerState, messages: list[ChatMessage],
+                          add_generation_prompt: bool) -> list[int]:
+    """The prompt token ids of a conversation (system/user/assistant; developer counts as
+    system), rendered and tokenized off the event loop. Message contents are encoded as plain
+    text, so special-token text a user writes cannot open a turn of another role."""
     tok = state.tokenizer
     if tok is None or not tok.chat_template:
-        raise APIError("this model has no chat template: use /v1/completions", 400, param="messages")
+        raise APIError("this model has no chat template: use /v1/completions", 400,
+                       param="messages")
     plain = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
              for m in messages]
     try:
-        return tok.apply_chat_template(plain, add_generation_prompt)
+        return await state.off_loop(tok.encode_chat, plain, add_generation_prompt)
     except Exception as error:  # the template refused the conversation (e.g. role order)
         raise APIError(f"the chat template refused these messages: {error}", 400,
                        param="messages") from None
@@ -45,20 +50,19 @@ async def create_chat_completion(state: ServerState, req: ChatCompletionRequest,
     state.check_model(req.model)
     if req.top_logprobs is not None and not req.logprobs:
         raise APIError("top_logprobs needs logprobs=true", 400, param="top_logprobs")
-    prompt_text = render_chat(state, req.messages, req.add_generation_prompt)
-    ids = encode_prompt(state, prompt_text, "messages")
+    ids = await encode_prompt(state, await chat_prompt_ids(state, req.messages,
+                                                           req.add_generation_prompt), "messages")
     max_tokens = req.max_completion_tokens or req.max_tokens
     k = (req.top_logprobs or 0) if req.logprobs else None
     params = sampling_params(req, max_tokens, k, len(ids), state)
+    state.admit(req.n)
     cid, created = new_id("chatcmpl"), now()
     stream = generate(state, ids, params, cid)
     logprobs = _Logprobs(state, k) if k is not None else None
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return _stream(state, req, cid, created, stream, len(ids), logprobs, include_usage)
-    final = None
-    async for _, out in merge([stream]):
-        final = out
+    final = (await final_outputs(state, [stream], raw_request))[0]
     choices = [{"index": o.index, "message": {"role": "assistant", "content": o.text},
                 "logprobs": logprobs.render(o.token_ids, o.logprobs) if logprobs else None,
                 "finish_reason": o.finish_reason, "stop_reason": o.stop_reason}
@@ -74,8 +78,9 @@ async def _stream(state: ServerState, req: ChatCompletionRequest, cid: str, crea
     base = {"id": cid, "object": "chat.completion.chunk", "created": created,
             "model": state.model_name}
     for index in range(req.n):  # the role comes first, before any token
-        yield sse({**base, "choices": [{"index": index, "delta": {"role": "assistant", "content": ""},
-                                        "logprobs": None, "finish_reason": None}]})
+        role = {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                "finish_reason": None}
+        yield sse({**base, "choices": [role]})
     sent: dict[int, tuple[int, int]] = {}
     finished: set[int] = set()
     completion_tokens = 0

@@ -6,8 +6,9 @@ from typing import AsyncIterator
 
 from .errors import APIError, sse_error
 from .protocol import CompletionRequest
-from .serving_engine import (SSE_DONE, ServerState, clamp, encode_prompt, generate, merge, new_id,
-                             now, sampling_params, sse, stream_error, token_text, top_entries, usage)
+from .serving_engine import (SSE_DONE, ServerState, clamp, encode_prompt, final_outputs, generate,
+                             merge, new_id, now, sampling_params, sse, stream_error, token_text,
+                             top_entries, usage)
 
 
 def _prompts(prompt) -> list:
@@ -49,39 +50,41 @@ async def create_completion(state: ServerState, req: CompletionRequest, raw_requ
     if req.echo and req.logprobs is not None:
         raise APIError("echo with logprobs (prompt logprobs) is not supported", 400, param="echo")
     prompts = _prompts(req.prompt)
+    state.admit(len(prompts) * req.n, "n" if len(prompts) == 1 else "prompt")
     texts, ids = [], []
     for i, p in enumerate(prompts):
         param = "prompt" if len(prompts) == 1 else f"prompt.{i}"
         if not isinstance(p, str) and any(not isinstance(t, int) for t in p):
             raise APIError("a prompt is a string or a list of token ids", 400, param=param)
-        ids.append(encode_prompt(state, p, param))
+        ids.append(await encode_prompt(state, p, param))
         texts.append(p if isinstance(p, str) else None)
     params = [sampling_params(req, req.max_tokens, req.logprobs, len(p), state) for p in ids]
+    state.admit(len(prompts) * req.n, "n" if len(prompts) == 1 else "prompt")  # others came in
     cid, created = new_id("cmpl"), now()
     streams = [generate(state, p, sp, f"{cid}-{i}") for i, (p, sp) in enumerate(zip(ids, params))]
-    echo = [(t if t is not None else _decode(state, p)) if req.echo else "" for t, p in zip(texts, ids)]
+    echo = [(t if t is not None else await _decode(state, p)) if req.echo else ""
+            for t, p in zip(texts, ids)]
     logprobs = _Logprobs(state, req.logprobs) if req.logprobs is not None else None
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return _stream(state, req, cid, created, streams, ids, echo, logprobs, include_usage)
-    finals: list = [None] * len(prompts)
-    async for i, out in merge(streams):
-        finals[i] = out
+    finals = await final_outputs(state, streams, raw_request)
     choices, completion_tokens = [], 0
     for i, out in enumerate(finals):
         for o in out.outputs:
             completion_tokens += len(o.token_ids)
             choices.append({
                 "index": i * req.n + o.index, "text": echo[i] + o.text,
-                "logprobs": logprobs.render(o.token_ids, o.logprobs, len(echo[i])) if logprobs else None,
+                "logprobs": (logprobs.render(o.token_ids, o.logprobs, len(echo[i]))
+                             if logprobs else None),
                 "finish_reason": o.finish_reason, "stop_reason": o.stop_reason})
     choices.sort(key=lambda c: c["index"])
     return {"id": cid, "object": "text_completion", "created": created, "model": state.model_name,
             "choices": choices, "usage": usage(sum(len(p) for p in ids), completion_tokens)}
 
 
-def _decode(state: ServerState, ids: list[int]) -> str:
-    return state.tokenizer.decode(ids) if state.tokenizer is not None else ""
+async def _decode(state: ServerState, ids: list[int]) -> str:
+    return await state.off_loop(state.tokenizer.decode, ids) if state.tokenizer is not None else ""
 
 
 async def _stream(state: ServerState, req: CompletionRequest, cid: str, created: int, streams,

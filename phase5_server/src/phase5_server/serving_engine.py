@@ -6,22 +6,40 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Callable, Sequence, TypeVar
 
-from phase3_scheduling import (AsyncLLMEngine, EngineDeadError, EngineStepError, SamplingParams,
-                               SamplingParamsError)
+from phase3_scheduling import (AsyncLLMEngine, EngineDeadError, EngineStepError, RequestLimits,
+                               RequestValidationError, SamplingParams)
+from phase3_scheduling.validation import (check_against_model, check_context, check_prompt_ids,
+                                          check_text)
 
-from .errors import APIError
+from .errors import APIError, ServerShuttingDown, internal_error
 from .metrics import ServerMetrics
 
+logger = logging.getLogger(__name__)
 LOGPROB_FLOOR = -9999.0  # -inf is not JSON; vLLM clamps the same way
+T = TypeVar("T")
 
 
-class ServerShuttingDown(RuntimeError):
-    """Delivered into every open stream when the server stops."""
+@dataclass
+class AdmissionLimits:
+    """Caps on fan-out (vLLM-like defaults): sequences one request may start (prompts x n) and
+    sequences queued or running in the engine at once; beyond them 400 and 429."""
+
+    max_seqs_per_request: int = 256
+    max_queued_seqs: int = 4096
+
+
+class ClientDisconnected(APIError):
+    """The client left before its non-streaming response was ready (nginx's 499)."""
+
+    def __init__(self) -> None:
+        super().__init__("the client closed the connection", 499, code="client_closed_request")
 
 
 @dataclass
@@ -34,6 +52,10 @@ class ServerState:
     load_error: BaseException | None = None
     draining: bool = False
     active: set[str] = field(default_factory=set)
+    admission: AdmissionLimits = field(default_factory=AdmissionLimits)
+    num_seqs: int = 0  # sequences this server has in the engine (queued or running)
+    pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(
+        max_workers=4, thread_name_prefix="lightvllm-tokenizer"))
 
     @property
     def ready(self) -> bool:
@@ -44,13 +66,33 @@ class ServerState:
         return self.engine.tokenizer if self.engine else None
 
     @property
+    def limits(self) -> RequestLimits:
+        return self.engine.request_limits
+
+    @property
     def max_model_len(self) -> int:
-        return self.engine.max_model_len
+        return self.limits.max_model_len
+
+    async def off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run tokenizer work (CPU-bound, seconds for megabytes) in the pool, not the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    def admit(self, num_seqs: int, param: str = "n") -> None:
+        """Refuse a request whose sequences exceed the per-request or the server-wide cap."""
+        cap = self.admission
+        if num_seqs > cap.max_seqs_per_request:
+            raise APIError(f"the request asks for {num_seqs} sequences (prompts x n); the limit "
+                           f"is {cap.max_seqs_per_request}", 400, param=param,
+                           code="too_many_sequences")
+        if self.num_seqs + num_seqs > cap.max_queued_seqs:
+            raise APIError(f"the server has {self.num_seqs} sequences queued or running and takes "
+                           f"at most {cap.max_queued_seqs}; retry later", 429,
+                           code="rate_limit_exceeded")
 
     def check_model(self, name: str | None) -> None:
         if name is not None and name != self.model_name:
-            raise APIError(f"the model {name!r} does not exist; this server serves {self.model_name!r}",
-                           400, param="model", code="model_not_found")
+            raise APIError(f"the model {name!r} does not exist; this server serves "
+                           f"{self.model_name!r}", 400, param="model", code="model_not_found")
 
     def shut_down_streams(self, message: str = "the server is shutting down") -> None:
         """Stop taking requests and end every open stream with an error (called on Ctrl-C)."""
@@ -72,45 +114,57 @@ def now() -> int:
 
 def sampling_params(req, max_tokens: int | None, logprobs: int | None, prompt_len: int,
                     state: ServerState) -> SamplingParams:
-    """SamplingParams from a request, refusing what the engine cannot honour."""
+    """SamplingParams from a request, checked against the model as the engine will check it."""
     if getattr(req, "logit_bias", None):
         raise APIError("logit_bias is not supported", 400, param="logit_bias")
     if req.stop and state.tokenizer is None:
         raise APIError("stop strings need a tokenizer; this server has none (use stop_token_ids)",
                        400, param="stop")
-    limit = state.max_model_len
-    if max_tokens is not None and prompt_len + max_tokens > limit:
-        raise APIError(f"this model's maximum context length is {limit} tokens; the prompt has "
-                       f"{prompt_len} and max_tokens asks for {max_tokens} more", 400,
-                       param="max_tokens", code="context_length_exceeded")
     try:
-        return SamplingParams(
+        check_context(prompt_len, max_tokens, state.limits)
+        params = SamplingParams(
             n=req.n, temperature=1.0 if req.temperature is None else req.temperature,
             top_p=1.0 if req.top_p is None else req.top_p, top_k=req.top_k or 0,
             min_p=req.min_p or 0.0, repetition_penalty=req.repetition_penalty or 1.0,
             presence_penalty=req.presence_penalty or 0.0,
             frequency_penalty=req.frequency_penalty or 0.0, seed=req.seed, max_tokens=max_tokens,
-            min_tokens=min(req.min_tokens, max_tokens or req.min_tokens), stop=req.stop,
+            min_tokens=req.min_tokens, stop=req.stop,
             stop_token_ids=req.stop_token_ids, ignore_eos=req.ignore_eos, logprobs=logprobs,
             skip_special_tokens=req.skip_special_tokens)
-    except SamplingParamsError as error:
-        raise APIError(str(error), 400, param=str(error).split(" ", 1)[0]) from None
+        check_against_model(params, prompt_len, state.limits)
+    except RequestValidationError as error:
+        raise invalid(error) from None
+    return params
 
 
-def encode_prompt(state: ServerState, prompt: str | Sequence[int], param: str = "prompt") -> list[int]:
-    """Token ids of a prompt, checked against the vocabulary and the context length."""
-    if isinstance(prompt, str):
-        if state.tokenizer is None:
-            raise APIError("this server has no tokenizer: send the prompt as token ids", 400,
-                           param=param)
-        ids = state.tokenizer.encode(prompt)
-    else:
-        ids = list(prompt)
+def invalid(error: RequestValidationError) -> APIError:
+    code = "context_length_exceeded" if "context length" in error.message or \
+        "max_model_len" in error.message else "invalid_value"
+    return APIError(error.message, 400, param=error.param, code=code)
+
+
+async def encode_prompt(state: ServerState, prompt: str | Sequence[int],
+                        param: str = "prompt") -> list[int]:
+    """Token ids of a prompt (tokenized off the event loop), checked against the vocabulary
+    and the context length."""
     try:
-        state.engine.validate_prompt(ids)
-    except ValueError as error:
-        code = "context_length_exceeded" if "max_model_len" in str(error) else "invalid_value"
-        raise APIError(str(error), 400, param=param, code=code) from None
+        if isinstance(prompt, str):
+            if state.tokenizer is None:
+                raise APIError("this server has no tokenizer: send the prompt as token ids", 400,
+                               param=param)
+            check_text(prompt, param)
+            return await state.off_loop(_encode_checked, state, prompt, param)
+        ids = list(prompt)
+        check_prompt_ids(ids, state.limits, param)
+    except RequestValidationError as error:
+        raise invalid(error) from None
+    return ids
+
+
+def _encode_checked(state: ServerState, text: str, param: str) -> list[int]:
+    """Tokenize and check in the worker thread: a megabyte prompt's ids never touch the loop."""
+    ids = state.tokenizer.encode(text)
+    check_prompt_ids(ids, state.limits, param)
     return ids
 
 
@@ -119,6 +173,7 @@ async def generate(state: ServerState, prompt_ids: list[int], params: SamplingPa
     """The engine's outputs for one prompt, timed; closing this aborts the request."""
     timer = state.metrics.timer()
     state.active.add(request_id)
+    state.num_seqs += params.n
     stream = state.engine.generate(prompt_ids, params, request_id)
     last = None
     try:
@@ -132,9 +187,42 @@ async def generate(state: ServerState, prompt_ids: list[int], params: SamplingPa
         raise APIError(str(error), 500, code="engine_step_failed") from None
     finally:
         state.active.discard(request_id)
+        state.num_seqs -= params.n
         await stream.aclose()
-        reasons = [o.finish_reason for o in last.outputs] if last is not None and last.finished else []
+        done = last is not None and last.finished
+        reasons = [o.finish_reason for o in last.outputs] if done else []
         timer.finish(reasons[0] if reasons else None)
+
+
+async def final_outputs(state: ServerState, streams: list[AsyncIterator], raw_request) -> list:
+    """The last output of every stream; a client that disconnects first aborts them all."""
+    finals: list = [None] * len(streams)
+
+    async def consume() -> None:
+        async for i, out in merge(streams):
+            finals[i] = out
+
+    task = asyncio.ensure_future(consume())
+    if raw_request is None:
+        await task
+        return finals
+    watcher = asyncio.ensure_future(_disconnected(raw_request))
+    await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        watcher.cancel()
+        task.result()
+        return finals
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    logger.info("client left %s before its response; its requests were aborted",
+                raw_request.url.path)
+    raise ClientDisconnected()
+
+
+async def _disconnected(raw_request) -> None:
+    """Return once the ASGI receive channel reports that the client went away."""
+    while (await raw_request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def merge(streams: list[AsyncIterator]) -> AsyncIterator[tuple[int, object]]:
@@ -208,13 +296,12 @@ SSE_DONE = "data: [DONE]\n\n"
 
 
 def stream_error(error: BaseException) -> tuple[str, int]:
-    """Message and status for an error that ends an open stream."""
+    """Message and status for an error that ends an open stream (never an internal detail)."""
     if isinstance(error, APIError):
         return error.message, error.status
-    if isinstance(error, (ServerShuttingDown, EngineDeadError)):
-        return str(error), 503
-    if isinstance(error, EngineStepError):
-        return str(error), 500
-    if isinstance(error, ValueError):
-        return str(error), 400
-    return f"engine error: {error}", 500
+    if isinstance(error, RequestValidationError):
+        return error.message, 400
+    if isinstance(error, EngineDeadError):
+        return "the engine stopped after an error; the server needs a restart", 503
+    reference = internal_error(error, "an open stream")
+    return reference.message, 500

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import torch
 
 from ..custom_op import CustomOp
+
+logger = logging.getLogger(__name__)
 
 
 class SiluAndMul(CustomOp):

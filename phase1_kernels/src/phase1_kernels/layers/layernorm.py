@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import torch
 from torch import nn
 
 from ..custom_op import CustomOp
+
+logger = logging.getLogger(__name__)
 
 
 class RMSNorm(CustomOp):

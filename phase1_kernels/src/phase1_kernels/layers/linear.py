@@ -15,6 +15,7 @@ fills them, so building an 8B model costs no time and no second copy of memory.
 
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 import torch
@@ -22,6 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..lazy_tensor import LazyTensor, materialize
+
+logger = logging.getLogger(__name__)
 
 
 def default_weight_loader(param: torch.Tensor, loaded_weight: torch.Tensor | LazyTensor) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
 import torch
 
 from ..custom_op import CustomOp
+
+logger = logging.getLogger(__name__)
 
 
 def rope_inv_freq(rotary_dim: int, base: float, scaling: dict[str, Any] | None) -> torch.Tensor:

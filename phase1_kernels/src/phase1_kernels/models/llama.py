@@ -13,6 +13,7 @@ those layers (see ``pipeline.py``); a stage that is not the first takes the prev
 
 from __future__ import annotations
 
+import logging
 from typing import Iterable
 
 import torch
@@ -25,6 +26,8 @@ from ..layers.layernorm import RMSNorm
 from ..layers.linear import LinearFactory, default_weight_loader
 from ..layers.rotary_embedding import RotaryEmbedding
 from .pipeline import IntermediateTensors, PPMissingLayer, check_layer_range
+
+logger = logging.getLogger(__name__)
 
 
 def _load_into(param: nn.Parameter, tensor: torch.Tensor, name: str, *shard: object) -> None:

@@ -8,9 +8,12 @@ made contiguous first (and, for the in-place ops, copied back afterwards).
 
 from __future__ import annotations
 
+import logging
 import torch
 
 from . import extension
+
+logger = logging.getLogger(__name__)
 
 _fakes_registered = False
 

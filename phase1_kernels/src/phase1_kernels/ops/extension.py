@@ -10,6 +10,7 @@ back to the native ops. Env ``LIGHTVLLM_NO_EXTENSION=1`` skips the build altoget
 
 from __future__ import annotations
 
+import logging
 import hashlib
 import os
 import shutil
@@ -18,6 +19,8 @@ import threading
 from pathlib import Path
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 NAME = "lightvllm_C"
 CSRC = Path(__file__).resolve().parent.parent / "csrc"

@@ -9,8 +9,11 @@ the very tensors they were given.
 
 from __future__ import annotations
 
+import logging
 import torch
 import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

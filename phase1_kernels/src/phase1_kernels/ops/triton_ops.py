@@ -14,9 +14,12 @@ so the kernels only have to keep each program's accesses contiguous:
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 try:
     import triton

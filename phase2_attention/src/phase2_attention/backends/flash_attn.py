@@ -94,6 +94,7 @@ def flash_attn_unavailable_reason() -> str | None:
     return None
 
 
+
 def flash_attn_available() -> bool:
     return flash_attn_unavailable_reason() is None
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import torch
+
+logger = logging.getLogger(__name__)
 
 
 def store_kv(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor,

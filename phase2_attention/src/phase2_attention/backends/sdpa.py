@@ -4,12 +4,15 @@ tokens (plain prefill)."""
 
 from __future__ import annotations
 
+import logging
 import torch
 import torch.nn.functional as F
 
 from phase1_kernels.layers.attention import AttentionBackend
 
 from .paged_common import gather_kv, store_kv
+
+logger = logging.getLogger(__name__)
 
 
 def sdpa_one(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float) -> torch.Tensor:

@@ -4,11 +4,14 @@ against."""
 
 from __future__ import annotations
 
+import logging
 import torch
 
 from phase1_kernels.layers.attention import AttentionBackend, causal_attention
 
 from .paged_common import check_paged, gather_kv, store_kv
+
+logger = logging.getLogger(__name__)
 
 
 class TorchPagedBackend(AttentionBackend):

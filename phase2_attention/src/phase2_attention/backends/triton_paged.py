@@ -4,11 +4,14 @@ hits included)."""
 
 from __future__ import annotations
 
+import logging
 import torch
 
 from phase1_kernels.layers.attention import AttentionBackend
 
 from .paged_common import check_paged
+
+logger = logging.getLogger(__name__)
 
 
 class TritonPagedBackend(AttentionBackend):

@@ -20,10 +20,13 @@ Softmax runs online, in fp32 and in base 2 (``exp2``; the scale carries ``log2(e
 
 from __future__ import annotations
 
+import logging
 import functools
 import os
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 try:
     import triton

@@ -1,1 +1,1 @@
-"""Command-line entry points behind ``lightvllm serve``, ``lightvllm chat`` and ``lightvllm bench serve``."""
+"""Command-line entry points behind ``lightvllm serve``, ``chat`` and ``bench serve``."""

@@ -19,7 +19,7 @@ from phase3_scheduling.cli_args import add_engine_args, engine_args
 async def _reply_local(engine, messages: list[dict], args) -> str:
     from phase3_scheduling import SamplingParams
 
-    prompt = engine.tokenizer.apply_chat_template(messages, True)
+    prompt = engine.tokenizer.encode_chat(messages, True)
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens)
     shown = ""
     async for out in engine.generate(prompt, params, uuid.uuid4().hex):

@@ -8,9 +8,12 @@ import os
 
 from phase3_scheduling.cli_args import add_engine_args, engine_args
 
+from ..serving_engine import AdmissionLimits
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="lightvllm serve",
-                                     description="OpenAI-compatible HTTP server (FastAPI + uvicorn)")
+                                     description="OpenAI-compatible HTTP server (FastAPI, uvicorn)")
     parser.add_argument("model", nargs="?", default=None,
                         help="built-in name or local HF directory (default: the embedded SmolLM2)")
     parser.add_argument("--host", default="127.0.0.1")
@@ -19,16 +22,24 @@ def main(argv: list[str] | None = None) -> None:
                         help="require 'Authorization: Bearer KEY' (default: $LIGHTVLLM_API_KEY)")
     parser.add_argument("--served-model-name", default=None)
     parser.add_argument("--max-body-bytes", type=int, default=4 * 2**20)
+    caps = AdmissionLimits()
+    parser.add_argument("--max-seqs-per-request", type=int, default=caps.max_seqs_per_request,
+                        help="most sequences (prompts x n) one request may start; more: 400")
+    parser.add_argument("--max-queued-seqs", type=int, default=caps.max_queued_seqs,
+                        help="most sequences queued or running at once; more: 429")
     parser.add_argument("--log-level", default="info")
     add_engine_args(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from ..api_server import ServerConfig, run_server
 
+    uvicorn_level = "warning" if args.log_level.lower() == "info" else args.log_level.lower()
     config = ServerConfig(engine_args(args), served_model_name=args.served_model_name,
                           api_key=args.api_key or None, host=args.host, port=args.port,
-                          max_body_bytes=args.max_body_bytes,
-                          log_level="warning" if args.log_level.lower() == "info" else args.log_level.lower())
+                          max_body_bytes=args.max_body_bytes, log_level=uvicorn_level,
+                          admission=AdmissionLimits(args.max_seqs_per_request,
+                                                    args.max_queued_seqs))
     run_server(config)
 
 
