@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from .config import ModelConfig
 from .layers.attention import AttentionBackend
+from .layers.cpu_linear import process_weights_after_loading
 from .layers.linear import LinearFactory
 from .models.llama import LlamaForCausalLM
 
@@ -117,6 +118,7 @@ def build_model(
     model.eval()
     if load_format == "dummy":
         _dummy_fill(model, seed)
+        process_weights_after_loading(model)
         return model
     if model_dir is None:
         raise ValueError("a model directory is needed unless load_format='dummy'")
@@ -130,4 +132,5 @@ def build_model(
         raise WeightsError(
             f"{len(missing)} tensors missing from the checkpoint in {model_dir}, e.g. {sorted(missing)[:5]}"
         )
+    process_weights_after_loading(model)  # CPU: prepack the GEMM weights (layers/cpu_linear.py)
     return model

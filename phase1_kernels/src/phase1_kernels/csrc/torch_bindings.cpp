@@ -19,6 +19,14 @@ TORCH_LIBRARY(lightvllm, m) {
       "Tensor cos_sin_cache, bool is_neox) -> ()");
   // out = silu(input[..., :d]) * input[..., d:].
   m.def("silu_and_mul(Tensor! out, Tensor input) -> ()");
+  // Paged attention over kv_cache [2, num_blocks, block_size, Hk, D]: sequence b's query tokens
+  // query_start_loc[b]..[b+1] are the last of its seq_lens[b] tokens (causal, GQA). Decode and
+  // chunked prefill alike. CPU only (the GPU paths are Triton / flash-attn).
+  m.def(
+      "paged_attention(Tensor! out, Tensor query, Tensor kv_cache, Tensor block_tables, "
+      "Tensor seq_lens, Tensor query_start_loc, float scale) -> ()");
+  // kv_cache[0|1] at slot_mapping[t] (block_id * block_size + offset) = key|value[t]; -1 skips.
+  m.def("store_kv_cache(Tensor key, Tensor value, Tensor! kv_cache, Tensor slot_mapping) -> ()");
   // The first exercise: c = a + b.
   m.def("vector_add(Tensor a, Tensor b) -> Tensor");
 }
