@@ -114,7 +114,9 @@ def _build_and_load(verbose: bool) -> None:
         name=NAME,
         sources=[str(s) for s in sources],
         build_directory=str(build_dir),
-        extra_cflags=["-O3", "-std=c++17", *cpu_flags.split()],
+        # -fopenmp: at::parallel_for is an inline OpenMP region; without it every CPU kernel
+        # runs on one thread. Compile-only: the runtime is torch's own libgomp, already loaded.
+        extra_cflags=["-O3", "-std=c++17", "-fopenmp", *cpu_flags.split()],
         extra_cuda_cflags=["-O3", "-std=c++17", *cuda_flags.split()],
         extra_include_paths=[str(CSRC)],
         with_cuda=with_cuda,
