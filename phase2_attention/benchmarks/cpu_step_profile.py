@@ -4,10 +4,13 @@ paged KV cache, timed op by op with ``torch.profiler`` and linear by linear agai
 ``torch.mm`` of a square matrix (the machine's GEMM peak, measured in the same run).
 
     python phase2_attention/benchmarks/cpu_step_profile.py [--backend sdpa] [--linear native]
-        [--steps 5] [--threads 2] [--no-profile]
+        [--steps 5] [--threads 2] [--no-profile] [--ab]
 
 Timings are the best of ``--steps`` repetitions (the 2-core machine is shared: the minimum is
-the least disturbed figure); the load average is printed next to them.
+the least disturbed figure); the load average is printed next to them. With ``--threads 1``
+they are CPU seconds of the process (``time.process_time``), which other processes' load
+disturbs least. ``--ab`` times the step with every (attention backend, linear mode) pair,
+interleaved twice, on one model: the before/after table.
 """
 
 from __future__ import annotations
@@ -25,13 +28,17 @@ from phase2_attention import PagedAttentionMetadata, allocate_kv_cache
 BLOCK = 16
 
 
+def clock() -> float:
+    return time.process_time() if torch.get_num_threads() == 1 else time.perf_counter()
+
+
 def best_of(fn, steps: int) -> float:
     fn()
     times = []
     for _ in range(steps):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return min(times)
 
 
@@ -89,6 +96,41 @@ def mm_peak(steps: int, size: int = 1024) -> float:
     return 2 * size**3 / best_of(lambda: torch.mm(a, b), steps) / 1e9
 
 
+STEPS = (
+    ("decode 64 x ctx 192", decode_batch(64, 192), torch.arange(64)),
+    ("prefill 16 x 128", prefill_batch(16, 128), torch.arange(16) * 128 + 127),
+)
+CONFIGS = (("sdpa", "native"), ("cpu_paged", "native"), ("sdpa", "onednn"), ("cpu_paged", "onednn"))
+
+
+@torch.inference_mode()
+def ab_table(model, steps: int) -> None:
+    """Step time for every (backend, linear mode), interleaved twice; best of all repetitions."""
+    from phase1_kernels.layers.attention import get_backend
+    from phase1_kernels.layers.cpu_linear import process_weights_after_loading
+
+    unit = "CPU ms" if torch.get_num_threads() == 1 else "ms"
+    best: dict[tuple[str, str, str], float] = {}
+    for _ in range(2):
+        for backend, linear in CONFIGS:
+            process_weights_after_loading(model, linear)
+            for layer in model.attention_layers:
+                layer.backend = get_backend(backend)
+            for label, (ids, positions, meta, blocks), sample in STEPS:
+                allocate_kv_cache(model, blocks, BLOCK)
+                t = best_of(step_fn(model, ids, positions, meta, sample), steps)
+                key = (label, backend, linear)
+                best[key] = min(best.get(key, t), t)
+                print(f"  {label} {backend}/{linear}: {1e3 * t:.1f} {unit} (load {os.getloadavg()[0]:.1f})",
+                      flush=True)
+    print(f"\n| step | attention | linear | {unit} per step | vs sdpa/native |\n|---|---|---|---|---|")
+    for label, _, _ in STEPS:
+        base = best[(label, "sdpa", "native")]
+        for backend, linear in CONFIGS:
+            t = best[(label, backend, linear)]
+            print(f"| {label} | {backend} | {linear} | {1e3 * t:.1f} | {base / t:.2f}x |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--backend", default=None, help="attention backend (default: the CPU default)")
@@ -96,6 +138,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--ab", action="store_true", help="compare backends x linear modes")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -111,11 +154,10 @@ def main() -> None:
           f"backend {backend}, linear {os.environ.get('LIGHTVLLM_CPU_LINEAR', 'default')}")
     peak = mm_peak(args.steps)
     print(f"torch.mm 1024^3 peak: {peak:.1f} GFLOP/s")
+    if args.ab:
+        return ab_table(model, args.steps)
     with torch.inference_mode():
-        for label, (ids, positions, meta, blocks), sample in (
-            ("decode 64 x ctx 192", decode_batch(64, 192), torch.arange(64)),
-            ("prefill 16 x 128", prefill_batch(16, 128), torch.arange(16) * 128 + 127),
-        ):
+        for label, (ids, positions, meta, blocks), sample in STEPS:
             allocate_kv_cache(model, blocks, BLOCK)
             fn = step_fn(model, ids, positions, meta, sample)
             t = best_of(fn, args.steps)

@@ -61,14 +61,36 @@ def _packable(module: nn.Module) -> bool:
 def _onednn_forward(self: LinearBase, x: torch.Tensor) -> torch.Tensor:
     if x.dtype != torch.float32 or x.device.type != "cpu":
         return F.linear(x, self.weight, self.bias)
-    return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
+    packed = self.__dict__.get("packed_weight")
+    if packed is None:  # packed at first use, so weights loaded after the pass are seen
+        with torch.inference_mode():
+            packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), PACK_BATCH_HINT)
+        self.__dict__["packed_weight"] = packed
+    return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")
+
+
+def _drop_pack_on_load(module: LinearBase, param: torch.Tensor) -> None:
+    """Wrap ``param.weight_loader`` so loading new values discards the stale packed copy."""
+    loader = getattr(param, "weight_loader", None)
+    if loader is None or getattr(loader, "drops_pack_of", None) is module:
+        return
+
+    def load_and_drop(*args, **kwargs):
+        module.__dict__["packed_weight"] = None
+        return loader(*args, **kwargs)
+
+    load_and_drop.drops_pack_of = module
+    param.weight_loader = load_and_drop
 
 
 def pack_linear(module: LinearBase) -> None:
-    """Give ``module`` a oneDNN-packed copy of its weight and a forward that uses it."""
-    module.packed_weight = torch.ops.mkldnn._reorder_linear_weight(module.weight.detach(),
-                                                                   PACK_BATCH_HINT)
+    """Give ``module`` a forward on a oneDNN-packed copy of its weight (packed now, and again
+    at first use after any ``weight_loader`` call)."""
+    module.__dict__["packed_weight"] = None
     module.forward = types.MethodType(_onednn_forward, module)
+    for param in module.parameters(recurse=False):
+        _drop_pack_on_load(module, param)
+    _onednn_forward(module, torch.zeros(1, module.weight.shape[1]))
 
 
 def unpack_linear(module: LinearBase) -> None:
