@@ -31,7 +31,7 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("backend", ["torch_paged", "sdpa", "triton_paged"])
+@pytest.mark.parametrize("backend", ["torch_paged", "sdpa", "triton_paged", "cpu_paged"])
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_paged_backend_matches_float64(backend, case, dtype):
@@ -40,6 +40,11 @@ def test_paged_backend_matches_float64(backend, case, dtype):
 
         if not triton_paged.is_available("cpu"):
             pytest.skip("Triton interpreter unavailable")
+    if backend == "cpu_paged":
+        from phase2_attention.ops import cpu_paged
+
+        if not cpu_paged.is_available():
+            pytest.skip(cpu_paged.why_unavailable())
     if dtype == torch.float16 and backend != "triton_paged":
         dtype = torch.bfloat16
     q_lens, s_lens = CASES[case]

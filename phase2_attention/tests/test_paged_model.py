@@ -33,10 +33,18 @@ def assert_pool_full(gen):
     assert gen.manager.num_free_blocks == gen.num_blocks - 1
 
 
-@pytest.mark.parametrize("backend", ["torch_paged", "sdpa"])
+def skip_unless_cpu_paged(backend):
+    from phase2_attention.ops import cpu_paged
+
+    if backend == "cpu_paged" and not cpu_paged.is_available():
+        pytest.skip(cpu_paged.why_unavailable())
+
+
+@pytest.mark.parametrize("backend", ["torch_paged", "sdpa", "cpu_paged"])
 def test_paged_backends_match_naive_and_hf(smollm2_dir, prompts, expected, backend):
     from transformers import AutoModelForCausalLM
 
+    skip_unless_cpu_paged(backend)
     gen = PagedGenerator(LightvLLM.from_pretrained(smollm2_dir, device="cpu", attn_backend=backend),
                          CacheConfig(num_blocks=48))
     assert gen.generate(prompts, max_new_tokens=16) == expected
@@ -60,6 +68,15 @@ def test_prefix_hits_chunked_prefill_and_contiguous_change_nothing(smollm2_dir, 
     contiguous = PagedGenerator(llm, CacheConfig(num_blocks=1 + 4 * 8), contiguous_max_len=128)
     assert contiguous.generate(prompts, max_new_tokens=16) == expected
     assert contiguous.manager.usage == 0.0
+
+
+def test_cpu_paged_with_prefix_hits_and_chunked_prefill(smollm2_dir, prompts, expected):
+    skip_unless_cpu_paged("cpu_paged")
+    gen = PagedGenerator(LightvLLM.from_pretrained(smollm2_dir, device="cpu", attn_backend="cpu_paged"),
+                         CacheConfig(num_blocks=48))
+    assert gen.generate(prompts, max_new_tokens=16) == expected
+    assert gen.generate(prompts, max_new_tokens=16, prefill_chunk=7) == expected  # warm + chunked
+    assert_pool_full(gen)
 
 
 def test_triton_paged_backend_in_the_model(tiny_llama_dir):

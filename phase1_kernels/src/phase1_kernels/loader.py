@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from .config import ModelConfig
 from .layers.attention import AttentionBackend
+from .layers.cpu_linear import process_weights_after_loading
 from .layers.linear import LinearFactory
 from .lazy_tensor import LazyTensor
 from .models.llama import LlamaForCausalLM
@@ -139,6 +140,7 @@ def build_model(
     model.eval()
     if load_format == "dummy":
         _dummy_fill(model, seed)
+        process_weights_after_loading(model)
         return model
     if model_dir is None:
         raise ValueError("a model directory is needed unless load_format='dummy'")
@@ -154,4 +156,5 @@ def build_model(
             f"{len(missing)} tensors missing from the checkpoint in {model_dir}, "
             f"e.g. {sorted(missing)[:5]}"
         )
+    process_weights_after_loading(model)  # CPU: prepack the GEMM weights (layers/cpu_linear.py)
     return model

@@ -7,6 +7,12 @@
 // registered from Python (phase1_kernels/ops/compiled.py, torch.library.register_fake).
 #include <torch/library.h>
 
+#include <vector>
+
+namespace lightvllm {
+std::vector<int64_t> bind_threads(std::vector<int64_t> cpus);  // cpu/threads_cpu.cpp
+}
+
 TORCH_LIBRARY(lightvllm, m) {
   // out = input / sqrt(mean(input^2) + epsilon) * weight, over the last dim.
   m.def("rms_norm(Tensor! out, Tensor input, Tensor weight, float epsilon) -> ()");
@@ -19,6 +25,16 @@ TORCH_LIBRARY(lightvllm, m) {
       "Tensor cos_sin_cache, bool is_neox) -> ()");
   // out = silu(input[..., :d]) * input[..., d:].
   m.def("silu_and_mul(Tensor! out, Tensor input) -> ()");
+  // Paged attention over kv_cache [2, num_blocks, block_size, Hk, D]: sequence b's query tokens
+  // query_start_loc[b]..[b+1] are the last of its seq_lens[b] tokens (causal, GQA). Decode and
+  // chunked prefill alike. CPU only (the GPU paths are Triton / flash-attn).
+  m.def(
+      "paged_attention(Tensor! out, Tensor query, Tensor kv_cache, Tensor block_tables, "
+      "Tensor seq_lens, Tensor query_start_loc, float scale) -> ()");
+  // kv_cache[0|1] at slot_mapping[t] (block_id * block_size + offset) = key|value[t]; -1 skips.
+  m.def("store_kv_cache(Tensor key, Tensor value, Tensor! kv_cache, Tensor slot_mapping) -> ()");
+  // Pin intra-op thread i to cpus[i] (no tensors: one kernel for every backend). Returns them.
+  m.def("bind_threads(int[] cpus) -> int[]", &lightvllm::bind_threads);
   // The first exercise: c = a + b.
   m.def("vector_add(Tensor a, Tensor b) -> Tensor");
 }

@@ -47,6 +47,14 @@ def register_fakes() -> None:
     def _silu_and_mul_fake(out, input):
         return None
 
+    @torch.library.register_fake("lightvllm::paged_attention")
+    def _paged_attention_fake(out, query, kv_cache, block_tables, seq_lens, query_start_loc, scale):
+        return None
+
+    @torch.library.register_fake("lightvllm::store_kv_cache")
+    def _store_kv_cache_fake(key, value, kv_cache, slot_mapping):
+        return None
+
     @torch.library.register_fake("lightvllm::vector_add")
     def _vector_add_fake(a, b):
         return torch.empty_like(a, memory_format=torch.contiguous_format)

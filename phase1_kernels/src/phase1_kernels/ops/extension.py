@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import hashlib
 import os
+import platform
 import shutil
 import sys
 import threading
@@ -24,6 +25,10 @@ logger = logging.getLogger(__name__)
 
 NAME = "lightvllm_C"
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
+# CPU code for this machine's vector units (AVX2/FMA, AVX-512 where present): the paged
+# attention kernel's loops are written for the compiler to vectorise. The CPU model and these
+# flags are part of the build tag, so a cache shared by different machines keeps one build each.
+DEFAULT_CPU_ARCH_FLAGS = "-march=native"
 DEFAULT_CUDA_ARCH_FLAGS = (
     "-gencode=arch=compute_90,code=sm_90 -gencode=arch=compute_90,code=compute_90"
 )
@@ -51,8 +56,18 @@ def _cuda_home_for(nvcc: str) -> str:
     return os.environ.get("CUDA_HOME") or str(Path(nvcc).resolve().parent.parent)
 
 
-def _build_tag(files: list[Path], with_cuda: bool, cuda_flags: str) -> str:
+def _cpu_model() -> str:
+    """The first CPU's model name and feature flags (what ``-march=native`` compiles for)."""
+    try:
+        first = Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    return "|".join(line for line in first if line.startswith(("model name", "flags")))
+
+
+def _build_tag(files: list[Path], with_cuda: bool, cuda_flags: str, cpu_flags: str = "") -> str:
     h = hashlib.sha256()
+    h.update(f"{cpu_flags}|{_cpu_model() if cpu_flags else ''}".encode())
     for f in sorted(CSRC.rglob("*")):  # every source and header under csrc/
         if f.is_file() and f.suffix in {".cpp", ".cu", ".h", ".cuh"}:
             h.update(str(f.relative_to(CSRC)).encode())
@@ -93,15 +108,18 @@ def _build_and_load(verbose: bool) -> None:
     nvcc = find_nvcc() if torch.version.cuda else None
     with_cuda = bool(cuda_src) and nvcc is not None
     cuda_flags = os.environ.get("LIGHTVLLM_CUDA_ARCH_FLAGS", DEFAULT_CUDA_ARCH_FLAGS)
+    cpu_flags = os.environ.get("LIGHTVLLM_CPU_ARCH_FLAGS", DEFAULT_CPU_ARCH_FLAGS)
     if with_cuda:
         os.environ.setdefault("CUDA_HOME", _cuda_home_for(nvcc))
     sources = cpu_src + (cuda_src if with_cuda else [])
-    build_dir = cache_dir("torch_extensions", _build_tag(sources, with_cuda, cuda_flags))
+    build_dir = cache_dir("torch_extensions", _build_tag(sources, with_cuda, cuda_flags, cpu_flags))
     cpp_extension.load(
         name=NAME,
         sources=[str(s) for s in sources],
         build_directory=str(build_dir),
-        extra_cflags=["-O3", "-std=c++17"],
+        # -fopenmp: at::parallel_for is an inline OpenMP region; without it every CPU kernel
+        # runs on one thread. Compile-only: the runtime is torch's own libgomp, already loaded.
+        extra_cflags=["-O3", "-std=c++17", "-fopenmp", *cpu_flags.split()],
         extra_cuda_cflags=["-O3", "-std=c++17", *cuda_flags.split()],
         extra_include_paths=[str(CSRC)],
         with_cuda=with_cuda,

@@ -16,6 +16,7 @@ from typing import Callable
 
 import torch
 
+from phase1_kernels.cpu_threads import configure_cpu_threads
 from phase1_kernels.loader import build_model
 from phase2_attention.kv_cache import available_kv_cache_bytes, bytes_per_block
 
@@ -46,6 +47,8 @@ class Worker:
         self.device = torch.device(config.device if config.device == "cpu" else f"cuda:{local_rank}")
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
+        else:
+            configure_cpu_threads()  # intra-op threads on the usable cores, pinned, no oversubscription
         self.model_builder = model_builder or build_single_rank_model
         self.model: torch.nn.Module | None = None
         self.runner: ModelRunner | None = None
