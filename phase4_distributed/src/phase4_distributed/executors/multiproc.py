@@ -30,23 +30,12 @@ from phase3_scheduling.protocol import ModelRunnerOutput, RpcReply, RpcRequest, 
 
 from ..worker_builder import output_rank
 from . import messages as m
+from .errors import RpcTimeoutError, WorkerStepError, results_in_rank_order
 from .processes import describe_exit, free_port, stop_processes
 from .worker_host import DEFAULT_BUILDER
 
 logger = logging.getLogger(__name__)
 _REPLY_DECODER = msgspec.msgpack.Decoder(RpcReply)
-
-
-class WorkerStepError(RuntimeError):
-    """A step failed inside the (single) worker; only that step's requests fail."""
-
-
-class WorkerRpcError(RuntimeError):
-    """A worker method called through ``collective_rpc`` raised on some rank."""
-
-
-class RpcTimeoutError(TimeoutError):
-    """Some ranks did not answer a ``collective_rpc`` within its deadline."""
 
 
 class _Resources:
@@ -171,7 +160,7 @@ class MultiprocExecutor(Executor):
                 self._step_failed(rank, _REPLY_DECODER.decode(payload))
             elif kind == m.RPC_REPLY and reply_seq == seq:
                 replies[rank] = _REPLY_DECODER.decode(payload)
-        return _results_in_rank_order(method, replies)
+        return results_in_rank_order(method, replies)
 
     # ---- health and shutdown -------------------------------------------------------------------
     def check_health(self, what: str = "checked its workers") -> None:
@@ -201,10 +190,3 @@ class MultiprocExecutor(Executor):
         self._closed = True
         self._finalizer()
 
-
-def _results_in_rank_order(method: str, replies: dict[int, RpcReply]) -> list[Any]:
-    failed = [(rank, r) for rank, r in sorted(replies.items()) if r.error is not None]
-    if failed:
-        details = "; ".join(f"rank {rank}: {r.error_type}: {r.error}" for rank, r in failed)
-        raise WorkerRpcError(f"{method} failed on {len(failed)} of {len(replies)} ranks: {details}")
-    return [replies[rank].result for rank in range(len(replies))]
