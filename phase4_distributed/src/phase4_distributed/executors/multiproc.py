@@ -25,12 +25,12 @@ import zmq
 
 from phase3_scheduling import protocol
 from phase3_scheduling.engine_config import EngineConfig, encode_config
-from phase3_scheduling.executor import Executor, WorkerDiedError
+from phase3_scheduling.executor import WorkerDiedError
 from phase3_scheduling.protocol import ModelRunnerOutput, RpcReply, RpcRequest, SchedulerOutput
 
-from ..worker_builder import output_rank
 from . import messages as m
-from .errors import RpcTimeoutError, WorkerStepError, results_in_rank_order
+from .base import RankedExecutor
+from .errors import RpcTimeoutError, results_in_rank_order
 from .processes import describe_exit, free_port, stop_processes
 from .worker_host import DEFAULT_BUILDER
 
@@ -52,20 +52,14 @@ class _Resources:
         shutil.rmtree(self.ipc_dir, ignore_errors=True)
 
 
-class MultiprocExecutor(Executor):
+class MultiprocExecutor(RankedExecutor):
     poll_interval_s = 0.1  # how often a waiting engine checks that its workers live
     startup_timeout_s = 120.0
     rpc_timeout_s = 600.0  # load_model of a large checkpoint may take minutes
 
     def __init__(self, config: EngineConfig, model_builder: str = DEFAULT_BUILDER):
         super().__init__(config)
-        parallel = config.parallel_config
-        self.world_size = parallel.world_size
-        self.output_rank = output_rank(parallel.tensor_parallel_size,
-                                       parallel.pipeline_parallel_size)
         self._seq = 0
-        self._dead: WorkerDiedError | None = None
-        self._closed = False
         self._res = _Resources()
         self._finalizer = weakref.finalize(self, self._res.release)
         self._broadcast, self._results = self._bind_sockets()
@@ -142,11 +136,10 @@ class MultiprocExecutor(Executor):
                 return protocol.decode_output(payload)
 
     def _step_failed(self, rank: int, reply: RpcReply) -> None:
-        message = f"rank {rank}: {reply.error_type}: {reply.error}"
-        if self.world_size == 1:
-            raise WorkerStepError(message)
-        # with several ranks the others may be waiting in a collective: they are out of step
-        self._fail(WorkerDiedError(f"a step failed on {message}; the ranks are out of step"))
+        error = self._step_failure(f"rank {rank}: {reply.error_type}: {reply.error}")
+        if isinstance(error, WorkerDiedError):
+            stop_processes(self._res.procs)
+        raise error
 
     def collective_rpc(self, method: str, args: tuple = (), kwargs: dict | None = None,
                        timeout_s: float | None = None) -> list[Any]:
