@@ -31,6 +31,10 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
     parser.add_argument("--attention-backend", default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tensor-parallel-size", type=int, default=1)
+    parser.add_argument("--pipeline-parallel-size", type=int, default=1)
+    parser.add_argument("--distributed-executor-backend", default=None,
+                        help="uni, mp, ray (default: uni for one worker, mp for several)")
 
 
 def hf_config(spec: str | None) -> dict | None:
@@ -55,4 +59,7 @@ def engine_args(args: argparse.Namespace) -> EngineArgs:
         num_gpu_blocks_override=args.num_gpu_blocks_override,
         enable_prefix_caching=not args.no_prefix_caching, enforce_eager=args.enforce_eager,
         attention_backend=args.attention_backend,
+        tensor_parallel_size=args.tensor_parallel_size,
+        pipeline_parallel_size=args.pipeline_parallel_size,
+        distributed_executor_backend=args.distributed_executor_backend,
         extra={"hf_config_name": args.hf_config} if args.hf_config else {})
