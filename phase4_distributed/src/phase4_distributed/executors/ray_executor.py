@@ -2,7 +2,7 @@
 bundles on the CPU, GPU bundles on GPUs), each wrapping the same ``WorkerHost`` as ``mp``.
 
 Only bytes cross to the actors: the config and every step are msgpack-encoded before
-``.remote``; a step is ``ray.put`` once and the same object reference goes to every rank. A dead
+``.remote``; a large step is ``ray.put`` once and the same object reference goes to every rank. A dead
 actor (``RayActorError``) fails the engine with ``WorkerDiedError``. Ray is the optional extra
 ``phase4-distributed[ray]``; tests start it bound to 127.0.0.1 without the dashboard.
 """
@@ -32,6 +32,7 @@ from .worker_host import DEFAULT_BUILDER, WorkerHost
 
 logger = logging.getLogger(__name__)
 _REPLY_DECODER = msgspec.msgpack.Decoder(RpcReply)
+INLINE_STEP_BYTES = 64 * 1024
 
 
 class RayWorkerHost:
@@ -129,8 +130,12 @@ class RayExecutor(RankedExecutor):
                 raise self._dead from None
 
     def execute_model(self, step: SchedulerOutput) -> ModelRunnerOutput:
-        step_ref = ray.put(protocol.encode(step))
-        refs = [actor.execute.remote(step_ref) for actor in self.actors]
+        data = protocol.encode(step)
+        # small steps travel inline in the task (Ray's own copy per actor is cheaper than an
+        # object-store round trip, measured in benchmarks/executor_overhead.py); large ones
+        # are put once and every actor reads the same object
+        arg = data if len(data) < INLINE_STEP_BYTES else ray.put(data)
+        refs = [actor.execute.remote(arg) for actor in self.actors]
         try:
             outputs = self._get(refs, "a step", None)
         except RayTaskError as error:
