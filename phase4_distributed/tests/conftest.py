@@ -25,6 +25,16 @@ def run_prompts(llm: LLM) -> dict[str, list]:
 
 
 @pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray instance for every Ray test (start-up costs seconds), bound to loopback."""
+    ray = pytest.importorskip("ray", reason="the optional extra phase4-distributed[ray]")
+    ray.init(num_cpus=4, _node_ip_address="127.0.0.1", include_dashboard=False,
+             log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
 def uni_reference(tiny_llama_dir):
     llm = LLM(str(tiny_llama_dir), distributed_executor_backend="uni", **ENGINE)
     try:

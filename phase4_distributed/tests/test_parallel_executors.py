@@ -32,16 +32,11 @@ def test_mp_parallel_equals_one_worker(tiny_llama_dir, uni_reference, tp, pp):
         llm.engine.shutdown()
 
 
-def test_ray_tp2_equals_one_worker(tiny_llama_dir, uni_reference):
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=4, _node_ip_address="127.0.0.1", include_dashboard=False,
-             log_to_driver=False)
+def test_ray_tp2_equals_one_worker(ray_cluster, tiny_llama_dir, uni_reference):
+    llm = LLM(str(tiny_llama_dir), tensor_parallel_size=2, distributed_executor_backend="ray",
+              **ENGINE)
     try:
-        llm = LLM(str(tiny_llama_dir), tensor_parallel_size=2,
-                  distributed_executor_backend="ray", **ENGINE)
-        try:
-            assert_same_generation(run_prompts(llm), uni_reference)
-        finally:
-            llm.engine.shutdown()
+        assert len(llm.engine.executor.pids) == 2
+        assert_same_generation(run_prompts(llm), uni_reference)
     finally:
-        ray.shutdown()
+        llm.engine.shutdown()

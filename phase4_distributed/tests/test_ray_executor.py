@@ -17,14 +17,6 @@ from conftest import ENGINE, PROMPTS, run_prompts  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=4, _node_ip_address="127.0.0.1", include_dashboard=False,
-             log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def ray_llm(ray_cluster, tiny_llama_dir):
     llm = LLM(str(tiny_llama_dir), distributed_executor_backend="ray", **ENGINE)
     yield llm
