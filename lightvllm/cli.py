@@ -13,10 +13,13 @@ def _generate(argv: list[str]) -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
+    from phase3_scheduling.cli_args import add_engine_args, engine_args
+
+    add_engine_args(parser)
     args = parser.parse_args(argv)
     from phase3_scheduling import LLM, SamplingParams
 
-    llm = LLM(args.model)
+    llm = LLM.from_engine_args(engine_args(args))
     params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens)
     if args.chat:
         out = llm.chat([{"role": "user", "content": args.prompt}], params, use_tqdm=False)

@@ -157,13 +157,14 @@ class ModelRunner:
         return self.backend.build_metadata(metadata)
 
     def run(self, plan: StepPlan, metadata: PagedAttentionMetadata) -> torch.Tensor | None:
-        """Logits of the rows to sample (None when only mid-prompt chunks ran)."""
+        """Logits of the rows to sample (None when only mid-prompt chunks ran, or when the
+        model is a pipeline stage before the last: it returns no hidden states)."""
         if plan.graph_size is not None:
             return self.graphs.replay(plan.graph_size)[plan.sample_rows]
         n = plan.num_tokens
         dev = self.staging.dev
         hidden = self.model(dev.input_ids[:n], dev.positions[:n], metadata)
-        if not plan.sample_rows:
+        if hidden is None or not plan.sample_rows:
             return None
         last = [self._last_token_index[i] for i in plan.sample_rows]
         index = torch.tensor(last, dtype=torch.long).to(self.device, non_blocking=True)

@@ -1,0 +1,29 @@
+"""What the out-of-process executors share: the world they drive, which rank answers a step,
+and the rule for a failed step (one worker: only that step's requests fail; several: the ranks
+may be out of step, so the engine is failed)."""
+
+from __future__ import annotations
+
+from phase3_scheduling.engine_config import EngineConfig
+from phase3_scheduling.executor import Executor, WorkerDiedError
+
+from ..worker_builder import output_rank
+from .errors import WorkerStepError
+
+
+class RankedExecutor(Executor):
+    def __init__(self, config: EngineConfig):
+        super().__init__(config)
+        parallel = config.parallel_config
+        self.world_size = parallel.world_size
+        self.output_rank = output_rank(parallel.tensor_parallel_size,
+                                       parallel.pipeline_parallel_size)
+        self._dead: WorkerDiedError | None = None
+        self._closed = False
+
+    def _step_failure(self, message: str) -> Exception:
+        """The error to raise for a step that failed on a rank (``message`` names it)."""
+        if self.world_size == 1:
+            return WorkerStepError(message)
+        self._dead = WorkerDiedError(f"a step failed on {message}; the ranks are out of step")
+        return self._dead
