@@ -52,7 +52,7 @@ install_packages() {
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q --no-install-recommends \
         -t bullseye golang-1.15-go
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q --no-install-recommends \
-        etcd-server dnsmasq-base dpkg-dev
+        etcd-server dnsmasq-base dpkg-dev rsync make
 }
 
 # The bullseye mirror still serves the upstream tarball (with vendor/) of the source package but
@@ -82,6 +82,9 @@ build_components() {
     export PATH="/usr/lib/go-1.15/bin:$PATH" GOPATH="$CACHE/gopath" GOCACHE="$CACHE/gocache"
     export GOFLAGS=-mod=vendor GO111MODULE=on CGO_ENABLED=0 GOPROXY=off
     log "go: $(go version)"
+    # The one generated file the source tarball lacks: the apiserver's OpenAPI definitions.
+    log "generating pkg/generated/openapi (make gen_openapi)"
+    (cd "$src" && GOFLAGS= make gen_openapi >/dev/null)
     for c in "${COMPONENTS[@]}"; do
         log "building $c"
         (cd "$src" && go build -o "$BIN/$c" -ldflags "-s -w $(version_flags)" "./cmd/$c")
@@ -94,6 +97,7 @@ main() {
         return 0
     fi
     mkdir -p "$BIN"
+    rm -rf "$CACHE"/build.*  # a build that failed half-way
     add_bullseye
     install_packages
     ln -sf "$(command -v etcd || echo /usr/bin/etcd)" "$BIN/etcd"

@@ -33,10 +33,16 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.client = dynamic_client(os.environ.get("KUBECONFIG"))
 
 
-def deployment_spec(name: str, namespace: str, spec: kopf.Spec) -> DeploymentSpec:
+def deployment_spec(name: str, namespace: str, spec: kopf.Spec,
+                    patch: kopf.Patch | None = None) -> DeploymentSpec:
+    """The typed spec; one the schema allows but the builder cannot express (e.g. more than
+    1024 workers) fails permanently, with the reason in the status when ``patch`` is given."""
     try:
         return DeploymentSpec.from_resource(name, namespace, dict(spec))
     except InvalidDeploymentSpec as exc:
+        if patch is not None:
+            patch.status["phase"] = "Failed"
+            patch.status["message"] = str(exc)
         raise kopf.PermanentError(str(exc)) from exc
 
 
@@ -46,7 +52,7 @@ def deployment_spec(name: str, namespace: str, spec: kopf.Spec) -> DeploymentSpe
 def reconcile(name: str, namespace: str, spec: kopf.Spec, body: kopf.Body, memo: kopf.Memo,
               patch: kopf.Patch, **_: Any) -> None:
     """Apply every object of the deployment, owned by the resource."""
-    desired = deployment_spec(name, namespace, spec)
+    desired = deployment_spec(name, namespace, spec, patch)
     manifests = build_manifests(desired)
     for manifest in manifests:
         kopf.append_owner_reference(manifest, owner=body)
