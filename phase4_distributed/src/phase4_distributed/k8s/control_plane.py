@@ -108,6 +108,10 @@ class LocalControlPlane:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def running(self) -> bool:
+        """Whether every started component is still alive."""
+        return bool(self._procs) and all(p.poll() is None for p in self._procs.values())
+
     def logs(self, name: str, lines: int = 40) -> str:
         return log_tail(self.log_dir, name, lines)
 
@@ -194,3 +198,22 @@ class LocalControlPlane:
 def _http_ok(url: str) -> bool:
     with urllib.request.urlopen(url, timeout=2) as response:
         return response.status == 200
+
+
+def main() -> None:
+    """``python -m phase4_distributed.k8s.control_plane [WORKDIR]``: run until Ctrl-C."""
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    workdir = Path(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="lightvllm-k8s."))
+    with LocalControlPlane(workdir) as plane:
+        print(f"export KUBECONFIG={plane.kubeconfig}   # logs in {plane.log_dir}", flush=True)
+        try:
+            while plane.running():
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()
