@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from kubernetes.dynamic.exceptions import UnprocessableEntityError
+from kubernetes.dynamic.exceptions import UnprocessibleEntityError
 
 from phase4_distributed.k8s.crd import GROUP, KIND, VERSION, example_resource
 from phase4_distributed.k8s.spec import DEFAULT_IMAGE, DeploymentSpec
@@ -55,7 +55,7 @@ def test_nested_defaults_apply_inside_a_given_placement(lvd, namespace):
     ({"model": "m", "placement": {"nodeSelector": {"gpu": 1}}}, "spec.placement.nodeSelector"),
 ])
 def test_invalid_specs_are_rejected_with_422(lvd, namespace, spec, field):
-    with pytest.raises(UnprocessableEntityError) as info:
+    with pytest.raises(UnprocessibleEntityError) as info:
         dry_create(lvd, resource("bad", spec, namespace))
     assert info.value.status == 422
     body = info.value.body

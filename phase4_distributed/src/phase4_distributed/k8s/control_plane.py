@@ -202,17 +202,18 @@ def _http_ok(url: str) -> bool:
 
 def main() -> None:
     """``python -m phase4_distributed.k8s.control_plane [WORKDIR]``: run until Ctrl-C."""
+    import signal
     import sys
 
+    # Background shells ignore SIGINT: let SIGTERM and SIGINT both stop the components.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: sys.exit(0))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     workdir = Path(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="lightvllm-k8s."))
     with LocalControlPlane(workdir) as plane:
         print(f"export KUBECONFIG={plane.kubeconfig}   # logs in {plane.log_dir}", flush=True)
-        try:
-            while plane.running():
-                time.sleep(1)
-        except KeyboardInterrupt:
-            pass
+        while plane.running():
+            time.sleep(1)
 
 
 if __name__ == "__main__":

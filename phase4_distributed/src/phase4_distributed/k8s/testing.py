@@ -53,9 +53,13 @@ def fake_node(name: str, gpus: int, labels: dict[str, str] | None = None) -> dic
 
 
 def register_fake_nodes(client: Any, nodes: list[dict[str, Any]]) -> list[str]:
+    """Create the nodes, then drop the ``node.kubernetes.io/not-ready`` taint that admission
+    (TaintNodesByCondition) puts on every new node and that only a kubelet would lift."""
     resource = client.resources.get(api_version="v1", kind="Node")
     for node in nodes:
         resource.create(body=node)
+        resource.patch(name=node["metadata"]["name"], body={"spec": {"taints": None}},
+                       content_type="application/merge-patch+json")
     return [node["metadata"]["name"] for node in nodes]
 
 
