@@ -97,15 +97,15 @@ main() {
         return 0
     fi
     mkdir -p "$BIN"
-    rm -rf "$CACHE"/build.*  # a build that failed half-way
+    # A fixed source path keeps the Go build cache valid when a failed build is run again.
+    local work="$CACHE/build"
+    rm -rf "$work" && mkdir -p "$work"
     add_bullseye
     install_packages
     ln -sf "$(command -v etcd || echo /usr/bin/etcd)" "$BIN/etcd"
-    local work
-    work="$(mktemp -d "$CACHE/build.XXXXXX")"
     fetch_source "$work"
     build_components "$work/src"
-    rm -rf "$work" "$CACHE/gocache"
+    rm -rf "$work" "$CACHE/gocache" "$CACHE/gopath"
     log "done: $(ls "$BIN" | tr '\n' ' ')"
 }
 
