@@ -26,23 +26,26 @@ all_built() {
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# bullseye is added for golang-1.15 and the kubernetes source only, pinned below the system's
-# release so that nothing installed from bookworm is ever replaced by it.
+# The Debian archive this machine's apt already uses (the one serving its own release).
+debian_mirror() {
+    local codename
+    codename="$(. /etc/os-release && echo "$VERSION_CODENAME")"
+    apt-get indextargets --format '$(REPO_URI) $(RELEASE)' \
+        | awk -v r="$codename" '$2 == r {print $1; exit}'
+}
+
+# bullseye is added for golang-1.15 and the kubernetes source only, from the same archive,
+# pinned below the system's release so that nothing installed from it is ever replaced.
 add_bullseye() {
     if [ ! -f "$SOURCES" ]; then
-        log "adding Debian bullseye (pinned low) for golang-1.15 and the kubernetes source"
-        as_root tee "$SOURCES" >/dev/null <<'SRC'
-Types: deb deb-src
-URIs: MIRROR_OF_THIS_MACHINE
-Suites: bullseye
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
-        as_root tee "$PREFS" >/dev/null <<'PIN'
-Package: *
-Pin: release n=bullseye
-Pin-Priority: 100
-PIN
+        local mirror
+        as_root apt-get update -q >/dev/null
+        mirror="$(debian_mirror)"
+        [ -n "$mirror" ] || { log "no Debian archive found in apt's sources"; exit 1; }
+        log "adding Debian bullseye from $mirror (pinned low) for golang-1.15 and kubernetes"
+        printf 'Types: deb deb-src\nURIs: %s\nSuites: bullseye\nComponents: main\nSigned-By: %s\n' \
+            "$mirror" /usr/share/keyrings/debian-archive-keyring.gpg | as_root tee "$SOURCES" >/dev/null
+        printf 'Package: *\nPin: release n=bullseye\nPin-Priority: 100\n' | as_root tee "$PREFS" >/dev/null
     fi
     as_root apt-get update -q
 }
