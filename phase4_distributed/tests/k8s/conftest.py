@@ -11,12 +11,16 @@ import os
 import uuid
 
 import pytest
-
 from phase4_distributed.k8s.apply import apply, dynamic_client
 from phase4_distributed.k8s.control_plane import LocalControlPlane, missing_binaries
 from phase4_distributed.k8s.crd import GROUP, KIND, VERSION, custom_resource_definition
-from phase4_distributed.k8s.testing import (OperatorProcess, delete_nodes, fake_node,
-                                            register_fake_nodes, wait_for)
+from phase4_distributed.k8s.testing import (
+    OperatorProcess,
+    delete_nodes,
+    fake_node,
+    register_fake_nodes,
+    wait_for,
+)
 
 SKIP_ENV = "LIGHTVLLM_SKIP_K8S"
 POOL_LABEL = "lightvllm.io/test-pool"

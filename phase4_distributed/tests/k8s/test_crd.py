@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 import yaml
 from kubernetes.dynamic.exceptions import UnprocessibleEntityError
-
 from phase4_distributed.k8s.crd import GROUP, KIND, VERSION, example_resource
 from phase4_distributed.k8s.spec import DEFAULT_IMAGE, DeploymentSpec
 from phase4_distributed.k8s.write_manifests import DEFAULT_DIR

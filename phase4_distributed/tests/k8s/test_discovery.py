@@ -6,9 +6,13 @@ import threading
 import time
 
 import pytest
-
-from phase4_distributed.k8s.discovery import (NotAStatefulSetPod, WorkerDiscoveryTimeout,
-                                              WorkerTopology, rank_from_hostname, resolve_all)
+from phase4_distributed.k8s.discovery import (
+    NotAStatefulSetPod,
+    WorkerDiscoveryTimeout,
+    WorkerTopology,
+    rank_from_hostname,
+    resolve_all,
+)
 from phase4_distributed.k8s.dns_resolver import DirectDnsResolver
 from phase4_distributed.k8s.dnsmasq import LocalDnsServer, find_dnsmasq
 

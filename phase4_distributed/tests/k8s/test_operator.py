@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 from kubernetes.dynamic.exceptions import NotFoundError
-
 from phase4_distributed.k8s.crd import GROUP, KIND, VERSION
 from phase4_distributed.k8s.testing import wait_for
 

@@ -6,7 +6,6 @@ so pods are bound but never start."""
 from __future__ import annotations
 
 import pytest
-
 from phase4_distributed.k8s.apply import apply_all
 from phase4_distributed.k8s.manifests import build_manifests, labels
 from phase4_distributed.k8s.spec import DeploymentSpec, WorkerPlacement

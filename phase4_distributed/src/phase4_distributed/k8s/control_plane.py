@@ -102,7 +102,7 @@ class LocalControlPlane:
             shutil.rmtree(self._etcd_data, ignore_errors=True)
             self._etcd_data = None
 
-    def __enter__(self) -> LocalControlPlane:
+    def __enter__(self) -> LocalControlPlane:  # noqa: PYI034
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

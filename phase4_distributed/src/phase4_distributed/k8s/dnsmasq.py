@@ -66,7 +66,7 @@ class LocalDnsServer:
             stop(self._proc, "dnsmasq")
             self._proc = None
 
-    def __enter__(self) -> LocalDnsServer:
+    def __enter__(self) -> LocalDnsServer:  # noqa: PYI034
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -43,12 +43,11 @@ def start(name: str, argv: Sequence[str], log_dir: Path,
           env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start ``argv`` in its own process group with stdout+stderr in ``log_dir/name.log``."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    log = open(log_dir / f"{name}.log", "wb")
     logger.info("starting %s: %s", name, " ".join(argv))
-    proc = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env={**os.environ, **(env or {})}, start_new_session=True)
-    log.close()
-    return proc
+    with open(log_dir / f"{name}.log", "wb") as log:
+        return subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
+                                start_new_session=True)
 
 
 def stop(proc: subprocess.Popen, name: str, timeout_s: float = 10.0) -> None:
