@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 PHASES := shared phase1_kernels phase2_attention phase3_scheduling phase4_distributed phase5_server
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo serve lint test test-gpu bench-kernels clean
+.PHONY: install demo serve lint test test-gpu bench-kernels clean k8s-control-plane
 
 $(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PHASES))
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,8 +41,15 @@ lint: install
 	$(BIN)/python -m ruff check .
 	MYPYPATH=$(MYPYPATH) $(BIN)/python -m mypy
 
+# The local Kubernetes control plane for the `k8s` tests: built once per machine into
+# ~/.cache/lightvllm/k8s (~7 min on 2 cores; needs root and apt). LIGHTVLLM_SKIP_K8S=1 skips the
+# build and the k8s tests; without it a missing control plane fails those tests.
+k8s-control-plane:
+	@if [ "$$LIGHTVLLM_SKIP_K8S" = 1 ]; then echo "LIGHTVLLM_SKIP_K8S=1: not building the control plane"; \
+	else bash scripts/k8s/build.sh; fi
+
 # pytest exits with 5 when it collects no test: that is not a failure of the suite.
-test: install lint
+test: install lint k8s-control-plane
 	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -ne 0 ] && [ $$rc -ne 5 ]; then exit $$rc; fi
 	$(BIN)/python -m pytest -q --nbmake notebooks; rc=$$?; if [ $$rc -eq 5 ]; then echo "no notebooks"; exit 0; fi; exit $$rc
 
