@@ -81,7 +81,7 @@ def linear_table(model, tokens: int, steps: int, peak: float) -> list[str]:
     linears = {"qkv_proj": layer.self_attn.qkv_proj, "o_proj": layer.self_attn.o_proj,
                "gate_up_proj": layer.mlp.gate_up_proj, "down_proj": layer.mlp.down_proj,
                "lm_head": model.lm_head}
-    lines = [f"| linear | M x K x N | ms | GFLOP/s | % of mm peak |", "|---|---|---|---|---|"]
+    lines = ["| linear | M x K x N | ms | GFLOP/s | % of mm peak |", "|---|---|---|---|---|"]
     for name, lin in linears.items():
         n, k = lin.weight.shape
         x = torch.randn(tokens, k)

@@ -80,7 +80,7 @@ def main() -> None:
     rows = [measure(model_dir, b, 1 if b == "uni" else args.tp, args.steps, args.batch)
             for b in tqdm(backends, desc="executors", unit="executor")]
     print(f"\n{args.steps} steps each, decode batch {args.batch}, tiny LLaMA (2 layers, hidden 64)")
-    print(f"| executor | start-up s | empty step ms | ping RPC ms | decode step ms |")
+    print("| executor | start-up s | empty step ms | ping RPC ms | decode step ms |")
     print("|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['backend']} | {r['startup']:.1f} | {r['empty']:.3f} | {r['ping']:.3f} | "
