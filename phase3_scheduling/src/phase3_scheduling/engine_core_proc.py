@@ -138,7 +138,7 @@ def run_engine_core(input_addr: str, output_addr: str, parent_pid: int) -> int:
         core.shutdown()
         return 0
     except Exception as error:  # start-up failure or a fatal step error: tell the API, exit 1
-        logger.exception("engine core failed")
+        logger.debug("engine core failed", exc_info=True)  # the API process reports it
         fatal = FatalInfo(type(error).__name__, str(error))
         outbox.send_multipart([FATAL, _ENCODER.encode(fatal)])
         return 1
