@@ -9,21 +9,15 @@ apart); PP sends exactly hidden + residual per step; each stage's KV cache cover
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from phase1_kernels import ModelConfig
-from phase1_kernels.loader import build_model
-from phase2_attention import allocate_kv_cache
-from phase4_distributed.local_launch import free_port, launch_local_ranks
+from phase4_distributed.testing import BLOCK_SIZE, NUM_BLOCKS, reference_logits, run_layouts
 from shared.fixtures import write_random_llama
-from tp_pp_rank_program import BLOCK_SIZE, MODEL_OPTIONS, NUM_BLOCKS, varlen_steps
 
-TESTS_DIR = Path(__file__).parent
 LAYOUTS = {"tp2": (2, 1), "tp4": (4, 1), "pp2": (1, 2), "tp2pp2": (2, 2)}
 TIES = ("untied", "tied")
 NUM_LAYERS = 3  # PP=2 splits them unevenly: [0, 2) and [2, 3)
@@ -34,37 +28,6 @@ PAD = 64  # vocabulary padding multiple per rank (the default)
 def checkpoints(tmp_path_factory):
     return {tie: write_random_llama(tmp_path_factory.mktemp(tie), seed=11, num_hidden_layers=NUM_LAYERS,
                                     tie_word_embeddings=tie == "tied") for tie in TIES}
-
-
-def reference_logits(model_dir) -> list[torch.Tensor]:
-    """TP=1, one process: phase 1's model with phase 2's paged cache, the same two steps."""
-    model = build_model(ModelConfig.from_pretrained(model_dir), model_dir, **MODEL_OPTIONS)
-    allocate_kv_cache(model, NUM_BLOCKS, BLOCK_SIZE)
-    return [model.lm_head(model(ids, pos, meta)) for ids, pos, meta in varlen_steps(model.config.vocab_size)]
-
-
-def run_layouts(layouts: dict[str, tuple[int, int]], jobs: dict[str, Path], out: Path,
-                dump_params: bool = True, timeout_s: float = 200) -> dict[str, dict[str, list[dict]]]:
-    """Launch one set of ranks that runs every layout (same world size) over every job;
-    per layout and job, each rank's report and tensors."""
-    specs = []
-    for index, (layout, (tp, pp)) in enumerate(layouts.items()):
-        for name in jobs:
-            (out / layout / name).mkdir(parents=True)
-        specs.append({"tp": tp, "pp": pp, "port": free_port() if index else None, "jobs": [
-            {"model_dir": str(d), "out_dir": str(out / layout / n), "dump_params": dump_params}
-            for n, d in jobs.items()]})
-    world = {tp * pp for tp, pp in layouts.values()}.pop()
-    launch_local_ranks("tp_pp_rank_program:run_forward_steps", world, {"layouts": specs},
-                       timeout_s=timeout_s, extra_pythonpath=[TESTS_DIR])
-    return {layout: {name: [_rank_result(out / layout / name, r, tp) for r in range(world)]
-                     for name in jobs} for layout, (tp, _) in layouts.items()}
-
-
-def _rank_result(folder: Path, rank: int, tp: int) -> dict:
-    return {"rank": rank, "tp_rank": rank % tp, "pp_rank": rank // tp,
-            **json.loads((folder / f"rank{rank}.json").read_text()),
-            "tensors": load_file(folder / f"rank{rank}.safetensors")}
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,10 @@
-"""What each rank runs in the TP/PP tests (started as a real process by ``launch_local_ranks``):
+"""Shared by phase 4's tests, the milestone tests, the notebook and the demo. What each rank runs
+in the TP/PP forward checks (started as a real process by ``launch_local_ranks``):
 build its shard with ``build_parallel_model``, allocate its stage's paged KV cache, run two
 varlen steps (prefill, then decodes mixed with a chunked prefill over cached context) through
 ``pipeline_forward``, and write what the test checks: logits, parameters, communication counts,
-KV cache layout. Also the batch itself, shared with the TP=1 reference in the test."""
+KV cache layout. Also the batch itself, the TP=1 reference (one process) and ``run_layouts``,
+which launches the ranks and reads their reports back."""
 
 from __future__ import annotations
 
@@ -10,11 +12,14 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from phase2_attention import PagedAttentionMetadata, allocate_kv_cache
-from phase3_scheduling.config import ParallelConfig
+from phase1_kernels import ModelConfig
 from phase1_kernels.lazy_tensor import read_stats
+from phase1_kernels.loader import build_model
+from phase3_scheduling.config import ParallelConfig
+from phase4_distributed.local_launch import free_port, launch_local_ranks
 from phase4_distributed.model_loader import build_parallel_model
 from phase4_distributed.parallel_state import (
     destroy_distributed,
@@ -84,3 +89,33 @@ def run_forward_steps(rank: int, world_size: int, master_addr: str, master_port:
                          job.get("dump_params", True))
         finally:
             destroy_distributed()
+
+
+def reference_logits(model_dir) -> list[torch.Tensor]:
+    """TP=1, one process: phase 1's model with phase 2's paged cache, the same two steps."""
+    model = build_model(ModelConfig.from_pretrained(model_dir), model_dir, **MODEL_OPTIONS)
+    allocate_kv_cache(model, NUM_BLOCKS, BLOCK_SIZE)
+    return [model.lm_head(model(ids, pos, meta)) for ids, pos, meta in varlen_steps(model.config.vocab_size)]
+
+
+def run_layouts(layouts: dict[str, tuple[int, int]], jobs: dict[str, Path], out: Path,
+                dump_params: bool = True, timeout_s: float = 200) -> dict[str, dict[str, list[dict]]]:
+    """Launch one set of ranks that runs every layout ``{name: (tp, pp)}`` (same world size)
+    over every job ``{name: model_dir}``; per layout and job, each rank's report and tensors."""
+    specs = []
+    for index, (layout, (tp, pp)) in enumerate(layouts.items()):
+        for name in jobs:
+            (out / layout / name).mkdir(parents=True)
+        specs.append({"tp": tp, "pp": pp, "port": free_port() if index else None, "jobs": [
+            {"model_dir": str(d), "out_dir": str(out / layout / n), "dump_params": dump_params}
+            for n, d in jobs.items()]})
+    world = {tp * pp for tp, pp in layouts.values()}.pop()
+    launch_local_ranks(f"{__name__}:run_forward_steps", world, {"layouts": specs}, timeout_s=timeout_s)
+    return {layout: {name: [_rank_result(out / layout / name, r, tp) for r in range(world)]
+                     for name in jobs} for layout, (tp, _) in layouts.items()}
+
+
+def _rank_result(folder: Path, rank: int, tp: int) -> dict:
+    return {"rank": rank, "tp_rank": rank % tp, "pp_rank": rank // tp,
+            **json.loads((folder / f"rank{rank}.json").read_text()),
+            "tensors": load_file(folder / f"rank{rank}.safetensors")}
