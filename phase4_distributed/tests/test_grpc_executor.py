@@ -16,7 +16,7 @@ from phase4_distributed.executors.grpc_executor import (  # noqa: E402
     GrpcExecutor, WorkerAddressError)
 
 from conftest import ENGINE, GREEDY, PROMPTS, run_prompts  # noqa: E402
-from grpc_workers import grpc_workers, worker_command  # noqa: E402
+from phase4_distributed.grpc.local import local_workers, worker_command  # noqa: E402
 from test_parallel_executors import assert_same_generation  # noqa: E402
 
 
@@ -27,7 +27,7 @@ def grpc_llm(model_dir, addresses: list[str], tp: int = 1) -> LLM:
 
 @pytest.mark.parametrize("tp", [1, 2], ids=["one-worker", "tp2"])
 def test_grpc_workers_give_the_in_process_tokens(tiny_llama_dir, uni_reference, tp):
-    with grpc_workers(tp) as (addresses, procs):
+    with local_workers(tp) as (addresses, procs):
         llm = grpc_llm(tiny_llama_dir, addresses, tp)
         try:
             assert isinstance(llm.engine.executor, GrpcExecutor)
@@ -40,7 +40,7 @@ def test_grpc_workers_give_the_in_process_tokens(tiny_llama_dir, uni_reference, 
 
 
 def test_killed_worker_fails_the_engine_quickly(tiny_llama_dir):
-    with grpc_workers(2) as (addresses, procs):
+    with local_workers(2) as (addresses, procs):
         llm = grpc_llm(tiny_llama_dir, addresses, tp=2)
         try:
             engine = llm.engine
@@ -70,7 +70,7 @@ def health(address: str) -> subprocess.CompletedProcess:
 
 
 def test_worker_health_exit_codes():
-    with grpc_workers(1) as (addresses, procs):
+    with local_workers(1) as (addresses, procs):
         alive = health(addresses[0])
         assert alive.returncode == 0, alive.stderr
         assert "rank 0/1 waiting_for_init" in alive.stdout

@@ -1,5 +1,5 @@
-"""Start ``lightvllm worker`` processes on free loopback ports for the gRPC tests, and stop them
-by PID."""
+"""``lightvllm worker`` processes on free loopback ports of this host (for tests, benchmarks and
+trying the grpc executor without a cluster), stopped by PID when the context ends."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ from collections.abc import Iterator
 
 import grpc
 
-from phase4_distributed.executors.processes import free_port, stop_processes
-from phase4_distributed.grpc.health import probe
+from ..executors.processes import free_port, stop_processes
+from .health import probe
 
 STARTUP_S = 60.0
 
 
 def worker_command(*args: str) -> list[str]:
+    """``lightvllm ARGS`` run by this interpreter (no installed script needed)."""
     return [sys.executable, "-c", "from lightvllm.cli import main; main()", *args]
 
 
@@ -36,7 +37,7 @@ def wait_healthy(address: str, proc: subprocess.Popen, timeout_s: float = STARTU
 
 
 @contextlib.contextmanager
-def grpc_workers(world_size: int) -> Iterator[tuple[list[str], list[subprocess.Popen]]]:
+def local_workers(world_size: int) -> Iterator[tuple[list[str], list[subprocess.Popen]]]:
     """``world_size`` workers (one torch.distributed world); their addresses and processes."""
     master_port = free_port()
     ports = [free_port() for _ in range(world_size)]
