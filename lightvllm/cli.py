@@ -1,4 +1,5 @@
-"""The ``lightvllm`` command: ``serve``, ``chat``, ``generate``, ``bench throughput|latency|serve``."""
+"""The ``lightvllm`` command: ``serve``, ``chat``, ``generate``, ``bench throughput|latency|serve``,
+``worker`` and ``worker-health`` (a gRPC worker rank and its health probe)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ def _generate(argv: list[str]) -> None:
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     usage = ("usage: lightvllm {serve [MODEL]|chat|generate PROMPT|"
-             "bench throughput|bench latency|bench serve} ... (--help after any for its options)")
+             "bench throughput|bench latency|bench serve|worker|worker-health} ... "
+             "(--help after any for its options)")
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)
         return
@@ -54,6 +56,14 @@ def main(argv: list[str] | None = None) -> None:
         chat.main(rest)
     elif command == "generate":
         _generate(rest)
+    elif command == "worker":
+        from phase4_distributed.grpc import server
+
+        server.main(rest)
+    elif command == "worker-health":
+        from phase4_distributed.grpc import health
+
+        health.main(rest)
     else:
         raise SystemExit(f"unknown command {' '.join(argv[:2])!r}\n{usage}")
 

@@ -1,7 +1,7 @@
 """What an executor costs per step and at start-up, on the CPU with a tiny random model.
 
     python phase4_distributed/benchmarks/executor_overhead.py [--steps 200] [--batch 4]
-                                                             [--backends uni,mp,ray] [--tp 1]
+                                                             [--backends uni,mp,ray,grpc] [--tp 1]
 
 For each executor: start-up seconds (``LLM(...)``: workers started, model loaded, KV cache
 allocated), the median round trip of an empty step and of a ``ping`` RPC, and the median
@@ -46,9 +46,20 @@ def decode_step_ms(llm: LLM, batch: int, steps: int) -> float:
 
 
 def measure(model_dir: str, backend: str, tp: int, steps: int, batch: int) -> dict:
+    if backend != "grpc":
+        return measure_llm(model_dir, backend, tp, steps, batch, {})
+    from phase4_distributed.grpc.local import local_workers
+
+    with local_workers(tp) as (addresses, _):  # started before LLM(): not in start-up
+        return measure_llm(model_dir, backend, tp, steps, batch,
+                           {"worker_addresses": addresses})
+
+
+def measure_llm(model_dir: str, backend: str, tp: int, steps: int, batch: int,
+                extra: dict) -> dict:
     start = time.perf_counter()
     llm = LLM(model_dir, distributed_executor_backend=backend, tensor_parallel_size=tp,
-              kv_cache_gib=0.02)
+              kv_cache_gib=0.02, extra=extra)
     startup = time.perf_counter() - start
     executor = llm.engine.executor
     try:
@@ -66,7 +77,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--backends", default="uni,mp,ray")
-    parser.add_argument("--tp", type=int, default=1, help="tensor_parallel_size for mp and ray")
+    parser.add_argument("--tp", type=int, default=1,
+                        help="tensor_parallel_size for mp, ray and grpc")
     args = parser.parse_args()
     model_dir = str(write_random_llama(tempfile.mkdtemp(prefix="executor-bench-")))
     backends = args.backends.split(",")

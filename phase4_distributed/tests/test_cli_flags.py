@@ -1,5 +1,6 @@
 """``--tensor-parallel-size``, ``--pipeline-parallel-size`` and ``--distributed-executor-backend``
-reach ``EngineArgs`` from every command that takes engine flags."""
+reach ``EngineArgs`` from every command that takes engine flags; ``--worker-addresses`` reaches
+the ``EngineConfig`` the grpc executor reads."""
 
 import argparse
 
@@ -36,3 +37,15 @@ def test_generate_takes_the_engine_flags(capsys):
     for flag in ("--tensor-parallel-size", "--pipeline-parallel-size",
                  "--distributed-executor-backend"):
         assert flag in out
+
+
+def test_worker_addresses_reach_the_engine_config_the_workers_get(tiny_llama_dir):
+    from phase3_scheduling.engine_config import decode_config, encode_config, resolve_engine_config
+
+    args = parse(["--tensor-parallel-size", "2", "--distributed-executor-backend", "grpc",
+                  "--worker-addresses", "w-0.svc:50051, w-1.svc:50051"])
+    args.model = str(tiny_llama_dir)
+    assert args.extra["worker_addresses"] == "w-0.svc:50051, w-1.svc:50051"
+    config = decode_config(encode_config(resolve_engine_config(args)))
+    assert config.parallel_config.worker_addresses == ["w-0.svc:50051", "w-1.svc:50051"]
+    assert parse([]).parallel_config().worker_addresses == []

@@ -74,6 +74,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
         shown = "" if default is None else f" (default: {default})"
         group.add_argument(flag, dest=field.name, type=_value_type(field), default=default,
                            help=help_text + shown)
+    group.add_argument("--worker-addresses", default=None,
+                       help="grpc backend: host:port of each worker, rank 0 first, comma-separated"
+                            " (EngineArgs.extra['worker_addresses'])")
 
 
 def hf_config(spec: str | None) -> dict | None:
@@ -91,4 +94,6 @@ def engine_args(args: argparse.Namespace) -> EngineArgs:
     values = {f.name: getattr(args, f.name) for f in _engine_fields()}
     values["hf_config"] = hf_config(args.hf_config)
     extra = {"hf_config_name": args.hf_config} if args.hf_config else {}
+    if getattr(args, "worker_addresses", None):
+        extra["worker_addresses"] = args.worker_addresses
     return EngineArgs(model=getattr(args, "model", None), extra=extra, **values)

@@ -29,6 +29,12 @@ class SchedulerConfig:
             )
 
 
+def parse_addresses(value: str | list[str]) -> list[str]:
+    """``"a:1,b:2"`` or ``["a:1", "b:2"]`` -> ``["a:1", "b:2"]`` (the grpc executor's workers)."""
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    return [part.strip() for part in parts if part.strip()]
+
+
 @dataclass
 class ParallelConfig:
     """How the model is split across workers (vLLM's names). ``world_size = tp * pp``."""
@@ -36,6 +42,7 @@ class ParallelConfig:
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
     distributed_executor_backend: str | None = None  # "uni" | "mp" | "ray" | "grpc"
+    worker_addresses: list[str] = field(default_factory=list)  # grpc: rank i's "host:port"
 
     def __post_init__(self) -> None:
         for name in ("tensor_parallel_size", "pipeline_parallel_size"):
@@ -84,7 +91,8 @@ class EngineArgs:
 
     def parallel_config(self) -> ParallelConfig:
         return ParallelConfig(self.tensor_parallel_size, self.pipeline_parallel_size,
-                              self.distributed_executor_backend)
+                              self.distributed_executor_backend,
+                              parse_addresses(self.extra.get("worker_addresses", [])))
 
     def cache_config(self) -> CacheConfig:
         return CacheConfig(block_size=self.block_size, gpu_memory_utilization=self.gpu_memory_utilization,

@@ -4,11 +4,15 @@ may be out of step, so the engine is failed)."""
 
 from __future__ import annotations
 
+import logging
+
 from phase3_scheduling.engine_config import EngineConfig
 from phase3_scheduling.executor import Executor, WorkerDiedError
 
 from ..worker_builder import output_rank
 from .errors import WorkerStepError
+
+logger = logging.getLogger(__name__)
 
 
 class RankedExecutor(Executor):
@@ -27,3 +31,15 @@ class RankedExecutor(Executor):
             return WorkerStepError(message)
         self._dead = WorkerDiedError(f"a step failed on {message}; the ranks are out of step")
         return self._dead
+
+    def _close_workers(self, timeout_s: float) -> bool:
+        """Mark closed and send ``shutdown`` to live workers; False if already closed."""
+        if self._closed:
+            return False
+        self._closed = True
+        if self._dead is None:
+            try:
+                self.collective_rpc("shutdown", timeout_s=timeout_s)
+            except Exception as error:  # the caller releases the workers either way
+                logger.warning("workers did not shut down cleanly: %s", error)
+        return True

@@ -156,14 +156,8 @@ class RayExecutor(RankedExecutor):
         self.collective_rpc("ping", timeout_s=30.0)
 
     def shutdown(self) -> None:
-        if self._closed:
+        if not self._close_workers(timeout_s=10.0):
             return
-        self._closed = True
-        if self._dead is None:
-            try:
-                self.collective_rpc("shutdown", timeout_s=10.0)
-            except Exception as error:  # the actors are killed below either way
-                logger.warning("Ray workers did not shut down cleanly: %s", error)
         for actor in self.actors:
             ray.kill(actor)
         remove_placement_group(self.placement_group)
