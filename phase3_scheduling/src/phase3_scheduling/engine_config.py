@@ -66,7 +66,7 @@ def resolve_engine_config(args: EngineArgs) -> EngineConfig:
         dtype=_DTYPE_NAMES[resolve_dtype(args.dtype, torch.device(device_type))],
         load_format=args.load_format, attention_backend=backend, kernel_impl=args.kernel_impl,
         enforce_eager=args.enforce_eager, seed=args.seed, tokenizer_dir=tokenizer_dir)
-    logger.info("engine config: %s on %s (%s), backend %s, max_model_len %d, %d seqs x %d tokens",
+    logger.debug("engine config: %s on %s (%s), backend %s, max_model_len %d, %d seqs x %d tokens",
                 model_dir or "dummy weights", device_type, config.dtype, backend,
                 scheduler.max_model_len, scheduler.max_num_seqs, scheduler.max_num_batched_tokens)
     return config
