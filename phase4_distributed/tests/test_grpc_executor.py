@@ -15,7 +15,7 @@ from phase3_scheduling.executor import WorkerDiedError  # noqa: E402
 from phase4_distributed.executors.grpc_executor import (  # noqa: E402
     GrpcExecutor, WorkerAddressError)
 
-from conftest import ENGINE, GREEDY, PROMPTS, run_prompts  # noqa: E402
+from phase4_distributed.executor_testing import ENGINE, GREEDY, PROMPTS, run_prompts  # noqa: E402
 from phase4_distributed.grpc.local import local_workers, worker_command  # noqa: E402
 from test_parallel_executors import assert_same_generation  # noqa: E402
 

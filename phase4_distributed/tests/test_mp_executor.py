@@ -14,7 +14,7 @@ from phase3_scheduling.executor import WorkerDiedError
 from phase4_distributed.executors.errors import WorkerRpcError
 from phase4_distributed.executors.multiproc import MultiprocExecutor
 
-from conftest import ENGINE, GREEDY, PROMPTS, run_prompts
+from phase4_distributed.executor_testing import ENGINE, GREEDY, PROMPTS, run_prompts
 
 
 def alive(pid: int) -> bool:

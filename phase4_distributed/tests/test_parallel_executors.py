@@ -7,7 +7,7 @@ pytest.importorskip("phase4_distributed.model_loader", reason="needs the TP/PP l
 
 from phase3_scheduling import LLM  # noqa: E402
 
-from conftest import ENGINE, run_prompts  # noqa: E402
+from phase4_distributed.executor_testing import ENGINE, run_prompts  # noqa: E402
 
 
 def assert_same_generation(got, want, tol=1e-4):

@@ -13,7 +13,7 @@ from phase3_scheduling import LLM, SamplingParams  # noqa: E402
 from phase3_scheduling.executor import WorkerDiedError  # noqa: E402
 from phase4_distributed.executors.ray_executor import RayExecutor  # noqa: E402
 
-from conftest import ENGINE, PROMPTS, run_prompts  # noqa: E402
+from phase4_distributed.executor_testing import ENGINE, PROMPTS, run_prompts  # noqa: E402
 
 
 @pytest.fixture(scope="module")

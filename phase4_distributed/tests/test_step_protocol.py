@@ -9,7 +9,7 @@ from phase3_scheduling import LLM
 from phase3_scheduling import protocol
 from phase3_scheduling.engine_config import decode_config, encode_config
 
-from conftest import PROMPTS, SEEDED
+from phase4_distributed.executor_testing import PROMPTS, SEEDED
 
 
 @pytest.fixture(scope="module")
