@@ -1,6 +1,7 @@
 """Milestone 4 of the roadmap (다중 요청 처리), item by item."""
 
 import asyncio
+from dataclasses import dataclass
 
 import pytest
 
@@ -12,15 +13,40 @@ PROMPTS = [[3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3, 2, 3] * 2, [5, 11, 7
            [9, 9, 8], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]]
 
 
-class RecordingExecutor(UniProcExecutor):
-    """The in-process executor, keeping every step's scheduler output for inspection."""
+@dataclass
+class Share:
+    """One request's part of a step, read off the wire message."""
 
-    def __init__(self, args):
-        super().__init__(args)
-        self.steps = []
+    request_id: str
+    num_tokens: int
+    start_position: int
+
+
+@dataclass
+class StepRecord:
+    scheduled: list[Share]  # decodes first
+    preempted_ids: list[str]
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(s.num_tokens for s in self.scheduled)
+
+
+def record(step) -> StepRecord:
+    starts = {r.req_id: r.num_computed_tokens for r in step.new_requests + step.cached_requests}
+    shares = [Share(rid, n, starts[rid]) for rid, n in zip(step.req_ids, step.num_scheduled_tokens)]
+    return StepRecord(shares, list(step.preempted_req_ids))
+
+
+class RecordingExecutor(UniProcExecutor):
+    """The in-process executor, keeping what every step scheduled for inspection."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.steps: list[StepRecord] = []
 
     def execute_model(self, scheduler_output):
-        self.steps.append(scheduler_output)
+        self.steps.append(record(scheduler_output))
         return super().execute_model(scheduler_output)
 
 
