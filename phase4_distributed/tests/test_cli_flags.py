@@ -4,6 +4,8 @@ the ``EngineConfig`` the grpc executor reads."""
 
 import argparse
 
+import pytest
+
 from phase3_scheduling.cli_args import add_engine_args, engine_args
 from phase3_scheduling.config import ParallelConfig
 
@@ -29,10 +31,8 @@ def test_defaults_pick_uni_for_one_worker_and_mp_for_several():
 def test_generate_takes_the_engine_flags(capsys):
     from lightvllm.cli import main
 
-    try:
+    with pytest.raises(SystemExit):
         main(["generate", "--help"])
-    except SystemExit:
-        pass
     out = capsys.readouterr().out
     for flag in ("--tensor-parallel-size", "--pipeline-parallel-size",
                  "--distributed-executor-backend"):
