@@ -94,7 +94,7 @@ def test_bad_prompts_refused(llm, reference, prompt, match):
 
 def test_request_larger_than_the_kv_cache(smollm2_dir):
     llm = tiny_llm(smollm2_dir, num_gpu_blocks_override=9, block_size=16, max_model_len=1024)
-    capacity = llm.engine.limits.kv_cache_tokens
+    capacity = llm.engine.limits.request_limits.kv_cache_tokens
     assert capacity == 8 * 16
     full = r"more than the whole cache holds \(128 tokens\)"
     with pytest.raises(RequestTooLargeError, match=full) as e:
