@@ -69,8 +69,10 @@ def test_malformed_json_unknown_route_method_and_body_limit(tiny_server):
 
 
 def test_api_key_required_when_set(tiny_server, monkeypatch):
-    config = ServerConfig(tiny_engine_args(), served_model_name="tiny", api_key="s3cret")
-    with serve_in_thread(config, engine=tiny_server.engine) as keyed:
+    # its own engine: an engine-process client serves the one event loop that first used it
+    config = ServerConfig(tiny_engine_args(), served_model_name="tiny", api_key="s3cret",
+                          engine_process=False)
+    with serve_in_thread(config) as keyed:
         _assert_error(_post(keyed.url, "/v1/completions", json=OK_COMPLETION), 401)
         wrong = _post(keyed.url, "/v1/completions", json=OK_COMPLETION, headers={"Authorization": "Bearer nope"})
         assert _assert_error(wrong, 401)["code"] == "invalid_api_key"
@@ -88,7 +90,8 @@ def test_503_while_starting_then_ready(monkeypatch):
         return real(args)
 
     monkeypatch.setattr(AsyncLLMEngine, "from_engine_args", staticmethod(slow_load))
-    with serve_in_thread(ServerConfig(tiny_engine_args(), served_model_name="tiny"), wait_ready=False) as h:
+    config = ServerConfig(tiny_engine_args(), served_model_name="tiny", engine_process=False)
+    with serve_in_thread(config, wait_ready=False) as h:
         _assert_error(httpx.get(h.url + "/health", trust_env=False), 503)
         _assert_error(_post(h.url, "/v1/completions", json=OK_COMPLETION), 503)
         assert httpx.get(h.url + "/version", trust_env=False).status_code == 200
