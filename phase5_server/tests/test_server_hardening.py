@@ -236,8 +236,11 @@ def test_unexpected_error_is_a_generic_500_logged_once(server, reference, caplog
 
 
 def test_shutdown_answers_503_to_non_streaming_requests(server, reference):
-    config = ServerConfig(tiny_engine_args(max_model_len=MAX_LEN), served_model_name="tiny")
-    with serve_in_thread(config, engine=server.engine) as own:
+    # its own in-thread engine: an engine-process client serves the one event loop that
+    # first used it (the module's server)
+    config = ServerConfig(tiny_engine_args(max_model_len=MAX_LEN), served_model_name="tiny",
+                          engine_process=False)
+    with serve_in_thread(config) as own:
         result: dict = {}
 
         def slow() -> None:
@@ -247,7 +250,9 @@ def test_shutdown_answers_503_to_non_streaming_requests(server, reference):
 
         thread = threading.Thread(target=slow)
         thread.start()
+        deadline = time.monotonic() + 30
         while not own.state.active:
+            assert time.monotonic() < deadline, "the request never became active"
             time.sleep(0.01)
         own.server.handle_exit(15, None)  # what SIGTERM does
         thread.join(30)
