@@ -8,13 +8,18 @@ samples live in the front end (``InputProcessor``/``OutputProcessor``), in-proce
 or in another process (``EngineCoreProc`` + ``AsyncMPClient``). One request's bad luck never ends
 the engine: an error inside a step fails the requests of that step and the rest go on; only a
 dead worker or a device error (the process state can no longer be trusted) propagates.
+
+With a pipelined executor (``max_concurrent_batches`` > 1, e.g. PP=2 on ``mp``) a step is
+submitted and its output collected later: ``step`` keeps a queue of up to that many steps in
+flight, submitting a new micro-batch while there is room and work that is not already in
+flight, and otherwise waiting for the oldest.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 
 import torch
 
@@ -23,10 +28,11 @@ from phase2_attention.kv_cache_manager import cdiv
 
 from .core_messages import EngineCoreOutput, EngineCoreOutputs, EngineCoreRequest
 from .engine_config import EngineConfig
-from .executor import Executor, WorkerDiedError
+from .executor import Executor, PendingStep, WorkerDiedError
 from .executor_registry import get_executor_class
 from .request import Request, RequestStatus
 from .scheduler import Scheduler
+from .protocol import ModelRunnerOutput, SchedulerOutput
 from .validation import RequestTooLargeError
 
 logger = logging.getLogger(__name__)
@@ -59,6 +65,10 @@ class EngineCore:
         self.kv_manager = KVCacheManager(self.num_blocks, self.block_size,
                                          config.cache_config.enable_prefix_caching)
         self.scheduler = Scheduler(config.scheduler_config, self.kv_manager)
+        self.max_batches = self.executor.max_concurrent_batches
+        self.scheduler.micro_batches = self.max_batches
+        self.batch_queue: deque[tuple[SchedulerOutput, PendingStep]] = deque()
+        self.peak_in_flight = 0  # the most steps that were out at once
         self.timings: dict[str, float] = defaultdict(float)  # seconds per step phase
         self.startup_seconds = time.perf_counter() - start
         logger.info("engine core ready in %.1f s: %d KV blocks, graphs %s", self.startup_seconds,
@@ -77,31 +87,69 @@ class EngineCore:
             self.scheduler.finish_request(rid, RequestStatus.FINISHED_ABORTED)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.num_unfinished > 0
+        """Requests to run, or steps in flight whose outputs must still be collected."""
+        return self.scheduler.num_unfinished > 0 or bool(self.batch_queue)
 
     # ---- the loop ------------------------------------------------------------------------------
     def step(self) -> EngineCoreOutputs:
+        """Schedule and run one step (pipelined: submit one, or collect the oldest)."""
+        if self.max_batches > 1:
+            return self._step_with_batch_queue()
         t0 = time.perf_counter()
         step = self.scheduler.schedule()
-        t1 = time.perf_counter()
+        self.timings["schedule"] += time.perf_counter() - t0
         if step.is_empty:
-            return EngineCoreOutputs(self._fail_unschedulable(), self.scheduler.stats(),
-                                     time.monotonic())
+            return self._outputs(self._fail_unschedulable())
+        t1 = time.perf_counter()
         try:
-            result = self.executor.execute_model(step)
+            pending = self.executor.submit_step(step)  # runs it, for a one-at-a-time executor
         except FATAL_ERRORS:
             raise
         except Exception as error:  # one step's data broke the forward: fail only its requests
-            logger.exception("step of %d requests failed; they end with an error", len(step.req_ids))
-            outputs = self.scheduler.fail_requests(step.req_ids, f"the engine step failed: {error}")
-            return EngineCoreOutputs(outputs, self.scheduler.stats(), time.monotonic())
+            return self._outputs(self._fail_step(step, error))
+        self.peak_in_flight = 1
+        return self._collect(step, pending, t1)
+
+    def _step_with_batch_queue(self) -> EngineCoreOutputs:
+        queue = self.batch_queue
+        if len(queue) < self.max_batches:
+            t0 = time.perf_counter()
+            step = self.scheduler.schedule()
+            self.timings["schedule"] += time.perf_counter() - t0
+            if not step.is_empty:
+                queue.append((step, self.executor.submit_step(step)))
+                self.peak_in_flight = max(self.peak_in_flight, len(queue))
+                if len(queue) < self.max_batches:
+                    return self._outputs([])  # room for another micro-batch
+        if not queue:
+            return self._outputs(self._fail_unschedulable())
+        step, pending = queue.popleft()
+        return self._collect(step, pending, time.perf_counter())
+
+    def _collect(self, step: SchedulerOutput, pending: PendingStep,
+                 t1: float) -> EngineCoreOutputs:
+        """Wait for a step's output and apply it to the scheduler (``t1``: when the engine
+        began to wait for it; pipelined steps count only the wait)."""
+        try:
+            result: ModelRunnerOutput = pending.result()
+        except FATAL_ERRORS:
+            raise
+        except Exception as error:
+            return self._outputs(self._fail_step(step, error))
         t2 = time.perf_counter()
         outputs = self.scheduler.update_from_output(step, result)
         timings = self.timings
-        timings["schedule"] += t1 - t0
         timings["execute"] += t2 - t1
         timings["update"] += time.perf_counter() - t2
         timings["steps"] += 1
+        return self._outputs(outputs)
+
+    def _fail_step(self, step: SchedulerOutput, error: Exception) -> list[EngineCoreOutput]:
+        """One step's data broke the forward: fail only its requests."""
+        logger.exception("step of %d requests failed; they end with an error", len(step.req_ids))
+        return self.scheduler.fail_requests(step.req_ids, f"the engine step failed: {error}")
+
+    def _outputs(self, outputs: list[EngineCoreOutput]) -> EngineCoreOutputs:
         return EngineCoreOutputs(outputs, self.scheduler.stats(), time.monotonic())
 
     def _fail_unschedulable(self) -> list[EngineCoreOutput]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Protocol
 
 from phase2_attention.kv_cache import num_blocks_for
 
@@ -23,6 +23,22 @@ logger = logging.getLogger(__name__)
 
 class WorkerDiedError(RuntimeError):
     """A worker process/actor/service is gone: the engine cannot continue."""
+
+
+class PendingStep(Protocol):
+    """A step handed to the workers whose output may not be there yet."""
+
+    def result(self) -> ModelRunnerOutput: ...
+
+
+class DoneStep:
+    """A step that already ran (executors that run one step at a time)."""
+
+    def __init__(self, output: ModelRunnerOutput):
+        self.output = output
+
+    def result(self) -> ModelRunnerOutput:
+        return self.output
 
 
 class Executor(ABC):
@@ -44,8 +60,19 @@ class Executor(ABC):
         self.graph_sizes = self.collective_rpc("compile_or_warm_up_model")[0]
         return num_blocks
 
+    @property
+    def max_concurrent_batches(self) -> int:
+        """How many steps may be in flight at once: 1, or the pipeline depth for executors
+        whose stages run different micro-batches at the same time."""
+        return 1
+
     @abstractmethod
     def execute_model(self, step: SchedulerOutput) -> ModelRunnerOutput: ...
+
+    def submit_step(self, step: SchedulerOutput) -> PendingStep:
+        """Hand a step to the workers without waiting for its output (pipelined executors
+        override this; the others run it now)."""
+        return DoneStep(self.execute_model(step))
 
     @abstractmethod
     def collective_rpc(self, method: str, args: tuple = (), kwargs: dict | None = None) -> list[Any]: ...

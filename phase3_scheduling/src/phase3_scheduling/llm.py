@@ -23,8 +23,13 @@ class LLM:
 
     @classmethod
     def from_engine_args(cls, args: EngineArgs) -> "LLM":
+        return cls.from_engine(LLMEngine(args))
+
+    @classmethod
+    def from_engine(cls, engine: LLMEngine) -> "LLM":
+        """The offline API over an engine built elsewhere (e.g. with a chosen executor class)."""
         llm = cls.__new__(cls)
-        llm.engine = LLMEngine(args)
+        llm.engine = engine
         return llm
 
     def get_tokenizer(self):

@@ -121,7 +121,8 @@ class LLMEngine:
             self.core.abort_requests(self.outputs.abort_request(rid))
 
     def has_unfinished_requests(self) -> bool:
-        return self.outputs.has_unfinished_requests()
+        """Requests not done, or steps still in flight (their outputs must be collected)."""
+        return self.outputs.has_unfinished_requests() or bool(self.core.batch_queue)
 
     def get_num_unfinished_requests(self) -> int:
         return self.outputs.get_num_unfinished_requests()

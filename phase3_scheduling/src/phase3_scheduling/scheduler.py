@@ -7,6 +7,12 @@ admitted first-come-first-served while the budget, the cap and the free KV block
 looking up their prompt in the prefix cache. When a running request cannot get a block, the most
 recently admitted running request is preempted: its blocks are freed and it goes back to the
 front of the queue to be recomputed later (its generated tokens are kept).
+
+With pipeline parallelism several steps are in flight at once (one per stage). A request in a
+step whose output has not come back is *in flight*: it is neither scheduled again nor preempted
+until ``update_from_output`` has seen that step, so the next micro-batch is built from the
+other requests. With ``micro_batches`` = P > 1 a step takes at most 1/P of the unfinished
+requests, so that P steps of about equal size keep the P stages busy.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ class Scheduler:
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
         self._finished_ids: list[str] = []
+        self.in_flight: set[str] = set()  # scheduled, output not back yet
+        self.micro_batches = 1  # steps in flight at once (the engine sets the pipeline depth)
         self.num_preemptions = 0
 
     # ---- queue management ------------------------------------------------------------------
@@ -47,6 +55,7 @@ class Scheduler:
         if request is None:
             return None
         request.status = status
+        self.in_flight.discard(request_id)  # a step still out for it is ignored on return
         if request in self.running:
             self.running.remove(request)
         elif request in self.waiting:
@@ -64,11 +73,12 @@ class Scheduler:
         budget = self.config.max_num_batched_tokens
         out = SchedulerOutput()
         plan: list[tuple[Request, int]] = []
+        max_requests = -(-self.num_unfinished // self.micro_batches)
 
         index = 0
-        while index < len(self.running) and budget > 0:
+        while index < len(self.running) and budget > 0 and len(plan) < max_requests:
             request = self.running[index]
-            n = self._tokens_for(request, budget)
+            n = 0 if request.request_id in self.in_flight else self._tokens_for(request, budget)
             if n == 0:
                 index += 1
                 continue
@@ -77,7 +87,7 @@ class Scheduler:
                     self.kv.allocate_slots(request.request_id, request.num_computed_tokens + n)
                     break
                 except OutOfKVBlocksError:
-                    victim = self.running[-1]
+                    victim = self._preemption_victim()
                     self._preempt(victim)
                     out.preempted_req_ids.append(victim.request_id)
                     if victim is request:
@@ -89,7 +99,7 @@ class Scheduler:
             index += 1
 
         while (self.waiting and budget > 0 and not out.preempted_req_ids
-               and len(self.running) < self.config.max_num_seqs):
+               and len(self.running) < self.config.max_num_seqs and len(plan) < max_requests):
             request = self.waiting[0]
             hits, cached = [], 0
             if request.num_computed_tokens == 0:
@@ -113,8 +123,14 @@ class Scheduler:
         plan.sort(key=lambda item: not (item[1] == 1 and item[0].num_computed_tokens > 0))
         for request, n in plan:
             self._emit(out, request, n)
-        out.finished_req_ids, self._finished_ids = self._finished_ids, []
+        if out.req_ids:  # an empty step is not sent: its finished ids wait for the next one
+            out.finished_req_ids, self._finished_ids = self._finished_ids, []
         return out
+
+    def _preemption_victim(self) -> Request:
+        """The most recently admitted running request that is not in flight (the request being
+        scheduled is never in flight, so there always is one)."""
+        return next(r for r in reversed(self.running) if r.request_id not in self.in_flight)
 
     def _emit(self, out: SchedulerOutput, request: Request, n: int) -> None:
         """Add one request's share of the step: all of it if the workers don't know it yet,
@@ -132,6 +148,7 @@ class Scheduler:
         request.num_tokens_sent = request.num_tokens
         out.req_ids.append(rid)
         out.num_scheduled_tokens.append(n)
+        self.in_flight.add(rid)
 
     def _tokens_for(self, request: Request, budget: int) -> int:
         remaining = request.num_tokens - request.num_computed_tokens
@@ -162,6 +179,7 @@ class Scheduler:
         sampled = result.sampled
         rows = {rid: i for i, rid in enumerate(result.req_ids)} if result.logprobs else {}
         for rid, n in zip(output.req_ids, output.num_scheduled_tokens):
+            self.in_flight.discard(rid)
             request = self.requests.get(rid)
             if request is None or request.status is not RequestStatus.RUNNING:
                 continue  # aborted meanwhile
@@ -183,6 +201,7 @@ class Scheduler:
         """End requests whose step raised: they get an error, the others keep running."""
         outputs = []
         for rid in request_ids:
+            self.in_flight.discard(rid)
             request = self.finish_request(rid, RequestStatus.FINISHED_ERROR)
             if request is not None:
                 out = self._core_output(request, [])
