@@ -28,15 +28,18 @@ def test_mp_parallel_equals_one_worker(tiny_llama_dir, uni_reference, tp, pp):
     try:
         assert len(llm.engine.executor.pids) == tp * pp
         assert_same_generation(run_prompts(llm), uni_reference)
+        assert llm.engine.core.peak_in_flight == pp  # PP stages ran different micro-batches
     finally:
         llm.engine.shutdown()
 
 
-def test_ray_tp2_equals_one_worker(ray_cluster, tiny_llama_dir, uni_reference):
-    llm = LLM(str(tiny_llama_dir), tensor_parallel_size=2, distributed_executor_backend="ray",
-              **ENGINE)
+@pytest.mark.parametrize("tp, pp", [(2, 1), (1, 2)], ids=["tp2", "pp2"])
+def test_ray_parallel_equals_one_worker(ray_cluster, tiny_llama_dir, uni_reference, tp, pp):
+    llm = LLM(str(tiny_llama_dir), tensor_parallel_size=tp, pipeline_parallel_size=pp,
+              distributed_executor_backend="ray", **ENGINE)
     try:
-        assert len(llm.engine.executor.pids) == 2
+        assert len(llm.engine.executor.pids) == tp * pp
         assert_same_generation(run_prompts(llm), uni_reference)
+        assert llm.engine.core.peak_in_flight == pp
     finally:
         llm.engine.shutdown()

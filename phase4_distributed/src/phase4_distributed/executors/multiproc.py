@@ -3,7 +3,10 @@
 Each message is encoded once and published once on an XPUB socket that every worker subscribes
 to (start-up waits until all subscriptions have arrived, so nothing is lost to a slow joiner);
 workers answer on one PULL socket. Only the output rank (TP rank 0 of the last PP stage) sends a
-step's output; every rank answers a ``collective_rpc``. While the engine waits it checks its
+step's output; every rank answers a ``collective_rpc``. With PP > 1 up to PP steps are in
+flight: ``submit_step`` publishes a step and returns at once, so stage 0 starts the next
+micro-batch while the last stage finishes the previous one; outputs come back in order and one
+that arrives while the engine waits for something else is kept until asked for. While the engine waits it checks its
 workers' processes, so a worker that exits fails the engine with ``WorkerDiedError`` within a
 poll interval instead of leaving it waiting forever.
 """
@@ -60,6 +63,7 @@ class MultiprocExecutor(RankedExecutor):
     def __init__(self, config: EngineConfig, model_builder: str = DEFAULT_BUILDER):
         super().__init__(config)
         self._seq = 0
+        self._early_outputs: dict[int, bytes] = {}  # step seq -> encoded output not asked for yet
         self._res = _Resources()
         self._finalizer = weakref.finalize(self, self._res.release)
         self._broadcast, self._results = self._bind_sockets()
@@ -126,14 +130,30 @@ class MultiprocExecutor(RankedExecutor):
         kind, seq, rank, payload = self._results.recv_multipart()
         return kind, m.unpack_int(seq), m.unpack_int(rank), payload
 
+    @property
+    def max_concurrent_batches(self) -> int:
+        return self.config.parallel_config.pipeline_parallel_size
+
     def execute_model(self, step: SchedulerOutput) -> ModelRunnerOutput:
-        seq = self._publish(m.STEP, protocol.encode(step))
-        while True:
+        return self.submit_step(step).result()
+
+    def submit_step(self, step: SchedulerOutput) -> "_PendingOutput":
+        return _PendingOutput(self, self._publish(m.STEP, protocol.encode(step)))
+
+    def wait_for_output(self, seq: int) -> ModelRunnerOutput:
+        """The output of step ``seq`` (outputs of later steps that arrive first are kept)."""
+        while seq not in self._early_outputs:
             kind, reply_seq, rank, payload = self._receive(f"step {seq}", None)
-            if kind == m.STEP_ERROR:
-                self._step_failed(rank, _REPLY_DECODER.decode(payload))
-            elif kind == m.OUTPUT and reply_seq == seq:
-                return protocol.decode_output(payload)
+            self._keep_or_fail(kind, reply_seq, rank, payload)
+        return protocol.decode_output(self._early_outputs.pop(seq))
+
+    def _keep_or_fail(self, kind: bytes, seq: int, rank: int, payload: bytes) -> None:
+        """A reply that is not the one being waited for: a step's output is kept, a failed
+        step raises."""
+        if kind == m.STEP_ERROR:
+            self._step_failed(rank, _REPLY_DECODER.decode(payload))
+        elif kind == m.OUTPUT:
+            self._early_outputs[seq] = payload
 
     def _step_failed(self, rank: int, reply: RpcReply) -> None:
         error = self._step_failure(f"rank {rank}: {reply.error_type}: {reply.error}")
@@ -149,10 +169,11 @@ class MultiprocExecutor(RankedExecutor):
         replies: dict[int, RpcReply] = {}
         while len(replies) < self.world_size:
             kind, reply_seq, rank, payload = self._receive(f"collective_rpc({method!r})", deadline)
-            if kind == m.STEP_ERROR:
-                self._step_failed(rank, _REPLY_DECODER.decode(payload))
-            elif kind == m.RPC_REPLY and reply_seq == seq:
-                replies[rank] = _REPLY_DECODER.decode(payload)
+            if kind == m.RPC_REPLY:
+                if reply_seq == seq:
+                    replies[rank] = _REPLY_DECODER.decode(payload)
+            else:
+                self._keep_or_fail(kind, reply_seq, rank, payload)
         return results_in_rank_order(method, replies)
 
     # ---- health and shutdown -------------------------------------------------------------------
@@ -183,3 +204,13 @@ class MultiprocExecutor(RankedExecutor):
         self._closed = True
         self._finalizer()
 
+
+class _PendingOutput:
+    """A published step; ``result()`` waits for its output."""
+
+    def __init__(self, executor: MultiprocExecutor, seq: int):
+        self.executor = executor
+        self.seq = seq
+
+    def result(self) -> ModelRunnerOutput:
+        return self.executor.wait_for_output(self.seq)

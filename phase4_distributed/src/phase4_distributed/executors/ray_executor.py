@@ -129,13 +129,24 @@ class RayExecutor(RankedExecutor):
                 logger.error("%s", self._dead)
                 raise self._dead from None
 
+    @property
+    def max_concurrent_batches(self) -> int:
+        """Actors run their calls in order, so PP stages overlap when steps are submitted
+        before the previous output is back."""
+        return self.config.parallel_config.pipeline_parallel_size
+
     def execute_model(self, step: SchedulerOutput) -> ModelRunnerOutput:
+        return self.submit_step(step).result()
+
+    def submit_step(self, step: SchedulerOutput) -> "_PendingRefs":
         data = protocol.encode(step)
         # small steps travel inline in the task (Ray's own copy per actor is cheaper than an
         # object-store round trip, measured in benchmarks/executor_overhead.py); large ones
         # are put once and every actor reads the same object
         arg = data if len(data) < INLINE_STEP_BYTES else ray.put(data)
-        refs = [actor.execute.remote(arg) for actor in self.actors]
+        return _PendingRefs(self, [actor.execute.remote(arg) for actor in self.actors])
+
+    def wait_for_output(self, refs: list) -> ModelRunnerOutput:
         try:
             outputs = self._get(refs, "a step", None)
         except RayTaskError as error:
@@ -163,3 +174,14 @@ class RayExecutor(RankedExecutor):
         remove_placement_group(self.placement_group)
         if self._owns_ray:
             ray.shutdown()
+
+
+class _PendingRefs:
+    """A step's tasks on every actor; ``result()`` waits for them."""
+
+    def __init__(self, executor: RayExecutor, refs: list):
+        self.executor = executor
+        self.refs = refs
+
+    def result(self) -> ModelRunnerOutput:
+        return self.executor.wait_for_output(self.refs)
