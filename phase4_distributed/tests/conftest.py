@@ -6,14 +6,25 @@ import pytest
 from phase3_scheduling import LLM
 from phase4_distributed.executor_testing import ENGINE, run_prompts
 
-@pytest.fixture(scope="session")
+@pytest.fixture()
 def ray_cluster():
-    """One local Ray instance for every Ray test (start-up costs seconds), bound to loopback."""
+    """A local Ray instance bound to loopback, shared by consecutive Ray tests (start-up costs
+    seconds) and shut down as soon as the next test does not need it (it keeps several
+    processes busy)."""
     ray = pytest.importorskip("ray", reason="the optional extra phase4-distributed[ray]")
-    ray.init(num_cpus=4, _node_ip_address="127.0.0.1", include_dashboard=False,
-             log_to_driver=False)
-    yield ray
-    ray.shutdown()
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, _node_ip_address="127.0.0.1", include_dashboard=False,
+                 log_to_driver=False)
+    return ray
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    if "ray_cluster" in item.fixturenames and (nextitem is None
+                                               or "ray_cluster" not in nextitem.fixturenames):
+        import ray
+
+        ray.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 
 import pytest
 from phase4_distributed.k8s.apply import apply, dynamic_client
@@ -24,6 +25,17 @@ from phase4_distributed.k8s.testing import (
 
 SKIP_ENV = "LIGHTVLLM_SKIP_K8S"
 POOL_LABEL = "lightvllm.io/test-pool"
+HERE = Path(__file__).parent
+_RUNNING: list = []  # the control plane and operator, in start order, while k8s tests remain
+
+
+@pytest.hookimpl(trylast=True)  # after the last test's own fixtures are torn down
+def pytest_runtest_teardown(item, nextitem):
+    """Stop the session's control plane and operator after the last k8s test, not at the end of
+    the whole run: they would take CPU from every later test."""
+    if _RUNNING and (nextitem is None or HERE not in Path(nextitem.path).parents):
+        while _RUNNING:
+            _RUNNING.pop().stop()
 
 
 def require(reason: str) -> None:
@@ -43,6 +55,7 @@ def control_plane(tmp_path_factory):
     if missing := missing_binaries():
         require(f"control-plane binaries missing: {', '.join(missing)}")
     plane = LocalControlPlane(tmp_path_factory.mktemp("k8s")).start()
+    _RUNNING.append(plane)
     yield plane
     plane.stop()
 
@@ -80,6 +93,7 @@ def _resource(kube):
 @pytest.fixture(scope="session")
 def operator(control_plane, lvd, tmp_path_factory):
     process = OperatorProcess(control_plane.kubeconfig, tmp_path_factory.mktemp("operator")).start()
+    _RUNNING.append(process)
     yield process
     process.stop()
 

@@ -39,15 +39,25 @@ def free_udp_tcp_port() -> int:
     raise ComponentFailed("no port free for both UDP and TCP on 127.0.0.1 after 50 tries")
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the starting process dies (Linux ``prctl``), so a
+    killed test run or operator host leaves no control plane behind."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def start(name: str, argv: Sequence[str], log_dir: Path,
           env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start ``argv`` in its own process group with stdout+stderr in ``log_dir/name.log``."""
+    """Start ``argv`` in its own process group with stdout+stderr in ``log_dir/name.log``; it
+    ends with the process that started it."""
     log_dir.mkdir(parents=True, exist_ok=True)
     logger.info("starting %s: %s", name, " ".join(argv))
     with open(log_dir / f"{name}.log", "wb") as log:
         return subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=_die_with_parent)
 
 
 def stop(proc: subprocess.Popen, name: str, timeout_s: float = 10.0) -> None:
