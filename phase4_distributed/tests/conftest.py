@@ -6,25 +6,15 @@ import pytest
 from phase3_scheduling import LLM
 from phase4_distributed.executor_testing import ENGINE, run_prompts
 
-@pytest.fixture()
+@pytest.fixture(scope="module")
 def ray_cluster():
-    """A local Ray instance bound to loopback, shared by consecutive Ray tests (start-up costs
-    seconds) and shut down as soon as the next test does not need it (it keeps several
-    processes busy)."""
+    """A local Ray instance bound to loopback for one test module, shut down after it: a
+    session-long cluster keeps several processes busy through every later test."""
     ray = pytest.importorskip("ray", reason="the optional extra phase4-distributed[ray]")
-    if not ray.is_initialized():
-        ray.init(num_cpus=4, _node_ip_address="127.0.0.1", include_dashboard=False,
-                 log_to_driver=False)
-    return ray
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_runtest_teardown(item, nextitem):
-    if "ray_cluster" in item.fixturenames and (nextitem is None
-                                               or "ray_cluster" not in nextitem.fixturenames):
-        import ray
-
-        ray.shutdown()
+    ray.init(num_cpus=4, _node_ip_address="127.0.0.1", include_dashboard=False,
+             log_to_driver=False)
+    yield ray
+    ray.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -69,6 +69,7 @@ class EngineCore:
         self.scheduler.micro_batches = self.max_batches
         self.batch_queue: deque[tuple[SchedulerOutput, PendingStep]] = deque()
         self.peak_in_flight = 0  # the most steps that were out at once
+        self.fatal_error: BaseException | None = None  # set once a worker or the device failed
         self.timings: dict[str, float] = defaultdict(float)  # seconds per step phase
         self.startup_seconds = time.perf_counter() - start
         logger.info("engine core ready in %.1f s: %d KV blocks, graphs %s", self.startup_seconds,
@@ -93,6 +94,8 @@ class EngineCore:
     # ---- the loop ------------------------------------------------------------------------------
     def step(self) -> EngineCoreOutputs:
         """Schedule and run one step (pipelined: submit one, or collect the oldest)."""
+        if self.fatal_error is not None:  # the engine cannot continue: say so on every call
+            raise self.fatal_error
         if self.max_batches > 1:
             return self._step_with_batch_queue()
         t0 = time.perf_counter()
@@ -102,7 +105,7 @@ class EngineCore:
             return self._outputs(self._fail_unschedulable())
         t1 = time.perf_counter()
         try:
-            pending = self.executor.submit_step(step)  # runs it, for a one-at-a-time executor
+            pending = self._submit_or_die(step)  # runs it, for a one-at-a-time executor
         except FATAL_ERRORS:
             raise
         except Exception as error:  # one step's data broke the forward: fail only its requests
@@ -117,7 +120,7 @@ class EngineCore:
             step = self.scheduler.schedule()
             self.timings["schedule"] += time.perf_counter() - t0
             if not step.is_empty:
-                queue.append((step, self.executor.submit_step(step)))
+                queue.append((step, self._submit_or_die(step)))
                 self.peak_in_flight = max(self.peak_in_flight, len(queue))
                 if len(queue) < self.max_batches:
                     return self._outputs([])  # room for another micro-batch
@@ -132,7 +135,8 @@ class EngineCore:
         began to wait for it; pipelined steps count only the wait)."""
         try:
             result: ModelRunnerOutput = pending.result()
-        except FATAL_ERRORS:
+        except FATAL_ERRORS as error:
+            self.fatal_error = error
             raise
         except Exception as error:
             return self._outputs(self._fail_step(step, error))
@@ -143,6 +147,13 @@ class EngineCore:
         timings["update"] += time.perf_counter() - t2
         timings["steps"] += 1
         return self._outputs(outputs)
+
+    def _submit_or_die(self, step: SchedulerOutput) -> PendingStep:
+        try:
+            return self.executor.submit_step(step)
+        except FATAL_ERRORS as error:
+            self.fatal_error = error
+            raise
 
     def _fail_step(self, step: SchedulerOutput, error: Exception) -> list[EngineCoreOutput]:
         """One step's data broke the forward: fail only its requests."""
