@@ -55,17 +55,33 @@ def parse_cpu_list(spec: str) -> list[int]:
     return cpus
 
 
-def usable_cpus() -> list[int]:
-    """The cores this process may run on (its affinity mask), in order."""
+def _current_cpus() -> list[int]:
     if hasattr(os, "sched_getaffinity"):
         return sorted(os.sched_getaffinity(0))
     return list(range(os.cpu_count() or 1))
 
 
+# Read once, before any pinning: pinning OpenMP thread 0 pins the main thread, whose mask is
+# what sched_getaffinity(0) reports afterwards (and what processes started later inherit).
+_PROCESS_CPUS = _current_cpus()
+
+
+def usable_cpus() -> list[int]:
+    """The cores this process may run on (its affinity mask when it started), in order."""
+    return list(_PROCESS_CPUS)
+
+
+def restore_process_affinity() -> None:
+    """Give the calling thread (or, as a ``preexec_fn``, a child process) the mask this process
+    started with: a worker started after the engine pinned its threads inherits only core 0."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, _PROCESS_CPUS)
+
+
 def _choose_cpus(num_threads: int | None) -> tuple[int, list[int]]:
     bind = os.environ.get(BIND_ENV, "")
     cpus = parse_cpu_list(bind) if bind not in ("", "0", "1", "auto") else usable_cpus()
-    allowed = set(usable_cpus())
+    allowed = set(usable_cpus()) | set(_current_cpus())  # the mask may have been set since
     outside = [c for c in cpus if c not in allowed]
     if outside:
         raise ValueError(f"{BIND_ENV}={bind!r} names CPUs {outside} outside this process's "

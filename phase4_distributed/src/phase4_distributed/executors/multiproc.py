@@ -26,6 +26,7 @@ from typing import Any
 import msgspec
 import zmq
 
+from phase1_kernels.cpu_threads import restore_process_affinity
 from phase3_scheduling import protocol
 from phase3_scheduling.engine_config import EngineConfig, encode_config
 from phase3_scheduling.executor import WorkerDiedError
@@ -34,7 +35,7 @@ from phase3_scheduling.protocol import ModelRunnerOutput, RpcReply, RpcRequest, 
 from . import messages as m
 from .base import RankedExecutor
 from .errors import RpcTimeoutError, results_in_rank_order
-from .processes import describe_exit, free_port, stop_processes
+from .processes import cpu_worker_env, describe_exit, free_port, stop_processes
 from .worker_host import DEFAULT_BUILDER
 
 logger = logging.getLogger(__name__)
@@ -97,7 +98,11 @@ class MultiprocExecutor(RankedExecutor):
                    "--broadcast-addr", f"ipc://{self._res.ipc_dir}/broadcast",
                    "--result-addr", f"ipc://{self._res.ipc_dir}/results",
                    "--parent-pid", str(os.getpid()), "--model-builder", model_builder]
-            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE)
+            env = None  # on the CPU every rank gets its own cores: they all run on this host
+            if self.config.device == "cpu":
+                env = {**os.environ, **cpu_worker_env(rank, self.world_size)}
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, env=env,
+                                    preexec_fn=restore_process_affinity)
             self._res.procs.append(proc)
             proc.stdin.write(config_bytes)
             proc.stdin.close()

@@ -21,6 +21,32 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def cpu_share(rank: int, ranks_on_host: int) -> str:
+    """The cores rank ``rank`` of ``ranks_on_host`` co-located CPU workers runs on, as a
+    ``LIGHTVLLM_CPU_BIND`` list: a contiguous 1/n of this process's cores each (with more ranks
+    than cores, one core each, round robin). Without it every worker would size its OpenMP pool
+    to all cores and pin thread i to core i, so that the ranks' threads fight over the same cores."""
+    from phase1_kernels.cpu_threads import usable_cpus
+
+    cpus = usable_cpus()
+    if ranks_on_host >= len(cpus):
+        mine = [cpus[rank % len(cpus)]]
+    else:
+        per_rank = len(cpus) // ranks_on_host
+        mine = cpus[rank * per_rank:(rank + 1) * per_rank]
+    return ",".join(f"{c}-{c}" for c in mine)  # "N-N": a bare "0" or "1" means off / auto
+
+
+def cpu_worker_env(rank: int, ranks_on_host: int) -> dict[str, str]:
+    """Environment for a co-located CPU worker: its share of the cores, unless the user chose
+    the binding (``LIGHTVLLM_CPU_BIND`` already set)."""
+    from phase1_kernels.cpu_threads import BIND_ENV
+
+    if os.environ.get(BIND_ENV):
+        return {}
+    return {BIND_ENV: cpu_share(rank, ranks_on_host)}
+
+
 def describe_exit(returncode: int) -> str:
     if returncode < 0:
         try:

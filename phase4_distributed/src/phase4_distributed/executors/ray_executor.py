@@ -20,6 +20,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from phase1_kernels.cpu_threads import BIND_ENV, parse_cpu_list
 from phase3_scheduling import protocol
 from phase3_scheduling.engine_config import EngineConfig, decode_config, encode_config
 from phase3_scheduling.executor import WorkerDiedError
@@ -27,7 +28,7 @@ from phase3_scheduling.protocol import ModelRunnerOutput, RpcReply, RpcRequest, 
 
 from .base import RankedExecutor
 from .errors import RpcTimeoutError, results_in_rank_order
-from .processes import free_port
+from .processes import cpu_worker_env, free_port
 from .worker_host import DEFAULT_BUILDER, WorkerHost
 
 logger = logging.getLogger(__name__)
@@ -49,8 +50,16 @@ class RayWorkerHost:
         address = ray.util.get_node_ip_address()
         return address, free_port(address)
 
-    def start(self, master_addr: str, master_port: int) -> int:
-        """Join the distributed world and create the worker; returns this actor's PID."""
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    def start(self, master_addr: str, master_port: int, cpu_env: dict[str, str]) -> int:
+        """Join the distributed world and create the worker; returns this actor's PID. On the
+        CPU, ``cpu_env`` gives this rank its share of the node's cores (the driver computed it:
+        a raylet started after the driver pinned its threads would give actors only core 0)."""
+        if cpu_env:
+            os.environ.update(cpu_env)
+            os.sched_setaffinity(0, parse_cpu_list(cpu_env[BIND_ENV]))
         # Ray makes only this actor's GPU visible, so it is cuda:0 here
         self.host = WorkerHost.start(self.config, self.rank, 0, master_addr, master_port,
                                      self.builder)
@@ -107,7 +116,12 @@ class RayExecutor(RankedExecutor):
     def _start_actors(self) -> list[int]:
         address, port = self._get([self.actors[0].rendezvous_address.remote()], "start-up",
                                   self.startup_timeout_s)[0]
-        refs = [actor.start.remote(address, port) for actor in self.actors]
+        nodes = self._get([actor.node_id.remote() for actor in self.actors], "start-up",
+                          self.startup_timeout_s)
+        cpu = self.config.device == "cpu"
+        refs = [actor.start.remote(address, port, cpu_worker_env(nodes[:rank].count(node),
+                                                                 nodes.count(node)) if cpu else {})
+                for rank, (actor, node) in enumerate(zip(self.actors, nodes))]
         return self._get(refs, "start-up", self.startup_timeout_s)
 
     # ---- calls ---------------------------------------------------------------------------------

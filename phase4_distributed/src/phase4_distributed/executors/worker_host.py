@@ -7,8 +7,6 @@ from __future__ import annotations
 import importlib
 import logging
 
-import torch
-
 from phase3_scheduling import protocol
 from phase3_scheduling.engine_config import EngineConfig
 from phase3_scheduling.protocol import RpcReply, RpcRequest
@@ -38,8 +36,6 @@ class WorkerHost:
         parallel = config.parallel_config
         self.is_output_rank = rank == output_rank(parallel.tensor_parallel_size,
                                                   parallel.pipeline_parallel_size)
-        if config.device == "cpu":  # ranks on one host share its cores
-            torch.set_num_threads(max(1, torch.get_num_threads() // parallel.world_size))
         self.worker = Worker(config, rank, local_rank, builder)
         self.last_method: str | None = None
 

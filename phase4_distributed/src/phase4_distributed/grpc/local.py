@@ -4,6 +4,7 @@ trying the grpc executor without a cluster), stopped by PID when the context end
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 import time
@@ -11,7 +12,9 @@ from collections.abc import Iterator
 
 import grpc
 
-from ..executors.processes import free_port, stop_processes
+from phase1_kernels.cpu_threads import restore_process_affinity
+
+from ..executors.processes import cpu_worker_env, free_port, stop_processes
 from .health import probe
 
 STARTUP_S = 60.0
@@ -38,7 +41,8 @@ def wait_healthy(address: str, proc: subprocess.Popen, timeout_s: float = STARTU
 
 @contextlib.contextmanager
 def local_workers(world_size: int) -> Iterator[tuple[list[str], list[subprocess.Popen]]]:
-    """``world_size`` workers (one torch.distributed world); their addresses and processes."""
+    """``world_size`` workers (one torch.distributed world); their addresses and processes.
+    They share this host, so each gets its share of the cores if it runs on the CPU."""
     master_port = free_port()
     ports = [free_port() for _ in range(world_size)]
     procs: list[subprocess.Popen] = []
@@ -47,7 +51,9 @@ def local_workers(world_size: int) -> Iterator[tuple[list[str], list[subprocess.
             procs.append(subprocess.Popen(worker_command(
                 "worker", "--rank", str(rank), "--world-size", str(world_size),
                 "--master", "127.0.0.1", "--master-port", str(master_port),
-                "--host", "127.0.0.1", "--port", str(port))))
+                "--host", "127.0.0.1", "--port", str(port)),
+                env={**os.environ, **cpu_worker_env(rank, world_size)},
+                preexec_fn=restore_process_affinity))
         addresses = [f"127.0.0.1:{port}" for port in ports]
         for address, proc in zip(addresses, procs):
             wait_healthy(address, proc)
