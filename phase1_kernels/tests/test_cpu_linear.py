@@ -1,5 +1,6 @@
 """oneDNN-prepacked CPU linears: same results as F.linear (float64 reference), switchable back,
-and layers that override forward (phase 4's parallel layers) left alone."""
+layers that wrap the matmul in their own forward (phase 4's parallel layers) packed too, and
+layers that replace the matmul itself left alone."""
 
 import pytest
 import torch
@@ -34,17 +35,28 @@ def test_native_mode_unpacks():
     cpu_linear.process_weights_after_loading(layer, "onednn")
     assert "packed_weight" in layer.__dict__
     cpu_linear.process_weights_after_loading(layer, "native")
-    assert "packed_weight" not in layer.__dict__ and "forward" not in layer.__dict__
+    assert "packed_weight" not in layer.__dict__ and "apply_linear" not in layer.__dict__
     x = torch.randn(5, 64)
     assert torch.equal(layer(x), F.linear(x, layer.weight))
 
 
-def test_layer_with_its_own_forward_is_left_alone():
-    class AllReduceLinear(ReplicatedLinear):
+def test_a_forward_around_the_matmul_gets_the_packed_gemm():
+    class AllReduceLinear(ReplicatedLinear):  # like phase 4's RowParallelLinear
         def forward(self, x):
-            return 2 * super().forward(x)
+            return 2 * self.apply_linear(x)
 
     layer = filled(AllReduceLinear(16, 8))
+    assert cpu_linear.process_weights_after_loading(layer, "onednn") == 1
+    x = torch.randn(3, 16)
+    torch.testing.assert_close(layer(x), 2 * F.linear(x, layer.weight), rtol=1e-5, atol=1e-5)
+
+
+def test_a_layer_with_its_own_matmul_is_left_alone():
+    class ScaledLinear(ReplicatedLinear):
+        def apply_linear(self, x, with_bias=True):
+            return 2 * F.linear(x, self.weight)
+
+    layer = filled(ScaledLinear(16, 8))
     assert cpu_linear.process_weights_after_loading(layer, "onednn") == 0
     x = torch.randn(3, 16)
     assert torch.equal(layer(x), 2 * F.linear(x, layer.weight))

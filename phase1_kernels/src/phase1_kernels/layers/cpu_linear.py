@@ -7,11 +7,12 @@ reorder the weight into its blocked layout *once* (``torch.ops.mkldnn._reorder_l
 and then run ``torch.ops.mkldnn._linear_pointwise`` on it, as vLLM-CPU and inductor's freezing
 pass do.
 
-``process_weights_after_loading(model)`` walks the model and gives each plain linear layer a
-packed copy of its weight and a forward that uses it. The dense ``weight`` parameter stays (the
-tied embedding, ``state_dict`` and tensor-parallel loaders read it). A layer whose class
-overrides ``forward`` (phase 4's parallel layers) is left alone: its forward may do more than
-the matmul. Choose with env ``LIGHTVLLM_CPU_LINEAR`` or ``mode``:
+``process_weights_after_loading(model)`` walks the model and gives each linear layer a
+packed copy of its weight and an ``apply_linear`` (the matmul step of ``LinearBase``) that uses
+it. The dense ``weight`` parameter stays (the tied embedding, ``state_dict`` and
+tensor-parallel loaders read it). Phase 4's parallel layers override ``forward`` to add an
+all-reduce or a gather around ``apply_linear``, so their shard's GEMM is packed too; a class
+that overrides ``apply_linear`` itself is left alone. Choose with env ``LIGHTVLLM_CPU_LINEAR`` or ``mode``:
 
 - ``onednn`` (default on CPU when oneDNN is present): prepacked oneDNN weights.
 - ``native``: ``F.linear`` (MKL), the reference.
@@ -53,20 +54,22 @@ def resolve_mode(mode: str | None = None) -> str:
 
 def _packable(module: nn.Module) -> bool:
     weight = getattr(module, "weight", None)
-    return (isinstance(module, LinearBase) and type(module).forward is LinearBase.forward
+    return (isinstance(module, LinearBase)
+            and type(module).apply_linear is LinearBase.apply_linear
             and isinstance(weight, torch.Tensor) and weight.device.type == "cpu"
             and weight.dtype == torch.float32 and weight.dim() == 2)
 
 
-def _onednn_forward(self: LinearBase, x: torch.Tensor) -> torch.Tensor:
+def _onednn_linear(self: LinearBase, x: torch.Tensor, with_bias: bool = True) -> torch.Tensor:
+    bias = self.bias if with_bias else None
     if x.dtype != torch.float32 or x.device.type != "cpu":
-        return F.linear(x, self.weight, self.bias)
+        return F.linear(x, self.weight, bias)
     packed = self.__dict__.get("packed_weight")
     if packed is None:  # packed at first use, so weights loaded after the pass are seen
         with torch.inference_mode():
             packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), PACK_BATCH_HINT)
         self.__dict__["packed_weight"] = packed
-    return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
 def _drop_pack_on_load(module: LinearBase, param: torch.Tensor) -> None:
@@ -84,18 +87,18 @@ def _drop_pack_on_load(module: LinearBase, param: torch.Tensor) -> None:
 
 
 def pack_linear(module: LinearBase) -> None:
-    """Give ``module`` a forward on a oneDNN-packed copy of its weight (packed now, and again
-    at first use after any ``weight_loader`` call)."""
+    """Give ``module`` an ``apply_linear`` on a oneDNN-packed copy of its weight (packed now,
+    and again at first use after any ``weight_loader`` call)."""
     module.__dict__["packed_weight"] = None
-    module.forward = types.MethodType(_onednn_forward, module)
+    module.apply_linear = types.MethodType(_onednn_linear, module)
     for param in module.parameters(recurse=False):
         _drop_pack_on_load(module, param)
-    _onednn_forward(module, torch.zeros(1, module.weight.shape[1]))
+    _onednn_linear(module, torch.zeros(1, module.weight.shape[1]))
 
 
 def unpack_linear(module: LinearBase) -> None:
     """Back to ``F.linear`` (drops the packed copy)."""
-    module.__dict__.pop("forward", None)
+    module.__dict__.pop("apply_linear", None)
     module.__dict__.pop("packed_weight", None)
 
 

@@ -54,8 +54,14 @@ class LinearBase(nn.Module):
     ) -> None:
         default_weight_loader(param, loaded_weight)
 
+    def apply_linear(self, x: torch.Tensor, with_bias: bool = True) -> torch.Tensor:
+        """The matmul itself (``x @ W.T``, plus the bias unless ``with_bias`` is False): the one
+        step a CPU pass may swap for a prepacked GEMM (``cpu_linear``); subclasses that do more
+        (phase 4's all-reduce or gather) call it from their own ``forward``."""
+        return F.linear(x, self.weight, self.bias if with_bias else None)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return self.apply_linear(x)
 
     def extra_repr(self) -> str:
         return f"in={self.input_size}, out={self.output_size}, bias={self.bias is not None}"

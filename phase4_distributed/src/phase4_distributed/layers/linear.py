@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from phase1_kernels.layers.linear import LinearBase, default_weight_loader
 
@@ -40,7 +39,7 @@ class ColumnParallelLinear(LinearBase):
         load_shard(param, loaded_weight, 0, self.tp_rank * size, size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)
+        y = self.apply_linear(x)
         return self.tp_group.all_gather(y, dim=-1) if self.gather_output else y
 
     def extra_repr(self) -> str:
@@ -121,7 +120,7 @@ class RowParallelLinear(LinearBase):
         load_shard(param, loaded_weight, 1, self.tp_rank * size, size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight)
+        y = self.apply_linear(x, with_bias=False)
         if self.reduce_results:
             y = self.tp_group.all_reduce(y)
         if self.bias is None or not (self.reduce_results or self.tp_rank == 0):
