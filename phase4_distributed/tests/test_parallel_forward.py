@@ -177,7 +177,7 @@ def test_pipeline_moves_hidden_and_residual_only(layout_run):
                 recvs = 2 if pp > 1 and rank["pp_rank"] > 0 else 0
                 assert (calls.get("send", 0), nbytes.get("send", 0)) == (sends, sends * activation)
                 assert (calls.get("recv", 0), nbytes.get("recv", 0)) == (recvs, recvs * activation)
-                assert calls.get("send_metadata", 0) == (2 if sends else 0)  # length + JSON
+                assert calls.get("send_metadata", 0) == (1 if sends else 0)  # one header message
 
 
 def test_each_stage_caches_only_its_layers(layout_run):

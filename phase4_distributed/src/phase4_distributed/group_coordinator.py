@@ -44,6 +44,9 @@ class CommStats:
         return {"calls": dict(self.calls), "bytes": dict(self.bytes)}
 
 
+HEADER_BYTES = 256  # a tensor dict's metadata message (JSON of names, dtypes, shapes)
+
+
 class GroupCoordinator:
     """The ranks of one group and its collectives (``dst``/``src`` are ranks in the group)."""
 
@@ -131,31 +134,48 @@ class GroupCoordinator:
         return peer
 
     def send_tensor_dict(self, tensors: dict[str, torch.Tensor], dst: int | None = None) -> None:
-        """Names, dtypes and shapes as JSON over the CPU group, then each tensor over the
-        device group (the receiver allocates from the metadata)."""
-        _, cpu_group = self._groups()
+        """Names, dtypes and shapes as JSON in one fixed-size header message (a longer JSON
+        spills into a second), then each tensor over the device group; the receiver allocates
+        from the metadata. The header goes over the CPU group on a GPU, over the device group
+        itself on the CPU (both are gloo there, and switching groups costs a round trip)."""
         peer = self.ranks[self._peer(dst, self.next_rank)]
+        meta_group = self._metadata_group()
         meta = {name: [str(t.dtype).removeprefix("torch."), list(t.shape)] for name, t in tensors.items()}
-        payload = torch.frombuffer(bytearray(json.dumps(meta).encode()), dtype=torch.uint8)
-        length = torch.tensor([payload.numel()], dtype=torch.int64)
-        for part in (length, payload):
+        body = json.dumps(meta).encode()
+        header = bytearray(HEADER_BYTES)
+        header[:4] = len(body).to_bytes(4, "little")
+        inline = body[:HEADER_BYTES - 4]
+        header[4:4 + len(inline)] = inline
+        parts = [torch.frombuffer(header, dtype=torch.uint8)]
+        if len(body) > len(inline):
+            parts.append(torch.frombuffer(bytearray(body[len(inline):]), dtype=torch.uint8))
+        for part in parts:
             self.stats.add("send_metadata", part)
-            dist.send(part, peer, group=cpu_group)
+            dist.send(part, peer, group=meta_group)
         for tensor in tensors.values():
             self.send(tensor, dst)
 
     def recv_tensor_dict(self, src: int | None = None) -> dict[str, torch.Tensor]:
-        _, cpu_group = self._groups()
         peer = self.ranks[self._peer(src, self.prev_rank)]
-        length = torch.empty(1, dtype=torch.int64)
-        dist.recv(length, peer, group=cpu_group)
-        payload = torch.empty(int(length.item()), dtype=torch.uint8)
-        dist.recv(payload, peer, group=cpu_group)
-        for part in (length, payload):
-            self.stats.add("recv_metadata", part)
-        meta = json.loads(payload.numpy().tobytes().decode())
+        meta_group = self._metadata_group()
+        header = torch.empty(HEADER_BYTES, dtype=torch.uint8)
+        dist.recv(header, peer, group=meta_group)
+        self.stats.add("recv_metadata", header)
+        raw = header.numpy().tobytes()
+        length = int.from_bytes(raw[:4], "little")
+        body = raw[4:4 + min(length, HEADER_BYTES - 4)]
+        if length > len(body):
+            rest = torch.empty(length - len(body), dtype=torch.uint8)
+            dist.recv(rest, peer, group=meta_group)
+            self.stats.add("recv_metadata", rest)
+            body += rest.numpy().tobytes()
+        meta = json.loads(body.decode())
         return {name: self.recv(tuple(shape), getattr(torch, dtype), src)
                 for name, (dtype, shape) in meta.items()}
+
+    def _metadata_group(self) -> dist.ProcessGroup:
+        device_group, cpu_group = self._groups()
+        return device_group if self.device.type == "cpu" else cpu_group
 
     def barrier(self) -> None:
         if self.world_size > 1:
