@@ -64,6 +64,7 @@ class RequestOutputCollector:
         self._ready.clear()
         if isinstance(item, BaseException):
             raise item
+        assert item is not None  # put() set it before setting _ready
         return item
 
 
