@@ -61,6 +61,7 @@ class FreeBlockQueue:
 
     def append(self, block: KVCacheBlock) -> None:
         last = self._tail.prev_free
+        assert last is not None  # the sentinels stay linked: at worst this is the head
         last.next_free, block.prev_free = block, last
         block.next_free, self._tail.prev_free = self._tail, block
         self.num_free += 1
@@ -76,12 +77,14 @@ class FreeBlockQueue:
         if self.num_free == 0:
             raise OutOfKVBlocksError("no free KV blocks")
         block = self._head.next_free
+        assert block is not None  # num_free > 0: a real block follows the head sentinel
         self.remove(block)
         return block
 
     def __iter__(self):
         block = self._head.next_free
         while block is not self._tail:
+            assert block is not None  # linked up to the tail sentinel
             yield block
             block = block.next_free
 

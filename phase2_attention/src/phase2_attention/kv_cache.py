@@ -11,13 +11,31 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any, Iterator, Protocol
 
 import torch
+from torch import nn
 
-from phase1_kernels.layers.attention import AttentionMetadata
-from phase1_kernels.models.llama import LlamaForCausalLM
+from phase1_kernels.config import ModelConfig
+from phase1_kernels.layers.attention import Attention, AttentionMetadata
 
 logger = logging.getLogger(__name__)
+
+
+class KVCacheModel(Protocol):
+    """What sizing and binding the cache use of a model: phase 1's ``LlamaForCausalLM``, or a
+    model shaped like it (phase 4's pipeline stage wraps one)."""
+
+    config: ModelConfig
+
+    @property
+    def attention_layers(self) -> list[Attention]: ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor: ...
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
 
 
 @dataclass
@@ -39,7 +57,7 @@ class CacheConfig:
             raise ValueError(f"num_blocks must be >= 2 (block 0 is reserved), got {self.num_blocks}")
 
 
-def bytes_per_block(model: LlamaForCausalLM, block_size: int) -> int:
+def bytes_per_block(model: KVCacheModel, block_size: int) -> int:
     """K and V of ``block_size`` tokens across every layer."""
     layers = model.attention_layers
     attn = layers[0]
@@ -48,7 +66,7 @@ def bytes_per_block(model: LlamaForCausalLM, block_size: int) -> int:
 
 
 @torch.inference_mode()
-def profile_peak_memory(model: LlamaForCausalLM, num_tokens: int) -> int:
+def profile_peak_memory(model: KVCacheModel, num_tokens: int) -> int:
     """Peak GPU bytes of one forward over ``num_tokens`` tokens (no cache), weights included."""
     device = next(model.parameters()).device
     torch.cuda.synchronize(device)
@@ -73,7 +91,7 @@ def profile_peak_memory(model: LlamaForCausalLM, num_tokens: int) -> int:
     return torch.cuda.max_memory_allocated(device)
 
 
-def available_kv_cache_bytes(model: LlamaForCausalLM, config: CacheConfig,
+def available_kv_cache_bytes(model: KVCacheModel, config: CacheConfig,
                              max_num_batched_tokens: int = 2048) -> int:
     """Bytes this process can give the KV cache: on GPU what ``gpu_memory_utilization`` leaves
     after the weights and a profiled forward at the largest step; on CPU the configured GiB."""
@@ -95,7 +113,7 @@ def num_blocks_for(budget_bytes: int, per_block: int) -> int:
     return num_blocks
 
 
-def determine_num_blocks(model: LlamaForCausalLM, config: CacheConfig,
+def determine_num_blocks(model: KVCacheModel, config: CacheConfig,
                          max_num_batched_tokens: int = 2048) -> int:
     per_block = bytes_per_block(model, config.block_size)
     if config.num_blocks is not None:
@@ -109,7 +127,7 @@ def determine_num_blocks(model: LlamaForCausalLM, config: CacheConfig,
     return num_blocks
 
 
-def allocate_kv_cache(model: LlamaForCausalLM, num_blocks: int, block_size: int) -> list[torch.Tensor]:
+def allocate_kv_cache(model: KVCacheModel, num_blocks: int, block_size: int) -> list[torch.Tensor]:
     """One [2, num_blocks, block_size, Hk, D] tensor per attention layer the model holds (a
     pipeline stage holds only its own layers), bound to that layer."""
     param = next(model.parameters())
@@ -122,6 +140,6 @@ def allocate_kv_cache(model: LlamaForCausalLM, num_blocks: int, block_size: int)
     return caches
 
 
-def release_kv_cache(model: LlamaForCausalLM) -> None:
+def release_kv_cache(model: KVCacheModel) -> None:
     for layer in model.attention_layers:
         layer.kv_cache = None

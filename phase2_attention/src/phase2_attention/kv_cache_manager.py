@@ -99,7 +99,11 @@ class KVCacheManager:
                 raise ValueError("cached prefix blocks can only be attached to a new request")
             self.pool.touch(computed_blocks)
             blocks.extend(computed_blocks)
-            self.req_hashes[request_id] = [b.block_hash for b in computed_blocks]
+            hashes: list[bytes] = []
+            for block in computed_blocks:
+                assert block.block_hash is not None  # cache hits are full, hashed blocks
+                hashes.append(block.block_hash)
+            self.req_hashes[request_id] = hashes
         new = self.pool.get_new_blocks(max(0, cdiv(num_tokens, self.block_size) - len(blocks)))
         blocks.extend(new)
         return new

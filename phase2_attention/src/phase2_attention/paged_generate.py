@@ -33,6 +33,7 @@ class PagedGenerator:
         self.block_size = self.cache_config.block_size
         self.num_blocks = determine_num_blocks(self.model, self.cache_config)
         allocate_kv_cache(self.model, self.num_blocks, self.block_size)
+        self.manager: KVCacheManager | ContiguousKVCacheManager
         if contiguous_max_len:
             self.manager = ContiguousKVCacheManager(self.num_blocks, self.block_size, contiguous_max_len)
         else:

@@ -13,7 +13,7 @@ import asyncio
 import os
 import queue
 import threading
-from typing import AsyncIterator, Sequence
+from typing import AsyncGenerator, Sequence
 
 from .config import EngineArgs
 from .llm_engine import LLMEngine
@@ -89,7 +89,7 @@ class AsyncLLMEngine:
 
     # ---- asyncio side ------------------------------------------------------------------------
     async def generate(self, prompt: str | Sequence[int], params: SamplingParams,
-                       request_id: str) -> AsyncIterator[RequestOutput]:
+                       request_id: str) -> AsyncGenerator[RequestOutput, None]:
         if self.errored is not None:
             raise EngineDeadError(f"the engine stopped after an error: {self.errored}")
         loop = asyncio.get_running_loop()

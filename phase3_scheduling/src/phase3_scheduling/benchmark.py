@@ -95,12 +95,14 @@ def hf_model(args, llm_info: dict):
     device = llm_info["device"]
     if args.load_format == "dummy" and args.hf_config:
         cfg = hf_config(args.hf_config)
+        assert cfg is not None  # args.hf_config is set
         rope = {"rope_type": (cfg.get("rope_scaling") or {}).get("rope_type", "default"),
                 "rope_theta": cfg.get("rope_theta", 10000.0), **(cfg.get("rope_scaling") or {})}
         keep = {k: v for k, v in cfg.items() if k not in ("rope_scaling", "rope_theta")}
         config = LlamaConfig(**keep, rope_parameters=rope)
         with torch.device(device):
-            model = LlamaForCausalLM(config).to(dtype)
+            # transformers declares .to with @wraps(nn.Module.to): typeshed loses the bound self
+            model = LlamaForCausalLM(config).to(dtype)  # type: ignore[arg-type]
     else:
         model = AutoModelForCausalLM.from_pretrained(llm_info["model_dir"], dtype=dtype).to(device)
     return model.eval()

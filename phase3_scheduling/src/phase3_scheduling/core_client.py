@@ -18,7 +18,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import AsyncIterator, Sequence
+from typing import AsyncGenerator, Sequence
 
 import msgspec
 import zmq
@@ -64,6 +64,7 @@ class RequestOutputCollector:
         self._ready.clear()
         if isinstance(item, BaseException):
             raise item
+        assert item is not None  # put() set it before setting _ready
         return item
 
 
@@ -165,7 +166,7 @@ class AsyncMPClient:
 
     # ---- requests ------------------------------------------------------------------------------
     async def generate(self, prompt: str | Sequence[int], params: SamplingParams,
-                       request_id: str) -> AsyncIterator[RequestOutput]:
+                       request_id: str) -> AsyncGenerator[RequestOutput, None]:
         if self.errored is not None:
             raise EngineDeadError(f"the engine stopped: {self.errored}")
         self._ensure_output_task()

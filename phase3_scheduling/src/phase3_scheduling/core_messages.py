@@ -26,7 +26,7 @@ class EngineCoreRequest(msgspec.Struct, array_like=True, frozen=True):
               eos_token_ids: list[int], arrival_time: float) -> "EngineCoreRequest":
         eos = [] if params.ignore_eos else eos_token_ids
         return cls(request_id, list(prompt_token_ids), WireSamplingParams.from_params(params, eos),
-                   params.max_tokens, params.min_tokens, list(params.stop_token_ids),
+                   params.max_tokens, params.min_tokens, list(params.stop_token_ids or []),
                    params.ignore_eos, list(eos), arrival_time)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Sequence, cast
 
 from tqdm.auto import tqdm
 
@@ -39,16 +39,19 @@ class LLM:
                  sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
                  use_tqdm: bool = True) -> list[RequestOutput]:
         """Run every prompt to completion with continuous batching; outputs in input order."""
+        batch: Sequence[Prompt]
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
-            prompts = [prompts]
+            batch = [cast(Prompt, prompts)]  # one prompt: text, or token ids
+        else:
+            batch = cast(Sequence[Prompt], prompts)
         params = sampling_params or SamplingParams()
         if isinstance(params, SamplingParams):
-            params = [params] * len(prompts)
-        if len(params) != len(prompts):
-            raise ValueError(f"{len(prompts)} prompts but {len(params)} sampling params")
+            params = [params] * len(batch)
+        if len(params) != len(batch):
+            raise ValueError(f"{len(batch)} prompts but {len(params)} sampling params")
         ids = []
         try:
-            for prompt, p in zip(prompts, params):
+            for prompt, p in zip(batch, params):
                 ids.append(self.engine.add_request(None, prompt, p, stream=False))
         except Exception:
             self.engine.abort_request(ids)
@@ -62,7 +65,9 @@ class LLM:
         tok = self.engine.tokenizer
         if tok is None:
             raise ValueError("chat needs a tokenizer with a chat template")
-        conversations = [messages] if messages and isinstance(messages[0], dict) else messages
+        conversations = (
+            [cast(Sequence[dict], messages)] if messages and isinstance(messages[0], dict)
+            else cast(Sequence[Sequence[dict]], messages))  # one conversation, or several
         for conv in conversations:
             for m in conv:
                 if m.get("role") not in ("system", "user", "assistant"):

@@ -38,7 +38,7 @@ class WireSamplingParams(msgspec.Struct, array_like=True, omit_defaults=True, fr
 
     @classmethod
     def from_params(cls, p: SamplingParams, eos_token_ids: list[int]) -> "WireSamplingParams":
-        block = sorted(set(eos_token_ids) | set(p.stop_token_ids)) if p.min_tokens else []
+        block = sorted(set(eos_token_ids) | set(p.stop_token_ids or ())) if p.min_tokens else []
         return cls(p.temperature, p.top_p, p.top_k, p.min_p, p.repetition_penalty,
                    p.presence_penalty, p.frequency_penalty, p.seed, p.logprobs, p.min_tokens,
                    block)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .protocol import WireSamplingParams
 from .sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -23,7 +24,7 @@ logger = logging.getLogger(__name__)
 class SamplingInputs:
     """What the sampler needs about the requests behind each row of logits."""
 
-    params: list[SamplingParams]
+    params: list[SamplingParams | WireSamplingParams]  # the runner's come from the step
     output_token_ids: list[list[int]]
     prompt_token_ids: list[list[int]]
     generators: list[torch.Generator | None]
@@ -61,7 +62,7 @@ class Sampler:
             token_ids = torch.where(greedy, token_ids, sampled)
 
         out = SamplerOutput(token_ids.tolist(), None, None, None)
-        if want_logprobs:
+        if raw_logprobs is not None:  # i.e. want_logprobs
             chosen = raw_logprobs.gather(1, token_ids.unsqueeze(1)).squeeze(1)
             k = max(p.logprobs or 0 for p in params)
             top = raw_logprobs.topk(k, dim=-1) if k else None
@@ -101,7 +102,7 @@ class Sampler:
         logits -= freq * counts + pres * (counts > 0).to(logits.dtype)
 
     @staticmethod
-    def _sample(logits: torch.Tensor, params: list[SamplingParams],
+    def _sample(logits: torch.Tensor, params: list[SamplingParams | WireSamplingParams],
                 generators: list[torch.Generator | None]) -> torch.Tensor:
         device = logits.device
         temps = torch.tensor([p.temperature if not p.greedy else 1.0 for p in params], device=device)

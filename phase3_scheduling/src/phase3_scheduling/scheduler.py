@@ -22,7 +22,7 @@ import time
 from collections import deque
 
 from phase2_attention import KVCacheManager
-from phase2_attention.block_pool import OutOfKVBlocksError
+from phase2_attention.block_pool import KVCacheBlock, OutOfKVBlocksError
 
 from .config import SchedulerConfig
 from .core_messages import EngineCoreOutput, SchedulerStats, TokenLogprobs
@@ -101,7 +101,8 @@ class Scheduler:
         while (self.waiting and budget > 0 and not out.preempted_req_ids
                and len(self.running) < self.config.max_num_seqs and len(plan) < max_requests):
             request = self.waiting[0]
-            hits, cached = [], 0
+            hits: list[KVCacheBlock] = []
+            cached = 0
             if request.num_computed_tokens == 0:
                 hits, cached = self.kv.get_computed_blocks(request.all_token_ids)
             request.num_computed_tokens = cached
@@ -232,4 +233,5 @@ class Scheduler:
 
 def _token_logprobs(result: ModelRunnerOutput, row: int) -> TokenLogprobs:
     lp = result.logprobs
+    assert lp is not None  # the caller has rows only when the step returned logprobs
     return TokenLogprobs(lp.chosen[row], lp.ranks[row], lp.top_ids[row], lp.top_logprobs[row])

@@ -17,9 +17,13 @@ def run_prompts(llm: LLM) -> dict[str, list]:
     """Greedy tokens, seeded tokens and the seeded tokens' logprobs."""
     greedy = llm.generate(PROMPTS, GREEDY, use_tqdm=False)
     seeded = llm.generate(PROMPTS, SEEDED, use_tqdm=False)
+    logprobs = []
+    for o in seeded:
+        steps = o.outputs[0].logprobs
+        assert steps is not None  # SEEDED asks for logprobs
+        logprobs.append([{t: (lp.logprob, lp.rank) for t, lp in step.items()} for step in steps])
     return {
         "greedy": [o.outputs[0].token_ids for o in greedy],
         "seeded": [o.outputs[0].token_ids for o in seeded],
-        "logprobs": [[{t: (lp.logprob, lp.rank) for t, lp in step.items()}
-                      for step in o.outputs[0].logprobs] for o in seeded],
+        "logprobs": logprobs,
     }

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def launch_local_ranks(target: str, world_size: int, kwargs: dict | None = None,
                        timeout_s: float = 120.0, master_addr: str = "127.0.0.1",
-                       extra_pythonpath: list[str | Path] = ()) -> None:
+                       extra_pythonpath: Sequence[str | Path] = ()) -> None:
     """Start ``world_size`` processes running ``target`` (``"module:function"``), wait for all."""
     port = free_port(master_addr)
     env = dict(os.environ)

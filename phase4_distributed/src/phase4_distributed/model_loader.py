@@ -89,8 +89,12 @@ def build_parallel_model(
     (``load_format="dummy"``: random weights). ``tp_group`` defaults to ``get_tp_group()`` (a
     size-1 group needs no ``init_distributed``); pass ``GroupCoordinator.unconnected(...)`` to
     build a rank's shapes without processes."""
-    model_dir = None if isinstance(model, ModelConfig) else Path(model)
-    config = model if model_dir is None else ModelConfig.from_pretrained(model_dir)
+    model_dir: Path | None = None
+    if isinstance(model, ModelConfig):
+        config = model
+    else:
+        model_dir = Path(model)
+        config = ModelConfig.from_pretrained(model_dir)
     check_model_fits(config, parallel_config)
     layout = RankLayout(rank, parallel_config.tensor_parallel_size,
                         parallel_config.pipeline_parallel_size)

@@ -116,6 +116,7 @@ def _make_group(name: str, all_ranks: list[list[int]], rank: int, backend: str,
                      else dist.new_group(ranks, backend="gloo", timeout=timeout))
         if rank in ranks:
             mine = GroupCoordinator(name, ranks, rank, device_group, cpu_group, device)
+    assert mine is not None  # the groups partition the world, so one holds rank
     return mine
 
 

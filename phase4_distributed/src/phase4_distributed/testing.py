@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -33,7 +34,8 @@ BLOCK_SIZE, NUM_BLOCKS = 4, 24
 BLOCK_TABLES = [[1, 2], [3], [4, 5, 6]]
 STEPS = [([5, 3, 7], [5, 3, 7]),  # prefill of three prompts
          ([1, 1, 3], [6, 4, 10])]  # two decodes, then 3 more prompt tokens over 7 cached
-MODEL_OPTIONS = dict(dtype=torch.float64, device="cpu", attn_backend="sdpa", kernel_impl="native")
+MODEL_OPTIONS: dict[str, Any] = dict(dtype=torch.float64, device="cpu", attn_backend="sdpa",
+                                     kernel_impl="native")
 
 
 def varlen_steps(vocab_size: int, seed: int = 0):
@@ -50,7 +52,7 @@ def _run_job(rank: int, parallel: ParallelConfig, model_dir: str, out: Path,
              dump_params: bool) -> None:
     read_stats.reset()
     model = build_parallel_model(model_dir, parallel, rank, **MODEL_OPTIONS)
-    report = {"bytes_read": read_stats.bytes, "steps": [],
+    report: dict[str, Any] = {"bytes_read": read_stats.bytes, "steps": [],
               "num_params": sum(p.numel() for p in model.parameters())}
     allocate_kv_cache(model, NUM_BLOCKS, BLOCK_SIZE)
     tp, pp = get_tp_group(), get_pp_group()
@@ -65,8 +67,11 @@ def _run_job(rank: int, parallel: ParallelConfig, model_dir: str, out: Path,
             tensors[f"logits{step}"] = model.lm_head(hidden).contiguous()  # fp64; compute_logits: fp32
             stats["tp_logits"] = tp.stats.as_dict()
         report["steps"].append(stats)
-    report["kv_cache"] = [[layer.layer_idx, list(layer.kv_cache.shape),
-                           bool(layer.kv_cache.abs().sum() > 0)] for layer in model.attention_layers]
+    report["kv_cache"] = []
+    for layer in model.attention_layers:
+        cache = layer.kv_cache
+        assert cache is not None  # allocate_kv_cache bound one to every layer
+        report["kv_cache"].append([layer.layer_idx, list(cache.shape), bool(cache.abs().sum() > 0)])
     if dump_params:
         tensors.update({name: p.detach().clone() for name, p in model.named_parameters()})
     save_file(tensors, out / f"rank{rank}.safetensors")

@@ -15,7 +15,9 @@ import logging
 
 import torch
 
+from phase1_kernels.models.llama import LlamaForCausalLM
 from phase3_scheduling.engine_config import EngineConfig
+from phase3_scheduling.worker.model_runner import RunnerModel
 from phase3_scheduling.worker.worker import build_single_rank_model
 
 logger = logging.getLogger(__name__)
@@ -48,7 +50,7 @@ def shutdown_rank_distributed(config: EngineConfig) -> None:
     destroy_distributed()
 
 
-def build_rank_model(config: EngineConfig, rank: int, device: torch.device) -> torch.nn.Module:
+def build_rank_model(config: EngineConfig, rank: int, device: torch.device) -> RunnerModel:
     """This rank's model: the whole model for one worker, else its TP shard / PP stage."""
     parallel = config.parallel_config
     if parallel.world_size == 1:
@@ -69,7 +71,7 @@ class PipelineStageModel(torch.nn.Module):
     """One pipeline stage seen by the model runner as a model: ``forward`` runs the stage
     (receive, layers, send) and returns hidden states on the last stage, ``None`` elsewhere."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: LlamaForCausalLM):
         super().__init__()
         self.stage = model
         self.attn_backend = model.attn_backend

@@ -19,6 +19,7 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
+from typing import AsyncGenerator
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -79,18 +80,21 @@ class SSEResponse(StreamingResponse):
 
     media_type = "text/event-stream"
 
-    def __init__(self, content):
+    def __init__(self, content: AsyncGenerator[str, None]):
         super().__init__(content, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.events = content  # = body_iterator, typed as the generator it is
 
     async def stream_response(self, send) -> None:
         try:
             await super().stream_response(send)
         finally:
-            await self.body_iterator.aclose()
+            await self.events.aclose()
 
 
 class Gate:
     """API key, readiness and body size, checked before routing (pure ASGI: no stream buffering)."""
+
+    fastapi_app: FastAPI  # the routed app (``app``), set by build_app
 
     def __init__(self, app, state: ServerState, api_key: str | None, max_body_bytes: int):
         self.app, self.state, self.max_body = app, state, max_body_bytes
@@ -219,7 +223,7 @@ def start_engine(config: ServerConfig) -> AsyncLLMEngine | AsyncMPClient:
     return AsyncLLMEngine.from_engine_args(config.engine_args)
 
 
-def build_app(config: ServerConfig, engine: AsyncLLMEngine | None = None) -> FastAPI:
+def build_app(config: ServerConfig, engine: AsyncLLMEngine | None = None) -> Gate:
     """The app; with ``engine`` it serves that engine (never shutting it down), else loads one."""
     state = ServerState(model_name=config.model_name(), metrics=None,  # type: ignore[arg-type]
                         admission=config.admission)
@@ -234,7 +238,7 @@ def build_app(config: ServerConfig, engine: AsyncLLMEngine | None = None) -> Fas
             # one paragraph reaches the user (run_server, /health); the traceback only at DEBUG
             logger.debug("the model failed to load", exc_info=error)
             state.load_error = error
-            if getattr(state, "on_load_error", None):
+            if state.on_load_error is not None:
                 state.on_load_error()
             return
         if state.draining:
@@ -318,9 +322,9 @@ def build_app(config: ServerConfig, engine: AsyncLLMEngine | None = None) -> Fas
         return JSONResponse({"prompt": await state.off_loop(state.tokenizer.decode, body.tokens)})
 
     gated = Gate(app, state, config.api_key, config.max_body_bytes)
-    gated.fastapi_app = app  # type: ignore[attr-defined]
+    gated.fastapi_app = app
     gated.state = state
-    return gated  # type: ignore[return-value]
+    return gated
 
 
 class _Server(uvicorn.Server):
@@ -336,7 +340,7 @@ class _Server(uvicorn.Server):
 
 
 def make_server(config: ServerConfig, engine: AsyncLLMEngine | None = None,
-                **uvicorn_kwargs) -> uvicorn.Server:
+                **uvicorn_kwargs) -> _Server:
     app = build_app(config, engine)
     uv = uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level,
                         timeout_graceful_shutdown=5, access_log=False, **uvicorn_kwargs)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+from typing import AsyncGenerator
 
 from .errors import APIError, sse_error
 from .protocol import CompletionRequest
@@ -29,7 +29,8 @@ class _Logprobs:
         self.state, self.k = state, k
 
     def render(self, token_ids: list[int], entries: list[dict], offset: int) -> dict:
-        out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        out: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": [],
+                                "text_offset": []}
         for tid, entry in zip(token_ids, entries):
             text = token_text(self.state, tid)
             out["tokens"].append(text)
@@ -89,7 +90,7 @@ async def _decode(state: ServerState, ids: list[int]) -> str:
 
 async def _stream(state: ServerState, req: CompletionRequest, cid: str, created: int, streams,
                   ids: list[list[int]], echo: list[str], logprobs: _Logprobs | None,
-                  include_usage: bool) -> AsyncIterator[str]:
+                  include_usage: bool) -> AsyncGenerator[str, None]:
     sent: dict[int, tuple[int, int]] = {}  # choice index -> (chars sent, tokens sent)
     finished: set[int] = set()
     base = {"id": cid, "object": "text_completion", "created": created, "model": state.model_name}

@@ -11,10 +11,11 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Sequence, TypeVar
+from typing import Any, AsyncGenerator, Callable, Sequence, TypeVar
 
 from phase3_scheduling import (AsyncLLMEngine, EngineDeadError, EngineStepError, RequestLimits,
-                               RequestValidationError, SamplingParams)
+                               RequestOutput, RequestValidationError, SamplingParams)
+from phase3_scheduling.core_client import AsyncMPClient
 from phase3_scheduling.validation import (check_against_model, check_context, check_prompt_ids,
                                           check_text)
 
@@ -48,7 +49,7 @@ class ServerState:
 
     model_name: str
     metrics: ServerMetrics
-    engine: AsyncLLMEngine | None = None
+    engine: AsyncLLMEngine | AsyncMPClient | None = None
     load_error: BaseException | None = None
     draining: bool = False
     active: set[str] = field(default_factory=set)
@@ -56,6 +57,7 @@ class ServerState:
     num_seqs: int = 0  # sequences this server has in the engine (queued or running)
     pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(
         max_workers=4, thread_name_prefix="lightvllm-tokenizer"))
+    on_load_error: Callable[[], None] | None = None  # make_server's: stop serving
 
     @property
     def ready(self) -> bool:
@@ -66,8 +68,14 @@ class ServerState:
         return self.engine.tokenizer if self.engine else None
 
     @property
+    def loaded_engine(self) -> AsyncLLMEngine | AsyncMPClient:
+        """The engine, where a request is served only once it is ready (``Gate``)."""
+        assert self.engine is not None, "the model has not loaded yet"
+        return self.engine
+
+    @property
     def limits(self) -> RequestLimits:
-        return self.engine.request_limits
+        return self.loaded_engine.request_limits
 
     @property
     def max_model_len(self) -> int:
@@ -169,13 +177,13 @@ def _encode_checked(state: ServerState, text: str, param: str) -> list[int]:
 
 
 async def generate(state: ServerState, prompt_ids: list[int], params: SamplingParams,
-                   request_id: str) -> AsyncIterator:
+                   request_id: str) -> AsyncGenerator[RequestOutput, None]:
     """The engine's outputs for one prompt, timed; closing this aborts the request."""
     timer = state.metrics.timer()
     state.active.add(request_id)
     state.num_seqs += params.n
-    stream = state.engine.generate(prompt_ids, params, request_id)
-    last = None
+    stream = state.loaded_engine.generate(prompt_ids, params, request_id)
+    last: RequestOutput | None = None
     try:
         async for out in stream:
             timer.on_tokens(sum(len(o.token_ids) for o in out.outputs))
@@ -189,12 +197,12 @@ async def generate(state: ServerState, prompt_ids: list[int], params: SamplingPa
         state.active.discard(request_id)
         state.num_seqs -= params.n
         await stream.aclose()
-        done = last is not None and last.finished
-        reasons = [o.finish_reason for o in last.outputs] if done else []
+        reasons = ([o.finish_reason for o in last.outputs]
+                   if last is not None and last.finished else [])
         timer.finish(reasons[0] if reasons else None)
 
 
-async def final_outputs(state: ServerState, streams: list[AsyncIterator], raw_request) -> list:
+async def final_outputs(state: ServerState, streams: list[AsyncGenerator], raw_request) -> list:
     """The last output of every stream; a client that disconnects first aborts them all."""
     finals: list = [None] * len(streams)
 
@@ -225,7 +233,7 @@ async def _disconnected(raw_request) -> None:
         pass
 
 
-async def merge(streams: list[AsyncIterator]) -> AsyncIterator[tuple[int, object]]:
+async def merge(streams: list[AsyncGenerator[T, None]]) -> AsyncGenerator[tuple[int, T], None]:
     """Interleave several async iterators as ``(index, item)``; closing cancels them all."""
     if len(streams) == 1:
         try:
@@ -237,7 +245,7 @@ async def merge(streams: list[AsyncIterator]) -> AsyncIterator[tuple[int, object
     queue: asyncio.Queue = asyncio.Queue()
     done = object()
 
-    async def pump(i: int, stream: AsyncIterator) -> None:
+    async def pump(i: int, stream: AsyncGenerator[T, None]) -> None:
         try:
             async for item in stream:
                 queue.put_nowait((i, item))

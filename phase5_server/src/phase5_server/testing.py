@@ -18,6 +18,7 @@ from typing import Iterator
 import httpx
 
 from phase3_scheduling import AsyncLLMEngine, EngineArgs
+from phase3_scheduling.core_client import AsyncMPClient
 
 from .api_server import ServerConfig, make_server
 from .serving_engine import ServerState
@@ -50,8 +51,8 @@ class ServerHandle:
     thread: threading.Thread
 
     @property
-    def engine(self) -> AsyncLLMEngine:
-        return self.state.engine
+    def engine(self) -> AsyncLLMEngine | AsyncMPClient:
+        return self.state.loaded_engine
 
     def free_blocks(self) -> tuple[int, int]:
         """(free KV blocks, all allocatable blocks) of the engine's pool."""

@@ -57,7 +57,7 @@ def write_random_llama(
             else:
                 param.normal_(0.0, std)
     out_dir = Path(out_dir)
-    kwargs = {"safe_serialization": True}
+    kwargs: dict[str, Any] = {"safe_serialization": True}
     if max_shard_size:
         kwargs["max_shard_size"] = max_shard_size
     model.save_pretrained(out_dir, **kwargs)

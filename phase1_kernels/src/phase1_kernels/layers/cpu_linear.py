@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .linear import LinearBase
+from .linear import LinearBase, set_weight_loader
 
 logger = logging.getLogger(__name__)
 
@@ -82,15 +82,15 @@ def _drop_pack_on_load(module: LinearBase, param: torch.Tensor) -> None:
         module.__dict__["packed_weight"] = None
         return loader(*args, **kwargs)
 
-    load_and_drop.drops_pack_of = module
-    param.weight_loader = load_and_drop
+    setattr(load_and_drop, "drops_pack_of", module)  # a marker on the function, read by getattr
+    set_weight_loader(param, load_and_drop)
 
 
 def pack_linear(module: LinearBase) -> None:
     """Give ``module`` an ``apply_linear`` on a oneDNN-packed copy of its weight (packed now,
     and again at first use after any ``weight_loader`` call)."""
     module.__dict__["packed_weight"] = None
-    module.apply_linear = types.MethodType(_onednn_linear, module)
+    module.__dict__["apply_linear"] = types.MethodType(_onednn_linear, module)  # popped by unpack
     for param in module.parameters(recurse=False):
         _drop_pack_on_load(module, param)
     _onednn_linear(module, torch.zeros(1, module.weight.shape[1]))

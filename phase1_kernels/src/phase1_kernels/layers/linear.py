@@ -16,7 +16,7 @@ fills them, so building an 8B model costs no time and no second copy of memory.
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,12 @@ def default_weight_loader(param: torch.Tensor, loaded_weight: torch.Tensor | Laz
     param.data.copy_(materialize(loaded_weight))
 
 
+def set_weight_loader(param: torch.Tensor, loader: Callable[..., None]) -> None:
+    """Attach ``loader`` as ``param.weight_loader`` (read back with ``getattr``): an attribute of
+    our own on the tensor, which torch's type stubs don't declare."""
+    setattr(param, "weight_loader", loader)
+
+
 class LinearBase(nn.Module):
     """``y = x @ W.T (+ b)`` with an uninitialised [output_size, input_size] weight."""
 
@@ -47,7 +53,7 @@ class LinearBase(nn.Module):
         self.weight = nn.Parameter(torch.empty(output_size, input_size), requires_grad=False)
         self.bias = nn.Parameter(torch.empty(output_size), requires_grad=False) if bias else None
         for param in self.parameters():
-            param.weight_loader = self.weight_loader
+            set_weight_loader(param, self.weight_loader)
 
     def weight_loader(
         self, param: torch.Tensor, loaded_weight: torch.Tensor, shard_id: object = None
@@ -109,7 +115,9 @@ class VocabEmbedding(nn.Module):
         super().__init__()
         self.num_embeddings = num_embeddings
         self.weight = nn.Parameter(torch.empty(num_embeddings, embedding_dim), requires_grad=False)
-        self.weight.weight_loader = lambda param, w, shard_id=None: default_weight_loader(param, w)
+        set_weight_loader(
+            self.weight, lambda param, w, shard_id=None: default_weight_loader(param, w)
+        )
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(input_ids, self.weight)

@@ -18,7 +18,8 @@ def rope_inv_freq(rotary_dim: int, base: float, scaling: dict[str, Any] | None) 
     inv_freq = 1.0 / (
         base ** (torch.arange(0, rotary_dim, 2, dtype=torch.int64).to(torch.float32) / rotary_dim)
     )
-    rope_type = (scaling or {}).get("rope_type") or (scaling or {}).get("type") or "default"
+    scaling = scaling or {}
+    rope_type = scaling.get("rope_type") or scaling.get("type") or "default"
     if rope_type == "default":
         return inv_freq
     factor = float(scaling["factor"])
@@ -40,6 +41,8 @@ def rope_inv_freq(rotary_dim: int, base: float, scaling: dict[str, Any] | None) 
 
 class RotaryEmbedding(CustomOp):
     """Rotates q and k in place by position; holds the [max_position, rotary_dim] cos|sin cache."""
+
+    cos_sin_cache: torch.Tensor  # a buffer (register_buffer)
 
     def __init__(
         self,

@@ -25,12 +25,13 @@ from ..layers.attention import Attention, AttentionBackend, AttentionMetadata, g
 from ..layers.layernorm import RMSNorm
 from ..layers.linear import LinearFactory, default_weight_loader
 from ..layers.rotary_embedding import RotaryEmbedding
+from ..lazy_tensor import LazyTensor
 from .pipeline import IntermediateTensors, PPMissingLayer, check_layer_range
 
 logger = logging.getLogger(__name__)
 
 
-def _load_into(param: nn.Parameter, tensor: torch.Tensor, name: str, *shard: object) -> None:
+def _load_into(param: nn.Parameter, tensor: torch.Tensor | LazyTensor, name: str, *shard: object) -> None:
     """The parameter's own loader copies (and converts) the tensor or just its shard of it."""
     try:
         loader = getattr(param, "weight_loader", None) or default_weight_loader
@@ -133,6 +134,8 @@ class LlamaModel(nn.Module):
         for layer in self.layers[self.start_layer:self.end_layer]:
             hidden_states, residual = layer(positions, hidden_states, residual, attn_metadata)
         if not self.is_last_stage:
+            # check_layer_range keeps at least one layer, and each layer returns the residual
+            assert residual is not None
             return IntermediateTensors(hidden_states, residual)
         hidden_states, _ = self.norm(hidden_states, residual)
         return hidden_states
@@ -167,7 +170,7 @@ class LlamaForCausalLM(nn.Module):
     def attention_layers(self) -> list[Attention]:
         """The attention layers this model (or pipeline stage) holds, in layer order."""
         return [layer.self_attn.attn for layer in self.model.layers
-                if not isinstance(layer, PPMissingLayer)]
+                if isinstance(layer, LlamaDecoderLayer)]  # the others are PPMissingLayer
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 attn_metadata: AttentionMetadata,
@@ -178,7 +181,7 @@ class LlamaForCausalLM(nn.Module):
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden_states).float()
 
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor | LazyTensor]]) -> set[str]:
         """Copy HF-named checkpoint tensors into our (partly fused) parameters, one at a time.
 
         Returns the names of the parameters that were filled. Raises on a tensor with no place
@@ -187,8 +190,8 @@ class LlamaForCausalLM(nn.Module):
         params = dict(self.named_parameters())
         elsewhere = self._missing_prefixes()
         loaded: set[str] = set()
-        for name, tensor in weights:
-            name = self._checkpoint_name_here(name, elsewhere)
+        for checkpoint_name, tensor in weights:
+            name = self._checkpoint_name_here(checkpoint_name, elsewhere)
             if name is None:
                 continue
             for ours, theirs, shard_id in self.stacked_params_mapping:

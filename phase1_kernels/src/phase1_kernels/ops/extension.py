@@ -110,6 +110,7 @@ def _build_and_load(verbose: bool) -> None:
     cuda_flags = os.environ.get("LIGHTVLLM_CUDA_ARCH_FLAGS", DEFAULT_CUDA_ARCH_FLAGS)
     cpu_flags = os.environ.get("LIGHTVLLM_CPU_ARCH_FLAGS", DEFAULT_CPU_ARCH_FLAGS)
     if with_cuda:
+        assert nvcc is not None  # with_cuda implies it
         os.environ.setdefault("CUDA_HOME", _cuda_home_for(nvcc))
     sources = cpu_src + (cuda_src if with_cuda else [])
     build_dir = cache_dir("torch_extensions", _build_tag(sources, with_cuda, cuda_flags, cpu_flags))

@@ -177,7 +177,7 @@ def _rows(x: torch.Tensor) -> tuple[torch.Tensor, int, bool]:
         except RuntimeError:
             x2 = None
     copied = x2 is None
-    if copied:
+    if x2 is None:
         x2 = x.contiguous().view(-1, H)
     return x2, (x2.stride(0) if x2.shape[0] > 1 else H), copied
 

@@ -124,7 +124,9 @@ class FlashAttnBackend(AttentionBackend):
         reason = flash_attn_unavailable_reason()
         if reason is not None:
             raise FlashAttnUnavailable(f"flash_attn backend unavailable: {reason}")
-        self.api: FlashAttnApi = _import_api()
+        api = _import_api()
+        assert not isinstance(api, str)  # importable: flash_attn_unavailable_reason() said so
+        self.api = api
         from ..ops.triton_paged import store_kvcache
 
         self._store = store_kvcache
@@ -169,6 +171,7 @@ class FlashAttnBackend(AttentionBackend):
         out = torch.empty_like(query)
         nd = metadata.num_decodes
         if nd:
+            assert self.api.with_kvcache is not None  # FA2's API (version 2) always has it
             out[:nd] = self.api.with_kvcache(
                 query[:nd].unsqueeze(1), cache[0], cache[1],
                 cache_seqlens=metadata.seq_lens[:nd], block_table=metadata.block_tables[:nd],

@@ -12,11 +12,14 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 
+from phase1_kernels.layers.attention import AttentionBackend, AttentionMetadata
 from phase2_attention import PagedAttentionMetadata, allocate_kv_cache
+from phase2_attention.kv_cache import KVCacheModel
 from phase2_attention.kv_cache_manager import cdiv
 
 from ..engine_config import EngineConfig
@@ -27,6 +30,13 @@ from .input_batch import CachedRequestState, InputBatch
 from .staging import StepStaging
 
 logger = logging.getLogger(__name__)
+
+
+class RunnerModel(KVCacheModel, Protocol):
+    """The model a runner drives: ``model(input_ids, positions, metadata)`` returns hidden
+    states (None on a pipeline stage before the last), and ``attn_backend`` is its layers'."""
+
+    attn_backend: AttentionBackend
 
 
 @dataclass
@@ -52,7 +62,7 @@ class StepPlan:
 
 
 class ModelRunner:
-    def __init__(self, config: EngineConfig, model: torch.nn.Module, device: torch.device):
+    def __init__(self, config: EngineConfig, model: RunnerModel, device: torch.device):
         self.config = config
         self.model = model
         self.device = device
@@ -119,7 +129,7 @@ class ModelRunner:
                        if end == len(s.token_ids)]
         return StepPlan(states, query_lens, seq_lens, num_decodes, graph_size, sample_rows)
 
-    def prepare_inputs(self, plan: StepPlan) -> PagedAttentionMetadata:
+    def prepare_inputs(self, plan: StepPlan) -> AttentionMetadata:
         """Fill the step's host views (padding rows and tokens for a graph), copy once."""
         n, nt, nr, batch = plan.num_tokens, plan.num_padded_tokens, plan.num_rows, len(plan.states)
         views = self.staging.views(nt, nr)
@@ -156,7 +166,7 @@ class ModelRunner:
         self._last_token_index = (qsl[1:batch + 1] - 1).tolist()
         return self.backend.build_metadata(metadata)
 
-    def run(self, plan: StepPlan, metadata: PagedAttentionMetadata) -> torch.Tensor | None:
+    def run(self, plan: StepPlan, metadata: AttentionMetadata) -> torch.Tensor | None:
         """Logits of the rows to sample (None when only mid-prompt chunks ran, or when the
         model is a pipeline stage before the last: it returns no hidden states)."""
         if plan.graph_size is not None:
@@ -182,7 +192,8 @@ class ModelRunner:
                               for s in states])
         result = self.sampler(logits, inputs)
         logprobs = None
-        if result.logprobs is not None:
+        if result.logprobs is not None:  # then the sampler filled ranks and top_logprobs too
+            assert result.ranks is not None and result.top_logprobs is not None
             logprobs = SampledLogprobs(result.logprobs, result.ranks,
                                        [[t for t, _ in top] for top in result.top_logprobs],
                                        [[lp for _, lp in top] for top in result.top_logprobs])

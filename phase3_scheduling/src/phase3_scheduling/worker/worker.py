@@ -18,19 +18,20 @@ import torch
 
 from phase1_kernels.cpu_threads import configure_cpu_threads
 from phase1_kernels.loader import build_model
+from phase1_kernels.models.llama import LlamaForCausalLM
 from phase2_attention.kv_cache import available_kv_cache_bytes, bytes_per_block
 
 from ..engine_config import EngineConfig
 from ..protocol import ModelRunnerOutput, SchedulerOutput
-from .model_runner import ModelRunner
+from .model_runner import ModelRunner, RunnerModel
 
 logger = logging.getLogger(__name__)
 
 # (config, rank, device) -> model; phase 4 injects a builder of this rank's TP shard / PP stage
-ModelBuilder = Callable[[EngineConfig, int, torch.device], torch.nn.Module]
+ModelBuilder = Callable[[EngineConfig, int, torch.device], RunnerModel]
 
 
-def build_single_rank_model(config: EngineConfig, rank: int, device: torch.device) -> torch.nn.Module:
+def build_single_rank_model(config: EngineConfig, rank: int, device: torch.device) -> LlamaForCausalLM:
     """The whole model on one device, through phase 1's ``build_model``."""
     from pathlib import Path
 
@@ -50,9 +51,19 @@ class Worker:
         else:
             configure_cpu_threads()  # intra-op threads on the usable cores, pinned, no oversubscription
         self.model_builder = model_builder or build_single_rank_model
-        self.model: torch.nn.Module | None = None
+        self.model: RunnerModel | None = None
         self.runner: ModelRunner | None = None
         self.load_seconds = 0.0
+
+    @property
+    def _model(self) -> RunnerModel:
+        assert self.model is not None, "load_model() has not run (or shutdown() has)"
+        return self.model
+
+    @property
+    def _runner(self) -> ModelRunner:
+        assert self.runner is not None, "load_model() has not run (or shutdown() has)"
+        return self.runner
 
     def load_model(self) -> None:
         start = time.perf_counter()
@@ -64,29 +75,29 @@ class Worker:
     def determine_available_memory(self) -> int:
         """Bytes this rank can give its KV cache."""
         sched = self.config.scheduler_config
-        return available_kv_cache_bytes(self.model, self.config.cache_config,
+        return available_kv_cache_bytes(self._model, self.config.cache_config,
                                         sched.max_num_batched_tokens)
 
     def kv_cache_bytes_per_block(self) -> int:
-        return bytes_per_block(self.model, self.config.cache_config.block_size)
+        return bytes_per_block(self._model, self.config.cache_config.block_size)
 
     def initialize_cache(self, num_blocks: int) -> None:
-        self.runner.initialize_cache(num_blocks)
+        self._runner.initialize_cache(num_blocks)
 
     def compile_or_warm_up_model(self) -> list[int]:
         """Warm up and capture graphs; returns the captured decode batch sizes."""
-        self.runner.warm_up_and_capture()
-        return list(self.runner.graphs.sizes)
+        self._runner.warm_up_and_capture()
+        return list(self._runner.graphs.sizes)
 
     def execute_model(self, step: SchedulerOutput) -> ModelRunnerOutput:
-        return self.runner.execute_model(step)
+        return self._runner.execute_model(step)
 
     def get_timings(self) -> dict[str, float]:
         """Seconds spent preparing inputs and running (forward + sampling) per step kind."""
-        return dict(self.runner.timings)
+        return dict(self._runner.timings)
 
     def num_requests(self) -> int:
-        return len(self.runner.batch)
+        return len(self._runner.batch)
 
     def ping(self) -> int:
         return self.rank

@@ -5,6 +5,8 @@ may be out of step, so the engine is failed)."""
 from __future__ import annotations
 
 import logging
+from abc import abstractmethod
+from typing import Any
 
 from phase3_scheduling.engine_config import EngineConfig
 from phase3_scheduling.executor import Executor, WorkerDiedError
@@ -24,6 +26,11 @@ class RankedExecutor(Executor):
                                        parallel.pipeline_parallel_size)
         self._dead: WorkerDiedError | None = None
         self._closed = False
+
+    @abstractmethod
+    def collective_rpc(self, method: str, args: tuple = (), kwargs: dict | None = None,
+                       timeout_s: float | None = None) -> list[Any]:
+        """``Executor.collective_rpc``, waiting at most ``timeout_s`` (default: the executor's)."""
 
     def _step_failure(self, message: str) -> Exception:
         """The error to raise for a step that failed on a rank (``message`` names it)."""

@@ -104,6 +104,7 @@ class MultiprocExecutor(RankedExecutor):
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, env=env,
                                     preexec_fn=restore_process_affinity)
             self._res.procs.append(proc)
+            assert proc.stdin is not None  # stdin=PIPE
             proc.stdin.write(config_bytes)
             proc.stdin.close()
 

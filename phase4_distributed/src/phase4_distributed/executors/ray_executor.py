@@ -66,9 +66,11 @@ class RayWorkerHost:
         return os.getpid()
 
     def execute(self, step_bytes: bytes) -> bytes | None:
+        assert self.host is not None, "start() first"
         return self.host.execute(step_bytes)
 
     def call(self, request_bytes: bytes) -> bytes:
+        assert self.host is not None, "start() first"
         return self.host.call(request_bytes)
 
 

@@ -49,18 +49,19 @@ class WorkerService(pb_grpc.WorkerServicer):
         with self._lock:
             if request.method == CALL_INIT:
                 return pb.RpcBytes(method=CALL_INIT, payload=self._init(request.payload))
-            if self.host is None:
-                context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                              f"rank {self.args.rank}: {request.method!r} before init")
+            host = self.host
+            if host is None:  # abort() raises; the returns are for the type checker
+                return context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                     f"rank {self.args.rank}: {request.method!r} before init")
             if request.method == CALL_STEP:
-                return self._step(request.payload)
+                return self._step(host, request.payload)
             if request.method == CALL_RPC:
-                reply = self.host.call(request.payload)
-                if self.host.last_method == "shutdown":
+                reply = host.call(request.payload)
+                if host.last_method == "shutdown":
                     self.state = "stopping"
                     self.stop.set()
                 return pb.RpcBytes(method=CALL_RPC, payload=reply)
-            context.abort(grpc.StatusCode.UNIMPLEMENTED, f"unknown call {request.method!r}")
+            return context.abort(grpc.StatusCode.UNIMPLEMENTED, f"unknown call {request.method!r}")
 
     def _init(self, config_bytes: bytes) -> bytes:
         try:
@@ -82,9 +83,9 @@ class WorkerService(pb_grpc.WorkerServicer):
             raise WorkerConfigError(f"the engine's world size is {world} (tp x pp) but this worker "
                                     f"was started with --world-size {self.args.world_size}")
 
-    def _step(self, step_bytes: bytes) -> pb.RpcBytes:
+    def _step(self, host: WorkerHost, step_bytes: bytes) -> pb.RpcBytes:
         try:
-            output = self.host.execute(step_bytes)
+            output = host.execute(step_bytes)
         except Exception as error:  # the engine decides whether this is fatal
             logger.exception("rank %d: step failed", self.args.rank)
             return pb.RpcBytes(method=REPLY_ERROR, payload=error_reply(error))

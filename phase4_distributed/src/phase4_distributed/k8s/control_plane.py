@@ -73,6 +73,11 @@ class LocalControlPlane:
         self._etcd_data: Path | None = None
 
     @property
+    def _certs(self) -> ControlPlaneCerts:
+        assert self.certs is not None, "start() generates the certificates"
+        return self.certs
+
+    @property
     def server(self) -> str:
         return f"https://127.0.0.1:{self.ports.apiserver}"
 
@@ -135,7 +140,7 @@ class LocalControlPlane:
                    proc, "etcd", self.log_dir, timeout_s=30)
 
     def _start_apiserver(self) -> None:
-        certs = self.certs
+        certs = self._certs
         proc = self._run("kube-apiserver", [
             f"--etcd-servers=http://127.0.0.1:{self.ports.etcd_client}",
             "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
@@ -171,8 +176,9 @@ class LocalControlPlane:
                    "kube-scheduler", self.log_dir, timeout_s=60)
 
     def _ssl_context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(cafile=str(self.certs.ca_cert))
-        context.load_cert_chain(str(self.certs.admin_cert), str(self.certs.admin_key))
+        certs = self._certs
+        context = ssl.create_default_context(cafile=str(certs.ca_cert))
+        context.load_cert_chain(str(certs.admin_cert), str(certs.admin_key))
         return context
 
     def get(self, path: str) -> str:
@@ -182,7 +188,7 @@ class LocalControlPlane:
             return response.read().decode()
 
     def _write_kubeconfig(self) -> None:
-        certs = self.certs
+        certs = self._certs
         config = {
             "apiVersion": "v1", "kind": "Config", "current-context": "lightvllm-local",
             "clusters": [{"name": "lightvllm-local", "cluster": {

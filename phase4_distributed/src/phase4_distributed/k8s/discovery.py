@@ -89,7 +89,7 @@ def system_resolver(name: str) -> list[str]:
         infos = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
     except socket.gaierror:
         return []
-    return sorted({info[4][0] for info in infos})
+    return sorted({str(info[4][0]) for info in infos})
 
 
 def resolve_all(names: Sequence[str], resolver: Resolver = system_resolver,

@@ -49,9 +49,10 @@ def deployment_spec(name: str, namespace: str, spec: kopf.Spec,
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-def reconcile(name: str, namespace: str, spec: kopf.Spec, body: kopf.Body, memo: kopf.Memo,
-              patch: kopf.Patch, **_: Any) -> None:
+def reconcile(name: str, namespace: str | None, spec: kopf.Spec, body: kopf.Body,
+              memo: kopf.Memo, patch: kopf.Patch, **_: Any) -> None:
     """Apply every object of the deployment, owned by the resource."""
+    assert namespace is not None  # the resource is namespaced (crd.py)
     desired = deployment_spec(name, namespace, spec, patch)
     manifests = build_manifests(desired)
     for manifest in manifests:
@@ -64,9 +65,10 @@ def reconcile(name: str, namespace: str, spec: kopf.Spec, body: kopf.Body, memo:
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=STATUS_INTERVAL_S)
-def report_status(name: str, namespace: str, spec: kopf.Spec, status: kopf.Status,
+def report_status(name: str, namespace: str | None, spec: kopf.Spec, status: kopf.Status,
                   memo: kopf.Memo, patch: kopf.Patch, **_: Any) -> None:
     """Copy what the control plane reports into the status, writing only what changed."""
+    assert namespace is not None  # the resource is namespaced (crd.py)
     observed = observe(memo.client, deployment_spec(name, namespace, spec))
     for key, value in observed.items():
         if status.get(key) != value:

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from phase1_kernels.layers.linear import set_weight_loader
+
 from ..group_coordinator import GroupCoordinator
 from .sharding import load_shard, round_up
 
@@ -37,7 +39,7 @@ class VocabParallelEmbedding(nn.Module):
         self.vocab_end = self.vocab_start + self.num_embeddings_per_partition
         self.weight = nn.Parameter(torch.empty(self.num_embeddings_per_partition, embedding_dim),
                                    requires_grad=False)
-        self.weight.weight_loader = self.weight_loader
+        set_weight_loader(self.weight, self.weight_loader)
 
     @property
     def num_real_rows(self) -> int:
