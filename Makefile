@@ -46,7 +46,7 @@ typecheck: install
 	MYPYPATH=$(MYPYPATH) $(BIN)/python -m mypy
 
 # The local Kubernetes control plane for the `k8s` tests: built once per machine into
-# ~/.cache/lightvllm/k8s (~7 min on 2 cores; needs root and apt). LIGHTVLLM_SKIP_K8S=1 skips the
+# ~/.cache/lightvllm/k8s (3.5 min on the idle 2-core machine, 2026-12-02; needs root and apt). LIGHTVLLM_SKIP_K8S=1 skips the
 # build and the k8s tests; without it a missing control plane fails those tests.
 k8s-control-plane:
 	@if [ "$$LIGHTVLLM_SKIP_K8S" = 1 ]; then echo "LIGHTVLLM_SKIP_K8S=1: not building the control plane"; \
