@@ -91,7 +91,27 @@ def decode_round_ms(llm: LLM, batch: int, rounds: int) -> float:
     return 1e3 * (time.perf_counter() - start) / (rounds + 1)
 
 
+def start_ray_once() -> None:
+    """Ray is started just before the first Ray layout (its start-up processes would slow the
+    layouts measured before it) and stopped after the last one."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False,
+                 num_cpus=2)
+        time.sleep(5)  # let its daemons settle
+
+
+def stop_ray() -> None:
+    import sys
+
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        sys.modules["ray"].shutdown()
+
+
 def measure(layout: str, args: argparse.Namespace) -> dict:
+    if LAYOUTS[layout][0] == "ray":
+        start_ray_once()
     count, length = args.prefill
     llm, startup = build(layout, max(count * length, args.decode_batch))
     try:
@@ -183,12 +203,10 @@ def main() -> None:
     parser.add_argument("--layouts", default="uni,mp-tp1,mp-tp2,mp-pp2")
     args = parser.parse_args()
     layouts = args.layouts.split(",")
-    if any(LAYOUTS[name][0] == "ray" for name in layouts):
-        import ray
-
-        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False,
-                 num_cpus=2)
-    rows = [measure(name, args) for name in tqdm(layouts, desc="layouts", unit="layout")]
+    rows = []
+    for name in tqdm(layouts, desc="layouts", unit="layout"):
+        rows.append(measure(name, args))
+    stop_ray()  # Ray's own processes would take CPU from the measurements below
     base = rows[0]
     count, length = args.prefill
     print(f"\nSmolLM2-sized random LLaMA (30 layers, hidden 576, 8/2 heads), fp32; prefill "

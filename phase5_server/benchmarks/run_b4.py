@@ -62,13 +62,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--server-log", default=None)
     parser.add_argument("--startup-timeout", type=float, default=600)
+    parser.add_argument("--no-engine-process", action="store_true",
+                        help="serve with the engine in a thread of the API process")
     parser.add_argument("--extra-bench", nargs=argparse.REMAINDER, default=[],
                         help="more bench serve options (after everything else)")
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
     url = f"http://127.0.0.1:{args.port}"
     log = open(args.server_log, "w") if args.server_log else None
-    cmd = [sys.executable, "-m", "lightvllm.cli", "serve", "--port", str(args.port), *preset["serve"]]
+    cmd = [sys.executable, "-m", "lightvllm.cli", "serve", "--port", str(args.port), *preset["serve"],
+           *(["--no-engine-process"] if args.no_engine_process else [])]
     print("server:", " ".join(cmd), flush=True)
     proc = subprocess.Popen(cmd, stdout=log or sys.stdout, stderr=subprocess.STDOUT, env=os.environ.copy())
     try:

@@ -66,3 +66,14 @@ def test_serve_exits_1_with_one_readable_error(case, smollm2_dir, tmp_path):
     for text in expected:
         assert text in errors[0], errors[0]
     assert str(model) in errors[0]
+
+
+@pytest.mark.parametrize("flag, expected", [([], True), (["--no-engine-process"], False)])
+def test_engine_process_flag_reaches_the_server_config(monkeypatch, flag, expected):
+    from phase5_server import api_server
+    from phase5_server.cli import serve
+
+    seen = {}
+    monkeypatch.setattr(api_server, "run_server", lambda config: seen.setdefault("config", config))
+    serve.main(["--device", "cpu", *flag])
+    assert seen["config"].engine_process is expected

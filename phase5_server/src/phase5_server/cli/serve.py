@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="most sequences (prompts x n) one request may start; more: 400")
     parser.add_argument("--max-queued-seqs", type=int, default=caps.max_queued_seqs,
                         help="most sequences queued or running at once; more: 429")
+    parser.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=True,
+                        help="run the engine core in its own process (default, as vLLM); "
+                             "--no-engine-process keeps it in a thread of the API process")
     parser.add_argument("--log-level", default="info")
     add_engine_args(parser)
     args = parser.parse_args(argv)
@@ -38,6 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     config = ServerConfig(engine_args(args), served_model_name=args.served_model_name,
                           api_key=args.api_key or None, host=args.host, port=args.port,
                           max_body_bytes=args.max_body_bytes, log_level=uvicorn_level,
+                          engine_process=args.engine_process,
                           admission=AdmissionLimits(args.max_seqs_per_request,
                                                     args.max_queued_seqs))
     run_server(config)
