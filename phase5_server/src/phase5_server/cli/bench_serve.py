@@ -106,7 +106,9 @@ def percentiles(values: list[float], name: str) -> dict:
             f"{name}_p90": pct(0.9), f"{name}_p99": pct(0.99)}
 
 
-async def run_rate(args, prompts: list, rate: float, model: str | None, headers: dict) -> dict:
+async def send_all(args, prompts: list, rate: float, model: str | None,
+                   headers: dict) -> tuple[list[Result], float]:
+    """One request per prompt at ``rate`` (after a warm-up request): the results, the duration."""
     url = args.base_url.rstrip("/") + "/v1/completions"
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     rng = random.Random(args.seed + 1)
@@ -128,12 +130,16 @@ async def run_rate(args, prompts: list, rate: float, model: str | None, headers:
                 await asyncio.sleep(rng.expovariate(rate))
         results = await asyncio.gather(*tasks)
         duration = time.perf_counter() - start
+    return results, duration
+
+
+def summarize(results: list[Result], duration: float, rate: float, max_concurrency: int | None) -> dict:
     done = [r for r in results if r.ok]
     out_tokens = sum(r.output_tokens for r in done)
     in_tokens = sum(r.prompt_tokens for r in done)
     tpot = [(r.latency - r.ttft) / (r.output_tokens - 1) for r in done if r.output_tokens > 1]
-    row = {"request_rate": rate if math.isfinite(rate) else "inf", "max_concurrency": args.max_concurrency,
-           "num_prompts": len(prompts), "completed": len(done), "failed": len(results) - len(done),
+    row = {"request_rate": rate if math.isfinite(rate) else "inf", "max_concurrency": max_concurrency,
+           "num_prompts": len(results), "completed": len(done), "failed": len(results) - len(done),
            "duration_s": duration, "input_tokens": in_tokens, "output_tokens": out_tokens,
            "request_throughput": len(done) / duration, "output_throughput": out_tokens / duration,
            "total_token_throughput": (in_tokens + out_tokens) / duration}
@@ -145,6 +151,11 @@ async def run_rate(args, prompts: list, rate: float, model: str | None, headers:
     if errors:
         row["first_error"] = errors[0]
     return row
+
+
+async def run_rate(args, prompts: list, rate: float, model: str | None, headers: dict) -> dict:
+    results, duration = await send_all(args, prompts, rate, model, headers)
+    return summarize(results, duration, rate, args.max_concurrency)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
