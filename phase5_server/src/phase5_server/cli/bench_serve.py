@@ -16,6 +16,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
+from typing import AsyncIterator
 
 import httpx
 
@@ -49,6 +50,23 @@ def make_prompts(args, rng: random.Random) -> list:
     return [[rng.randrange(low, high) for _ in range(args.input_len)] for _ in range(args.num_prompts)]
 
 
+async def sse_lines(chunks) -> AsyncIterator[bytes]:
+    """The lines of a byte stream, split only at CR, LF and CRLF as SSE says (``str.splitlines``,
+    which httpx's ``aiter_lines`` uses, also splits at U+2028, U+0085 and others that JSON may
+    carry raw inside a string, as vLLM's pydantic encoder writes them)."""
+    pending = b""
+    async for data in chunks:
+        if pending:
+            data = pending + data
+        lines = data.splitlines()  # on bytes: CR, LF, CRLF only
+        # a CRLF split over two reads gives one more empty line: harmless, as empty lines only end events
+        pending = b"" if data[-1:] in (b"\n", b"\r") else lines.pop()
+        for line in lines:
+            yield line
+    if pending:
+        yield pending
+
+
 async def one_request(client: httpx.AsyncClient, url: str, model: str | None, prompt,
                       output_len: int, headers: dict) -> Result:
     body = {"prompt": prompt, "max_tokens": output_len, "temperature": 0.0, "ignore_eos": True,
@@ -62,11 +80,11 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str | None, pr
             if response.status_code != 200:
                 res.error = f"HTTP {response.status_code}: {(await response.aread())[:200]!r}"
                 return res
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
+            async for line in sse_lines(response.aiter_bytes()):
+                if not line.startswith(b"data:"):
                     continue
                 data = line[5:].strip()
-                if data == "[DONE]":
+                if data == b"[DONE]":
                     break
                 payload = json.loads(data)
                 if "error" in payload:
