@@ -5,6 +5,8 @@ tokenizer; vLLM accepts them too) or text prompts, arriving as a Poisson process
 ``--request-rate`` (``inf``: all at once), optionally capped at ``--max-concurrency`` in flight.
 Per request it measures TTFT (first token chunk), ITL (gaps between chunks) and TPOT
 ((latency - TTFT) / (output tokens - 1)), with output tokens from the final usage chunk.
+Streams are read with aiohttp (as vLLM's client does), fast enough that at 10,000 chunks/s the
+figures are the server's (``benchmarks/client_capacity.py`` measures the client against a stub).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
+import aiohttp
 import httpx
 
 WORDS = ("the of and to in is was for on that with as by at from his her an which are be this "
@@ -67,7 +70,7 @@ async def sse_lines(chunks) -> AsyncIterator[bytes]:
         yield pending
 
 
-async def one_request(client: httpx.AsyncClient, url: str, model: str | None, prompt,
+async def one_request(session: aiohttp.ClientSession, url: str, model: str | None, prompt,
                       output_len: int, headers: dict) -> Result:
     body = {"prompt": prompt, "max_tokens": output_len, "temperature": 0.0, "ignore_eos": True,
             "stream": True, "stream_options": {"include_usage": True}}
@@ -76,11 +79,11 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str | None, pr
     res, chunks = Result(), 0
     start = last = time.perf_counter()
     try:
-        async with client.stream("POST", url, json=body, headers=headers) as response:
-            if response.status_code != 200:
-                res.error = f"HTTP {response.status_code}: {(await response.aread())[:200]!r}"
+        async with session.post(url, json=body, headers=headers) as response:
+            if response.status != 200:
+                res.error = f"HTTP {response.status}: {(await response.read())[:200]!r}"
                 return res
-            async for line in sse_lines(response.aiter_bytes()):
+            async for line in sse_lines(response.content.iter_any()):
                 if not line.startswith(b"data:"):
                     continue
                 data = line[5:].strip()
@@ -101,7 +104,7 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str | None, pr
                 if payload.get("usage"):
                     res.output_tokens = payload["usage"]["completion_tokens"]
                     res.prompt_tokens = payload["usage"]["prompt_tokens"]
-    except (httpx.HTTPError, json.JSONDecodeError) as error:
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as error:  # ValueError: bad JSON
         res.error = f"{type(error).__name__}: {error}"
         return res
     res.latency = time.perf_counter() - start
@@ -128,17 +131,21 @@ async def send_all(args, prompts: list, rate: float, model: str | None,
                    headers: dict) -> tuple[list[Result], float]:
     """One request per prompt at ``rate`` (after a warm-up request): the results, the duration."""
     url = args.base_url.rstrip("/") + "/v1/completions"
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     rng = random.Random(args.seed + 1)
     cap = asyncio.Semaphore(args.max_concurrency) if args.max_concurrency else None
-    async with httpx.AsyncClient(timeout=httpx.Timeout(None), limits=limits, trust_env=False) as client:
-        await one_request(client, url, model, prompts[0], 4, headers)  # warm-up
+    # aiohttp, not httpx: httpx spends 0.7-1.4 ms of client CPU per request and ~14 us per chunk, so
+    # 256 requests sent at once read TTFT p50 325 ms from a stub whose first chunks left after 29 ms
+    # (benchmarks/client_capacity.py, docs/phase5.md); no connection limit, no proxies from the env
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None),
+                                     trust_env=False) as session:
+        await one_request(session, url, model, prompts[0], 4, headers)  # warm-up
 
         async def limited(prompt):
             if cap is None:
-                return await one_request(client, url, model, prompt, args.output_len, headers)
+                return await one_request(session, url, model, prompt, args.output_len, headers)
             async with cap:
-                return await one_request(client, url, model, prompt, args.output_len, headers)
+                return await one_request(session, url, model, prompt, args.output_len, headers)
 
         tasks = []
         start = time.perf_counter()
