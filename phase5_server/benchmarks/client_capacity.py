@@ -13,20 +13,27 @@ connection. Two stub modes, picked per request by a prefix of the URL path
   interval and TPOT ~ the interval.
 
 For each configuration the stub's own rate is measured first with a raw-socket reader (reads
-bytes, counts nothing but the end of each response), then ``bench_serve.run_rate`` (the client's
-own measurement code, unchanged) runs against it with ``--request-rate inf``.
+bytes, counts events with ``bytes.count``, parses nothing), then ``bench_serve.run_rate`` (the
+client's own measurement code, unchanged) runs against it with ``--request-rate inf``; with
+``--clients`` several modules offering bench_serve's ``parse_args``/``make_prompts``/``run_rate``
+(e.g. an older bench_serve saved from git) run one after the other on each configuration.
 
     python phase5_server/benchmarks/client_capacity.py               # the default table
     python phase5_server/benchmarks/client_capacity.py --configs 256x500 --rates 0 10000
     python phase5_server/benchmarks/client_capacity.py stub --port 0  # only the stub
+    git show 7222952:phase5_server/src/phase5_server/cli/bench_serve.py > /tmp/old/bench_serve_httpx.py
+    PYTHONPATH=/tmp/old:$PYTHONPATH python phase5_server/benchmarks/client_capacity.py \
+        --clients bench_serve_httpx phase5_server.cli.bench_serve       # before / after aiohttp
 
-Chunks/s consumed by the client = chunks received by completed requests / the run's duration.
+Chunks/s consumed by the client = chunks received by completed requests / the run's duration;
+client CPU = this process's CPU time during the run / the run's duration.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import math
 import os
@@ -259,23 +266,32 @@ def loadavg() -> str:
         return " ".join(handle.read().split()[:3])
 
 
-def measure(stub: Stub, concurrency: int, chunks: int, interval: float, prompt_len: int = 32) -> dict:
-    from phase5_server.cli.bench_serve import make_prompts, parse_args, run_rate
-
+def measure(stub: Stub, concurrency: int, chunks: int, interval: float, clients: list[str],
+            prompt_len: int = 32) -> list[dict]:
+    """The raw reader, then each client module (its parse_args, make_prompts, run_rate) in turn."""
     prefix = f"/interval={interval}"
     raw = asyncio.run(raw_rate(stub.port, prefix + "/v1/completions", concurrency, chunks, prompt_len))
-    args = parse_args(["--base-url", stub.url + prefix, "--model", "stub", "--num-prompts", str(concurrency),
+    return [_measure_client(importlib.import_module(name), name, stub.url + prefix, raw, concurrency,
+                            chunks, interval, prompt_len) for name in clients]
+
+
+def _measure_client(module, name: str, url: str, raw: dict, concurrency: int, chunks: int,
+                    interval: float, prompt_len: int) -> dict:
+    make_prompts, parse_args, run_rate = module.make_prompts, module.parse_args, module.run_rate
+    args = parse_args(["--base-url", url, "--model", "stub", "--num-prompts", str(concurrency),
                        "--input-len", str(prompt_len), "--output-len", str(chunks), "--prompt-type", "ids",
                        "--request-rate", "inf"])
     prompts = make_prompts(args, random.Random(args.seed))
-    before = loadavg()
+    before, cpu = loadavg(), time.process_time()
     row = asyncio.run(run_rate(args, prompts, float("inf"), "stub", {}))
+    cpu = time.process_time() - cpu  # this process: the client and its warm-up request
     offered = concurrency / interval if interval > 0 else math.inf
-    return {"concurrency": concurrency, "chunks_per_request": chunks, "interval_ms": 1e3 * interval,
+    return {"client": name, "concurrency": concurrency, "chunks_per_request": chunks, "interval_ms": 1e3 * interval,
             "offered_chunks_s": offered, "stub_raw_chunks_s": raw["chunks_s"],
             "raw_itl_ms_p50": raw["itl_ms_p50"], "raw_itl_ms_p99": raw["itl_ms_p99"],
             "raw_tpot_ms_p50": raw["tpot_ms_p50"], "raw_ttft_ms_p50": raw["ttft_ms_p50"],
-            "client_chunks_s": row["output_tokens"] / row["duration_s"], "completed": row["completed"],
+            "client_chunks_s": row["output_tokens"] / row["duration_s"],
+            "client_cpu_pct": 100 * cpu / row["duration_s"], "completed": row["completed"],
             "failed": row["failed"], "duration_s": row["duration_s"], "output_tokens": row["output_tokens"],
             "ttft_ms_p50": row["ttft_ms_p50"], "ttft_ms_p99": row["ttft_ms_p99"],
             "tpot_ms_p50": row["tpot_ms_p50"], "tpot_ms_p99": row["tpot_ms_p99"],
@@ -284,15 +300,16 @@ def measure(stub: Stub, concurrency: int, chunks: int, interval: float, prompt_l
 
 
 def render(rows: list[dict]) -> str:
-    head = ("| concurrency x chunks | stub offers (chunks/s) | stub limit, raw reader (chunks/s) "
-            "| client (chunks/s) | client / stub | TTFT p50 (ms) client / raw | ITL p50 (ms) client / raw "
+    head = ("| client | concurrency x chunks | stub offers (chunks/s) | stub limit, raw reader (chunks/s) "
+            "| client (chunks/s) | client / stub | client CPU (% of a core) | TTFT p50 (ms) client / raw | ITL p50 (ms) client / raw "
             "| ITL p99 (ms) client / raw | TPOT p50 (ms) client / raw | completed | load avg |")
     lines = [head, "|" + "---|" * (head.count(" | ") + 1)]
     for r in rows:
         offered = f"{r['offered_chunks_s']:,.0f}" if math.isfinite(r["offered_chunks_s"]) else "flood"
         lines.append(
-            f"| {r['concurrency']} x {r['chunks_per_request']} | {offered} | {r['stub_raw_chunks_s']:,.0f} "
+            f"| {r['client'].rsplit('.', 1)[-1]} | {r['concurrency']} x {r['chunks_per_request']} | {offered} | {r['stub_raw_chunks_s']:,.0f} "
             f"| {r['client_chunks_s']:,.0f} | {r['client_chunks_s'] / r['stub_raw_chunks_s']:.2f} "
+            f"| {r['client_cpu_pct']:.0f} "
             f"| {r['ttft_ms_p50']:.1f} / {r['raw_ttft_ms_p50']:.1f} "
             f"| {r['itl_ms_p50']:.2f} / {r['raw_itl_ms_p50']:.2f} | {r['itl_ms_p99']:.2f} / {r['raw_itl_ms_p99']:.2f} "
             f"| {r['tpot_ms_p50']:.2f} / {r['raw_tpot_ms_p50']:.2f} "
@@ -310,6 +327,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rates", nargs="+", type=float, default=[0, 10000, 20000],
                         help="chunks/s the stub offers in all (each stream: one every concurrency/rate "
                              "s); 0 = flood")
+    parser.add_argument("--clients", nargs="+", default=["phase5_server.cli.bench_serve"],
+                        help="modules with bench_serve's parse_args, make_prompts and run_rate, measured "
+                             "one after the other on each configuration (e.g. an older bench_serve)")
     parser.add_argument("--stub-loop", choices=["uvloop", "asyncio"], default="uvloop")
     parser.add_argument("--out", default=None, help="write the rows as JSON here")
     args = parser.parse_args(argv)
@@ -324,9 +344,11 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     with Stub(args.stub_loop) as stub:
         for c, n, interval in tqdm(jobs, desc="configs", unit="run"):
-            rows.append(measure(stub, c, n, interval))
-            tqdm.write(f"{c} x {n}, interval {1e3 * interval:.2f} ms: client {rows[-1]['client_chunks_s']:,.0f} chunks/s, "
-                       f"stub {rows[-1]['stub_raw_chunks_s']:,.0f}, load {rows[-1]['loadavg_after']}")
+            for row in measure(stub, c, n, interval, args.clients):
+                rows.append(row)
+                tqdm.write(f"{row['client']}: {c} x {n}, interval {1e3 * interval:.2f} ms: client "
+                           f"{row['client_chunks_s']:,.0f} chunks/s, stub {row['stub_raw_chunks_s']:,.0f}, "
+                           f"load {row['loadavg_after']}")
     print(render(rows))
     print(f"load average after: {loadavg()}")
     if args.out:
