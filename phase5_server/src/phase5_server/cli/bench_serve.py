@@ -5,6 +5,8 @@ tokenizer; vLLM accepts them too) or text prompts, arriving as a Poisson process
 ``--request-rate`` (``inf``: all at once), optionally capped at ``--max-concurrency`` in flight.
 Per request it measures TTFT (first token chunk), ITL (gaps between chunks) and TPOT
 ((latency - TTFT) / (output tokens - 1)), with output tokens from the final usage chunk.
+Streams are read with aiohttp (as vLLM's client does), fast enough that at 10,000 chunks/s the
+figures are the server's (``benchmarks/client_capacity.py`` measures the client against a stub).
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
+from typing import AsyncIterator
 
+import aiohttp
 import httpx
 
 WORDS = ("the of and to in is was for on that with as by at from his her an which are be this "
@@ -49,7 +53,24 @@ def make_prompts(args, rng: random.Random) -> list:
     return [[rng.randrange(low, high) for _ in range(args.input_len)] for _ in range(args.num_prompts)]
 
 
-async def one_request(client: httpx.AsyncClient, url: str, model: str | None, prompt,
+async def sse_lines(chunks) -> AsyncIterator[bytes]:
+    """The lines of a byte stream, split only at CR, LF and CRLF as SSE says (``str.splitlines``,
+    which httpx's ``aiter_lines`` uses, also splits at U+2028, U+0085 and others that JSON may
+    carry raw inside a string, as vLLM's pydantic encoder writes them)."""
+    pending = b""
+    async for data in chunks:
+        if pending:
+            data = pending + data
+        lines = data.splitlines()  # on bytes: CR, LF, CRLF only
+        # a CRLF split over two reads gives one more empty line: harmless, as empty lines only end events
+        pending = b"" if data[-1:] in (b"\n", b"\r") else lines.pop()
+        for line in lines:
+            yield line
+    if pending:
+        yield pending
+
+
+async def one_request(session: aiohttp.ClientSession, url: str, model: str | None, prompt,
                       output_len: int, headers: dict) -> Result:
     body = {"prompt": prompt, "max_tokens": output_len, "temperature": 0.0, "ignore_eos": True,
             "stream": True, "stream_options": {"include_usage": True}}
@@ -58,15 +79,15 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str | None, pr
     res, chunks = Result(), 0
     start = last = time.perf_counter()
     try:
-        async with client.stream("POST", url, json=body, headers=headers) as response:
-            if response.status_code != 200:
-                res.error = f"HTTP {response.status_code}: {(await response.aread())[:200]!r}"
+        async with session.post(url, json=body, headers=headers) as response:
+            if response.status != 200:
+                res.error = f"HTTP {response.status}: {(await response.read())[:200]!r}"
                 return res
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
+            async for line in sse_lines(response.content.iter_any()):
+                if not line.startswith(b"data:"):
                     continue
                 data = line[5:].strip()
-                if data == "[DONE]":
+                if data == b"[DONE]":
                     break
                 payload = json.loads(data)
                 if "error" in payload:
@@ -83,7 +104,7 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str | None, pr
                 if payload.get("usage"):
                     res.output_tokens = payload["usage"]["completion_tokens"]
                     res.prompt_tokens = payload["usage"]["prompt_tokens"]
-    except (httpx.HTTPError, json.JSONDecodeError) as error:
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as error:  # ValueError: bad JSON
         res.error = f"{type(error).__name__}: {error}"
         return res
     res.latency = time.perf_counter() - start
@@ -106,19 +127,25 @@ def percentiles(values: list[float], name: str) -> dict:
             f"{name}_p90": pct(0.9), f"{name}_p99": pct(0.99)}
 
 
-async def run_rate(args, prompts: list, rate: float, model: str | None, headers: dict) -> dict:
+async def send_all(args, prompts: list, rate: float, model: str | None,
+                   headers: dict) -> tuple[list[Result], float]:
+    """One request per prompt at ``rate`` (after a warm-up request): the results, the duration."""
     url = args.base_url.rstrip("/") + "/v1/completions"
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     rng = random.Random(args.seed + 1)
     cap = asyncio.Semaphore(args.max_concurrency) if args.max_concurrency else None
-    async with httpx.AsyncClient(timeout=httpx.Timeout(None), limits=limits, trust_env=False) as client:
-        await one_request(client, url, model, prompts[0], 4, headers)  # warm-up
+    # aiohttp, not httpx: httpx spends 0.7-1.4 ms of client CPU per request and ~14 us per chunk, so
+    # 256 requests sent at once read TTFT p50 325 ms from a stub whose first chunks left after 29 ms
+    # (benchmarks/client_capacity.py, docs/phase5.md); no connection limit, no proxies from the env
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None),
+                                     trust_env=False) as session:
+        await one_request(session, url, model, prompts[0], 4, headers)  # warm-up
 
         async def limited(prompt):
             if cap is None:
-                return await one_request(client, url, model, prompt, args.output_len, headers)
+                return await one_request(session, url, model, prompt, args.output_len, headers)
             async with cap:
-                return await one_request(client, url, model, prompt, args.output_len, headers)
+                return await one_request(session, url, model, prompt, args.output_len, headers)
 
         tasks = []
         start = time.perf_counter()
@@ -128,12 +155,16 @@ async def run_rate(args, prompts: list, rate: float, model: str | None, headers:
                 await asyncio.sleep(rng.expovariate(rate))
         results = await asyncio.gather(*tasks)
         duration = time.perf_counter() - start
+    return results, duration
+
+
+def summarize(results: list[Result], duration: float, rate: float, max_concurrency: int | None) -> dict:
     done = [r for r in results if r.ok]
     out_tokens = sum(r.output_tokens for r in done)
     in_tokens = sum(r.prompt_tokens for r in done)
     tpot = [(r.latency - r.ttft) / (r.output_tokens - 1) for r in done if r.output_tokens > 1]
-    row = {"request_rate": rate if math.isfinite(rate) else "inf", "max_concurrency": args.max_concurrency,
-           "num_prompts": len(prompts), "completed": len(done), "failed": len(results) - len(done),
+    row = {"request_rate": rate if math.isfinite(rate) else "inf", "max_concurrency": max_concurrency,
+           "num_prompts": len(results), "completed": len(done), "failed": len(results) - len(done),
            "duration_s": duration, "input_tokens": in_tokens, "output_tokens": out_tokens,
            "request_throughput": len(done) / duration, "output_throughput": out_tokens / duration,
            "total_token_throughput": (in_tokens + out_tokens) / duration}
@@ -145,6 +176,11 @@ async def run_rate(args, prompts: list, rate: float, model: str | None, headers:
     if errors:
         row["first_error"] = errors[0]
     return row
+
+
+async def run_rate(args, prompts: list, rate: float, model: str | None, headers: dict) -> dict:
+    results, duration = await send_all(args, prompts, rate, model, headers)
+    return summarize(results, duration, rate, args.max_concurrency)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
