@@ -30,20 +30,29 @@ TIMEOUT_S = 1800
 
 VLLM_SCRIPT = r'''
 import json, sys, time
-spec = json.load(open(sys.argv[1]))
-start = time.perf_counter()
-from vllm import LLM, SamplingParams
-llm = LLM(model=spec["model"], dtype="float32", max_model_len=1024, seed=0,
-          enforce_eager=spec["eager"])
-startup = time.perf_counter() - start
-warm = SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=4)
-llm.generate([{"prompt_token_ids": p[:16]} for p in spec["prompts"][:2]], warm, use_tqdm=False)
-params = SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=spec["output_len"])
-start = time.perf_counter()
-outs = llm.generate([{"prompt_token_ids": p} for p in spec["prompts"]], params)
-seconds = time.perf_counter() - start
-tokens = sum(len(o.outputs[0].token_ids) for o in outs)
-json.dump({"seconds": seconds, "output_tokens": tokens, "startup_s": startup}, open(sys.argv[2], "w"))
+
+
+def main():  # under a main guard: vLLM starts its engine core with multiprocessing "spawn"
+    spec = json.load(open(sys.argv[1]))
+    start = time.perf_counter()
+    from vllm import LLM, SamplingParams
+    llm = LLM(model=spec["model"], dtype="float32", max_model_len=1024, seed=0,
+              enforce_eager=spec["eager"])
+    startup = time.perf_counter() - start
+    warm = SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=4)
+    llm.generate([{"prompt_token_ids": p[:16]} for p in spec["prompts"][:2]], warm,
+                 use_tqdm=False)
+    params = SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=spec["output_len"])
+    start = time.perf_counter()
+    outs = llm.generate([{"prompt_token_ids": p} for p in spec["prompts"]], params)
+    seconds = time.perf_counter() - start
+    tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+    json.dump({"seconds": seconds, "output_tokens": tokens, "startup_s": startup},
+              open(sys.argv[2], "w"))
+
+
+if __name__ == "__main__":
+    main()
 '''
 
 
