@@ -202,6 +202,9 @@ def main() -> None:
     parser.add_argument("--prefill", type=parse_prefill, default=(4, 256), help="COUNTxLENGTH")
     parser.add_argument("--layouts", default="uni,mp-tp1,mp-tp2,mp-pp2")
     args = parser.parse_args()
+    batch, layers = args.decode_batch, SMOLLM2_SHAPE["num_hidden_layers"]
+    all_reduce = comm_ms("tp", batch)  # first: nothing else (Ray's daemons) is running yet
+    hand_off = comm_ms("pp", batch // 2)
     layouts = args.layouts.split(",")
     rows = []
     for name in tqdm(layouts, desc="layouts", unit="layout"):
@@ -219,9 +222,6 @@ def main() -> None:
         ranks = " / ".join(f"{ms:.1f}" for ms in r["rank_ms"])
         print(f"| {r['layout']} | {r['startup']:.1f} | {r['prefill']:.2f} | {r['decode']:.1f} | "
               f"{r['tok_s']:.0f} | {r['peak']} | {ranks} | {r['decode'] / base['decode']:.2f}x |")
-    batch, layers = args.decode_batch, SMOLLM2_SHAPE["num_hidden_layers"]
-    all_reduce = comm_ms("tp", batch)
-    hand_off = comm_ms("pp", batch // 2)
     print(f"\ngloo on this host, one core per rank: all-reduce of [{batch}, 576] fp32 "
           f"{all_reduce:.3f} ms (x {2 * layers + 1} per TP=2 step = {(2 * layers + 1) * all_reduce:.1f} "
           f"ms); PP hand-off of 2 x [{batch // 2}, 576] {hand_off:.3f} ms per micro-batch")
