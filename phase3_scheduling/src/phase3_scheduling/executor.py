@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from phase2_attention.kv_cache import num_blocks_for
 
@@ -29,6 +29,17 @@ class PendingStep(Protocol):
     """A step handed to the workers whose output may not be there yet."""
 
     def result(self) -> ModelRunnerOutput: ...
+
+
+class DeferredStep:
+    """A step handed to the workers; ``result()`` calls ``wait`` (the executor's way to wait
+    for that step's output)."""
+
+    def __init__(self, wait: Callable[[], ModelRunnerOutput]):
+        self.wait = wait
+
+    def result(self) -> ModelRunnerOutput:
+        return self.wait()
 
 
 class DoneStep:

@@ -13,6 +13,7 @@ poll interval instead of leaving it waiting forever.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -29,7 +30,7 @@ import zmq
 from phase1_kernels.cpu_threads import restore_process_affinity
 from phase3_scheduling import protocol
 from phase3_scheduling.engine_config import EngineConfig, encode_config
-from phase3_scheduling.executor import WorkerDiedError
+from phase3_scheduling.executor import DeferredStep, WorkerDiedError
 from phase3_scheduling.protocol import ModelRunnerOutput, RpcReply, RpcRequest, SchedulerOutput
 
 from . import messages as m
@@ -143,8 +144,9 @@ class MultiprocExecutor(RankedExecutor):
     def execute_model(self, step: SchedulerOutput) -> ModelRunnerOutput:
         return self.submit_step(step).result()
 
-    def submit_step(self, step: SchedulerOutput) -> "_PendingOutput":
-        return _PendingOutput(self, self._publish(m.STEP, protocol.encode(step)))
+    def submit_step(self, step: SchedulerOutput) -> DeferredStep:
+        return DeferredStep(functools.partial(self.wait_for_output,
+                                              self._publish(m.STEP, protocol.encode(step))))
 
     def wait_for_output(self, seq: int) -> ModelRunnerOutput:
         """The output of step ``seq`` (outputs of later steps that arrive first are kept)."""
@@ -210,13 +212,3 @@ class MultiprocExecutor(RankedExecutor):
         self._closed = True
         self._finalizer()
 
-
-class _PendingOutput:
-    """A published step; ``result()`` waits for its output."""
-
-    def __init__(self, executor: MultiprocExecutor, seq: int):
-        self.executor = executor
-        self.seq = seq
-
-    def result(self) -> ModelRunnerOutput:
-        return self.executor.wait_for_output(self.seq)

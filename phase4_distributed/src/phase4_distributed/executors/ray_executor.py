@@ -9,6 +9,7 @@ actor (``RayActorError``) fails the engine with ``WorkerDiedError``. Ray is the 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -23,7 +24,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from phase1_kernels.cpu_threads import BIND_ENV, parse_cpu_list
 from phase3_scheduling import protocol
 from phase3_scheduling.engine_config import EngineConfig, decode_config, encode_config
-from phase3_scheduling.executor import WorkerDiedError
+from phase3_scheduling.executor import DeferredStep, WorkerDiedError
 from phase3_scheduling.protocol import ModelRunnerOutput, RpcReply, RpcRequest, SchedulerOutput
 
 from .base import RankedExecutor
@@ -154,13 +155,14 @@ class RayExecutor(RankedExecutor):
     def execute_model(self, step: SchedulerOutput) -> ModelRunnerOutput:
         return self.submit_step(step).result()
 
-    def submit_step(self, step: SchedulerOutput) -> "_PendingRefs":
+    def submit_step(self, step: SchedulerOutput) -> DeferredStep:
         data = protocol.encode(step)
         # small steps travel inline in the task (Ray's own copy per actor is cheaper than an
         # object-store round trip, measured in benchmarks/executor_overhead.py); large ones
         # are put once and every actor reads the same object
         arg = data if len(data) < INLINE_STEP_BYTES else ray.put(data)
-        return _PendingRefs(self, [actor.execute.remote(arg) for actor in self.actors])
+        refs = [actor.execute.remote(arg) for actor in self.actors]
+        return DeferredStep(functools.partial(self.wait_for_output, refs))
 
     def wait_for_output(self, refs: list) -> ModelRunnerOutput:
         try:
@@ -191,13 +193,3 @@ class RayExecutor(RankedExecutor):
         if self._owns_ray:
             ray.shutdown()
 
-
-class _PendingRefs:
-    """A step's tasks on every actor; ``result()`` waits for them."""
-
-    def __init__(self, executor: RayExecutor, refs: list):
-        self.executor = executor
-        self.refs = refs
-
-    def result(self) -> ModelRunnerOutput:
-        return self.executor.wait_for_output(self.refs)
