@@ -43,13 +43,18 @@ def wait_ready(url: str, proc: subprocess.Popen, log_path, timeout_s: float = 24
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-        try:
-            if httpx.get(url + "/health", timeout=2, trust_env=False).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
+        if _health_status(url) == 200:
+            return
         time.sleep(0.5)
     pytest.fail(f"serve was not ready within {timeout_s:.0f} s:\n{log_path.read_text()[-3000:]}")
+
+
+def _health_status(url: str) -> int | None:
+    """/health's status, or None while the server does not accept connections yet."""
+    try:
+        return httpx.get(url + "/health", timeout=2, trust_env=False).status_code
+    except httpx.HTTPError:
+        return None
 
 
 def stop(proc: subprocess.Popen) -> None:
