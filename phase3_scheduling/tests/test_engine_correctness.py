@@ -52,8 +52,12 @@ def test_greedy_batch_equals_hf_generate(smol_llm, reference):
         dict(max_num_seqs=1),
         dict(max_num_seqs=2, max_num_batched_tokens=16),
         dict(num_gpu_blocks_override=9, block_size=8),  # 64 slots for 5 sequences: preemption
+        dict(async_scheduling=True),  # step N+1 scheduled before step N's tokens are read
+        dict(async_scheduling=True, max_num_batched_tokens=7),
+        dict(async_scheduling=True, num_gpu_blocks_override=9, block_size=8),
     ],
-    ids=["no-chunking", "tiny-budget", "no-prefix-cache", "one-seq", "two-seqs", "preemption"],
+    ids=["no-chunking", "tiny-budget", "no-prefix-cache", "one-seq", "two-seqs", "preemption",
+         "async", "async-tiny-budget", "async-preemption"],
 )
 def test_scheduling_knobs_do_not_change_outputs(smollm2_dir, reference, settings):
     llm = LLM(str(smollm2_dir), **settings)
@@ -62,6 +66,8 @@ def test_scheduling_knobs_do_not_change_outputs(smollm2_dir, reference, settings
     if "num_gpu_blocks_override" in settings:
         assert llm.engine.scheduler.num_preemptions > 0
         assert any(o.metrics.num_preemptions for o in outs)
+    if settings.get("async_scheduling"):  # the overlap really happened
+        assert llm.engine.scheduler.num_scheduled_ahead > 0 and llm.engine.core.peak_in_flight == 2
     assert pool_is_full(llm)
 
 

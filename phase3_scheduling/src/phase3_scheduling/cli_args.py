@@ -40,6 +40,8 @@ HELP = {
     "tensor_parallel_size": "GPUs (workers) each layer is split across",
     "pipeline_parallel_size": "stages the layers are split into",
     "distributed_executor_backend": "uni, mp, ray or grpc (default: uni for one worker, else mp)",
+    "async_scheduling": "schedule the next step while the device runs this one "
+                        "(default: on for one worker on a GPU)",
 }
 SKIPPED = {"model", "extra"}  # model is each command's positional argument; extra is internal
 SHORT_NEGATIONS = {"enable_prefix_caching": "--no-prefix-caching",
@@ -62,7 +64,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     for field in _engine_fields():
         flag = "--" + field.name.replace("_", "-")
         help_text = HELP[field.name]
-        if field.type == "bool":
+        if field.type in ("bool", "bool | None"):
             short = SHORT_NEGATIONS.get(field.name)
             group.add_argument(flag, dest=field.name, default=field.default,
                                action=argparse.BooleanOptionalAction, help=help_text)

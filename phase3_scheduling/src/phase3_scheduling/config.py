@@ -16,6 +16,7 @@ class SchedulerConfig:
     max_num_batched_tokens: int = 8192
     max_model_len: int = 4096
     enable_chunked_prefill: bool = True
+    async_scheduling: bool = False  # schedule step N+1 while step N runs (one-worker GPU default)
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:
@@ -87,6 +88,7 @@ class EngineArgs:
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
     distributed_executor_backend: str | None = None  # "uni" | "mp" | "ray" | "grpc" (phase 4)
+    async_scheduling: bool | None = None  # default: on for one worker on a GPU
     extra: dict = field(default_factory=dict)
 
     def parallel_config(self) -> ParallelConfig:
@@ -109,4 +111,18 @@ class EngineArgs:
         default_budget = 8192 if device_type == "cuda" else 2048
         batched = self.max_num_batched_tokens or (default_budget if self.enable_chunked_prefill
                                                   else max(max_len, default_budget))
-        return SchedulerConfig(self.max_num_seqs, batched, max_len, self.enable_chunked_prefill)
+        return SchedulerConfig(self.max_num_seqs, batched, max_len, self.enable_chunked_prefill,
+                               self._async_scheduling(device_type))
+
+    def _async_scheduling(self, device_type: str) -> bool:
+        """Overlap the host's scheduling with the device's step: on by default for one worker on
+        a GPU (on the CPU the step runs in the scheduling thread, so nothing overlaps); the
+        multi-worker executors run one step at a time (or pipeline micro-batches instead)."""
+        one_worker = self.parallel_config().executor_name == "uni"
+        if self.async_scheduling is None:
+            return device_type == "cuda" and one_worker
+        if self.async_scheduling and not one_worker:
+            raise ValueError("async_scheduling needs the in-process executor (one worker, "
+                             f"distributed_executor_backend 'uni'), not "
+                             f"{self.parallel_config().executor_name!r}")
+        return self.async_scheduling

@@ -12,7 +12,9 @@ dead worker or a device error (the process state can no longer be trusted) propa
 With a pipelined executor (``max_concurrent_batches`` > 1, e.g. PP=2 on ``mp``) a step is
 submitted and its output collected later: ``step`` keeps a queue of up to that many steps in
 flight, submitting a new micro-batch while there is room and work that is not already in
-flight, and otherwise waiting for the oldest.
+flight, and otherwise waiting for the oldest. Async scheduling uses the same queue with two
+places: step N+1 is scheduled and launched before step N's output is read, so the host's
+scheduling, input preparation and output handling overlap the device's work.
 """
 
 from __future__ import annotations
@@ -65,8 +67,8 @@ class EngineCore:
         self.kv_manager = KVCacheManager(self.num_blocks, self.block_size,
                                          config.cache_config.enable_prefix_caching)
         self.scheduler = Scheduler(config.scheduler_config, self.kv_manager)
-        self.max_batches = self.executor.max_concurrent_batches
-        self.scheduler.micro_batches = self.max_batches
+        self.scheduler.micro_batches = self.executor.max_concurrent_batches
+        self.max_batches = queue_depth(config, self.executor)
         self.batch_queue: deque[tuple[SchedulerOutput, PendingStep]] = deque()
         self.peak_in_flight = 0  # the most steps that were out at once
         self.fatal_error: BaseException | None = None  # set once a worker or the device failed
@@ -120,7 +122,12 @@ class EngineCore:
             step = self.scheduler.schedule()
             self.timings["schedule"] += time.perf_counter() - t0
             if not step.is_empty:
-                queue.append((step, self._submit_or_die(step)))
+                try:
+                    queue.append((step, self._submit_or_die(step)))
+                except FATAL_ERRORS:
+                    raise
+                except Exception as error:  # this step's data broke the launch
+                    return self._outputs(self._fail_step(step, error))
                 self.peak_in_flight = max(self.peak_in_flight, len(queue))
                 if len(queue) < self.max_batches:
                     return self._outputs([])  # room for another micro-batch
@@ -175,6 +182,16 @@ class EngineCore:
 
     def shutdown(self) -> None:
         self.executor.shutdown()
+
+
+def queue_depth(config: EngineConfig, executor: Executor) -> int:
+    """Steps the core keeps in flight: the pipeline depth, or 2 with async scheduling."""
+    if not config.scheduler_config.async_scheduling:
+        return executor.max_concurrent_batches
+    if not executor.supports_async_output:
+        raise ValueError(f"async scheduling needs an executor that returns a step's output "
+                         f"later; {type(executor).__name__} runs one step at a time")
+    return 2
 
 
 def check_fits_cache(prompt_len: int, max_tokens: int | None, num_blocks: int, block_size: int,

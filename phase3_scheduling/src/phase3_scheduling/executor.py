@@ -77,6 +77,12 @@ class Executor(ABC):
         whose stages run different micro-batches at the same time."""
         return 1
 
+    @property
+    def supports_async_output(self) -> bool:
+        """Whether ``submit_step`` returns before the step's output is on the host, so that the
+        engine may schedule and launch the next step meanwhile (async scheduling)."""
+        return False
+
     @abstractmethod
     def execute_model(self, step: SchedulerOutput) -> ModelRunnerOutput: ...
 
@@ -102,8 +108,17 @@ class UniProcExecutor(Executor):
         super().__init__(config)
         self.worker = Worker(config)
 
+    @property
+    def supports_async_output(self) -> bool:
+        return True
+
     def execute_model(self, step: SchedulerOutput) -> ModelRunnerOutput:
         return self.worker.execute_model(step)
+
+    def submit_step(self, step: SchedulerOutput) -> PendingStep:
+        if self.config.scheduler_config.async_scheduling:
+            return self.worker.submit_step(step)  # launched; the output is read later
+        return super().submit_step(step)
 
     def collective_rpc(self, method: str, args: tuple = (), kwargs: dict | None = None) -> list[Any]:
         return [getattr(self.worker, method)(*args, **(kwargs or {}))]

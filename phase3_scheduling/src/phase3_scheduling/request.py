@@ -56,6 +56,10 @@ class Request:
         self.num_cached_blocks = 0  # full blocks already published to the prefix cache
         self.num_blocks_sent = 0  # block ids the workers hold for it
         self.num_tokens_sent = 0  # token ids the workers hold for it (0: not sent yet)
+        # async scheduling: tokens scheduled in steps whose output is not back yet, and how
+        # many of those steps will sample a token (its id is known only on the device so far)
+        self.num_in_flight_tokens = 0
+        self.num_output_placeholders = 0
         self.stop_reason: int | None = None
         self.arrival_time = core.arrival_time or time.monotonic()
         self.first_scheduled_time: float | None = None
@@ -74,6 +78,24 @@ class Request:
         if start >= n:
             return self.output_token_ids[start - n : end - n]
         return self.prompt_token_ids[start:] + self.output_token_ids[: end - n]
+
+    @property
+    def needs_own_outputs_to_sample(self) -> bool:
+        """Sampling reads this request's previous outputs on the host (penalties, min_tokens),
+        so a step cannot be scheduled before the last one's token is back."""
+        s = self.sampling
+        return (self.min_tokens > 0 or s.repetition_penalty != 1 or s.presence_penalty != 0
+                or s.frequency_penalty != 0)
+
+    @property
+    def scheduled_end(self) -> int:
+        """Tokens computed or in steps in flight: where the next scheduled token starts."""
+        return self.num_computed_tokens + self.num_in_flight_tokens
+
+    def forget_in_flight(self) -> None:
+        """Preempted or restarted: the steps in flight no longer count for it."""
+        self.num_in_flight_tokens = 0
+        self.num_output_placeholders = 0
 
     @property
     def num_tokens(self) -> int:

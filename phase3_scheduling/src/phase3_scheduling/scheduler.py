@@ -13,6 +13,15 @@ step whose output has not come back is *in flight*: it is neither scheduled agai
 until ``update_from_output`` has seen that step, so the next micro-batch is built from the
 other requests. With ``micro_batches`` = P > 1 a step takes at most 1/P of the unfinished
 requests, so that P steps of about equal size keep the P stages busy.
+
+With async scheduling (``SchedulerConfig.async_scheduling``) the engine schedules step N+1 while
+step N runs on the device, so a request in flight *may* be scheduled again: its next token
+starts where its scheduled tokens end (``Request.scheduled_end``), and the token step N will
+sample is a *placeholder* whose id only the worker knows (it feeds it from the device). A
+request whose sampling reads its own outputs on the host (penalties, min_tokens) waits for its
+token instead, and one that will reach ``max_tokens`` or the context limit with its placeholder
+is not scheduled past it. A request that finishes at step N (EOS, stop) had step N+1 run for
+nothing; that output is dropped.
 """
 
 from __future__ import annotations
@@ -40,7 +49,9 @@ class Scheduler:
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
         self._finished_ids: list[str] = []
-        self.in_flight: set[str] = set()  # scheduled, output not back yet
+        self.in_flight: dict[str, int] = {}  # request id -> steps out whose output is not back
+        self.async_scheduling = config.async_scheduling
+        self.num_scheduled_ahead = 0  # requests scheduled while a step of theirs was out
         self.micro_batches = 1  # steps in flight at once (the engine sets the pipeline depth)
         self.num_preemptions = 0
 
@@ -55,7 +66,7 @@ class Scheduler:
         if request is None:
             return None
         request.status = status
-        self.in_flight.discard(request_id)  # a step still out for it is ignored on return
+        self.in_flight.pop(request_id, None)  # a step still out for it is ignored on return
         if request in self.running:
             self.running.remove(request)
         elif request in self.waiting:
@@ -78,13 +89,13 @@ class Scheduler:
         index = 0
         while index < len(self.running) and budget > 0 and len(plan) < max_requests:
             request = self.running[index]
-            n = 0 if request.request_id in self.in_flight else self._tokens_for(request, budget)
+            n = self._tokens_for(request, budget) if self._may_schedule(request) else 0
             if n == 0:
                 index += 1
                 continue
             while True:
                 try:
-                    self.kv.allocate_slots(request.request_id, request.num_computed_tokens + n)
+                    self.kv.allocate_slots(request.request_id, request.scheduled_end + n)
                     break
                 except OutOfKVBlocksError:
                     victim = self._preemption_victim()
@@ -101,6 +112,8 @@ class Scheduler:
         while (self.waiting and budget > 0 and not out.preempted_req_ids
                and len(self.running) < self.config.max_num_seqs and len(plan) < max_requests):
             request = self.waiting[0]
+            if request.request_id in self.in_flight:
+                break  # preempted with a step still out: resumes once that step is back
             hits: list[KVCacheBlock] = []
             cached = 0
             if request.num_computed_tokens == 0:
@@ -121,22 +134,42 @@ class Scheduler:
             plan.append((request, n))
             budget -= n
 
-        plan.sort(key=lambda item: not (item[1] == 1 and item[0].num_computed_tokens > 0))
+        plan.sort(key=lambda item: not (item[1] == 1 and item[0].scheduled_end > 0))
         for request, n in plan:
             self._emit(out, request, n)
         if out.req_ids:  # an empty step is not sent: its finished ids wait for the next one
             out.finished_req_ids, self._finished_ids = self._finished_ids, []
         return out
 
+    def _may_schedule(self, request: Request) -> bool:
+        """A request with a step in flight runs again only under async scheduling, and only
+        when its next tokens do not depend on that step's token on the host."""
+        if request.request_id not in self.in_flight:
+            return True
+        if not self.async_scheduling:
+            return False
+        if request.num_output_placeholders == 0:
+            return True  # a prompt chunk is in flight: the next chunk may follow it
+        return (not request.needs_own_outputs_to_sample
+                and len(request.output_token_ids) + request.num_output_placeholders
+                < request.max_tokens
+                and request.num_tokens + request.num_output_placeholders
+                < self.config.max_model_len)
+
     def _preemption_victim(self) -> Request:
-        """The most recently admitted running request that is not in flight (the request being
-        scheduled is never in flight, so there always is one)."""
-        return next(r for r in reversed(self.running) if r.request_id not in self.in_flight)
+        """The most recently admitted running request that is not in flight. Without async
+        scheduling the request being scheduled is never in flight, so there always is one;
+        with it every running request may have a step out, and the newest one is taken (the
+        output of its step in flight is dropped when it comes back)."""
+        for request in reversed(self.running):
+            if request.request_id not in self.in_flight:
+                return request
+        return self.running[-1]
 
     def _emit(self, out: SchedulerOutput, request: Request, n: int) -> None:
         """Add one request's share of the step: all of it if the workers don't know it yet,
         else only what changed since it last ran."""
-        rid, start = request.request_id, request.num_computed_tokens
+        rid, start = request.request_id, request.scheduled_end
         blocks = self.kv.block_ids(rid, request.num_blocks_sent)
         if request.num_tokens_sent == 0:
             out.new_requests.append(NewRequestData(
@@ -149,10 +182,15 @@ class Scheduler:
         request.num_tokens_sent = request.num_tokens
         out.req_ids.append(rid)
         out.num_scheduled_tokens.append(n)
-        self.in_flight.add(rid)
+        if start + n >= request.num_tokens + request.num_output_placeholders:
+            request.num_output_placeholders += 1  # this step samples its next token
+        request.num_in_flight_tokens += n
+        if rid in self.in_flight:
+            self.num_scheduled_ahead += 1
+        self.in_flight[rid] = self.in_flight.get(rid, 0) + 1
 
     def _tokens_for(self, request: Request, budget: int) -> int:
-        remaining = request.num_tokens - request.num_computed_tokens
+        remaining = request.num_tokens + request.num_output_placeholders - request.scheduled_end
         if remaining <= budget:
             return remaining
         return budget if self.config.enable_chunked_prefill else 0
@@ -165,6 +203,7 @@ class Scheduler:
         request.num_cached_blocks = 0
         request.num_blocks_sent = 0
         request.num_tokens_sent = 0
+        request.forget_in_flight()
         request.num_preemptions += 1
         self.num_preemptions += 1
         logger.debug("preempted %s (%d tokens; %d preemptions so far): the KV cache is full",
@@ -180,15 +219,17 @@ class Scheduler:
         sampled = result.sampled
         rows = {rid: i for i, rid in enumerate(result.req_ids)} if result.logprobs else {}
         for rid, n in zip(output.req_ids, output.num_scheduled_tokens):
-            self.in_flight.discard(rid)
+            self._step_returned(rid)
             request = self.requests.get(rid)
             if request is None or request.status is not RequestStatus.RUNNING:
-                continue  # aborted meanwhile
+                continue  # aborted or preempted meanwhile
             request.num_computed_tokens += n
+            request.num_in_flight_tokens -= n
             self._publish_full_blocks(request)
             token = sampled.get(rid)
             if token is None:
                 continue  # a mid-prompt chunk
+            request.num_output_placeholders -= 1
             request.append_token(token)
             if not request.is_finished and request.num_tokens >= self.config.max_model_len:
                 request.status = RequestStatus.FINISHED_LENGTH
@@ -202,13 +243,20 @@ class Scheduler:
         """End requests whose step raised: they get an error, the others keep running."""
         outputs = []
         for rid in request_ids:
-            self.in_flight.discard(rid)
+            self.in_flight.pop(rid, None)
             request = self.finish_request(rid, RequestStatus.FINISHED_ERROR)
             if request is not None:
                 out = self._core_output(request, [])
                 out.error = error
                 outputs.append(out)
         return outputs
+
+    def _step_returned(self, request_id: str) -> None:
+        left = self.in_flight.get(request_id, 0) - 1
+        if left > 0:
+            self.in_flight[request_id] = left
+        else:
+            self.in_flight.pop(request_id, None)
 
     def _publish_full_blocks(self, request: Request) -> None:
         if request.num_computed_tokens // self.kv.block_size > request.num_cached_blocks:

@@ -1,9 +1,12 @@
 """The model runner: one step message in, one forward pass, sampled tokens out.
 
-``execute_model`` reads as its steps: ``update_states`` (apply the message's deltas to the
-persistent batch), ``plan`` (query/sequence lengths, decodes first, a CUDA-graph size),
-``prepare_inputs`` (named views of one pinned buffer, one copy to the device), ``run`` (graph
-replay for pure decode steps, eager otherwise) and ``sample``.
+``submit`` reads as its steps: update the persistent batch with the message's deltas, ``plan``
+(query/sequence lengths, decodes first, a CUDA-graph size), ``prepare_inputs`` (named views of
+one pinned buffer, one copy to the device), ``run`` (graph replay for pure decode steps, eager
+otherwise) and ``sample``. It returns an ``AsyncStepOutput`` without waiting for the device:
+the sampled ids stay on the device (the next step reads the ones it needs from there) and are
+copied to the host on a side stream; ``result()`` waits for that copy. ``execute_model`` is
+``submit(step).result()``.
 """
 
 from __future__ import annotations
@@ -23,10 +26,11 @@ from phase2_attention.kv_cache import KVCacheModel
 from phase2_attention.kv_cache_manager import cdiv
 
 from ..engine_config import EngineConfig
-from ..protocol import ModelRunnerOutput, SampledLogprobs, SchedulerOutput
+from ..protocol import ModelRunnerOutput, SchedulerOutput
 from ..sampler import Sampler, SamplingInputs
+from .async_output import AsyncStepOutput, ReadyOutput, StepOutput
 from .cuda_graphs import DecodeGraphs
-from .input_batch import CachedRequestState, InputBatch
+from .input_batch import CachedRequestState, InputBatch, WorkerStateError
 from .staging import StepStaging
 
 logger = logging.getLogger(__name__)
@@ -47,6 +51,7 @@ class StepPlan:
     num_decodes: int
     graph_size: int | None  # padded batch of a captured decode graph, or None (eager)
     sample_rows: list[int]  # rows whose last token reaches the end of the known tokens
+    starts: list[int]  # per row: position of its first token this step
 
     @property
     def num_tokens(self) -> int:
@@ -77,6 +82,10 @@ class ModelRunner:
         self.graphs = DecodeGraphs(self)
         self.timings: dict[str, float] = defaultdict(float)
         self.num_blocks = 0
+        # the previous step's sampled ids on the device, and each request's row in them
+        self._prev_sampled: torch.Tensor | None = None
+        self._prev_row: dict[str, int] = {}
+        self._copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
     # ---- start-up ------------------------------------------------------------------------------
     def initialize_cache(self, num_blocks: int) -> None:
@@ -101,16 +110,21 @@ class ModelRunner:
     # ---- one step ------------------------------------------------------------------------------
     @torch.inference_mode()
     def execute_model(self, step: SchedulerOutput) -> ModelRunnerOutput:
+        return self.submit(step).result()
+
+    @torch.inference_mode()
+    def submit(self, step: SchedulerOutput) -> StepOutput:
+        """Launch one step; its output is read later (``result()``)."""
         t0 = time.perf_counter()
         self.batch.update(step)
         if step.is_empty:
-            return ModelRunnerOutput()
+            return ReadyOutput(ModelRunnerOutput())
         plan = self.plan(step)
         metadata = self.prepare_inputs(plan)
         t1 = time.perf_counter()
         logits = self.run(plan, metadata)
-        output = ModelRunnerOutput() if logits is None else self.sample(plan, logits)
         kind = "decode" if plan.graph_size is not None else "eager"
+        output = self._no_output() if logits is None else self.sample(plan, logits, kind)
         self.timings[kind + "_prepare"] += t1 - t0
         self.timings[kind + "_run"] += time.perf_counter() - t1
         self.timings[kind + "_steps"] += 1
@@ -119,28 +133,49 @@ class ModelRunner:
     def plan(self, step: SchedulerOutput) -> StepPlan:
         states = [self.batch.requests[rid] for rid in step.req_ids]
         query_lens = list(step.num_scheduled_tokens)
-        seq_lens = [s.num_computed_tokens + n for s, n in zip(states, query_lens)]
+        starts = [s.num_computed_tokens for s in states]
+        seq_lens = [p + n for p, n in zip(starts, query_lens)]
         num_decodes = 0
         while (num_decodes < len(states) and query_lens[num_decodes] == 1
                and seq_lens[num_decodes] > 1):
             num_decodes += 1
         graph_size = self.graphs.size_for(len(states)) if num_decodes == len(states) else None
+        # a row samples when it reaches the end of the known tokens (or runs the token the
+        # previous step sampled, which only the device knows yet)
         sample_rows = [i for i, (s, end) in enumerate(zip(states, seq_lens))
-                       if end == len(s.token_ids)]
-        return StepPlan(states, query_lens, seq_lens, num_decodes, graph_size, sample_rows)
+                       if end >= len(s.token_ids)]
+        return StepPlan(states, query_lens, seq_lens, num_decodes, graph_size, sample_rows,
+                        starts)
+
+    def _input_ids(self, plan: StepPlan) -> tuple[list[int], list[int], list[int]]:
+        """The step's input ids as far as the host knows them, and where the previous step's
+        sampled ids go (input positions, rows of ``_prev_sampled``)."""
+        ids: list[int] = []
+        prev_dst: list[int] = []
+        prev_src: list[int] = []
+        for s, p, q in zip(plan.states, plan.starts, plan.query_lens):
+            known = s.token_ids[p:p + q]
+            ids.extend(known)
+            if len(known) < q:
+                if q - len(known) > 1 or s.req_id not in self._prev_row:
+                    raise WorkerStateError(
+                        f"request {s.req_id!r} runs {q - len(known)} token(s) this worker has "
+                        f"not seen and the previous step did not sample for it")
+                prev_dst.append(len(ids))
+                prev_src.append(self._prev_row[s.req_id])
+                ids.append(0)
+        return ids, prev_dst, prev_src
 
     def prepare_inputs(self, plan: StepPlan) -> AttentionMetadata:
         """Fill the step's host views (padding rows and tokens for a graph), copy once."""
         n, nt, nr, batch = plan.num_tokens, plan.num_padded_tokens, plan.num_rows, len(plan.states)
-        views = self.staging.views(nt, nr)
-        starts = [s.num_computed_tokens for s in plan.states]
+        ids, prev_dst, prev_src = self._input_ids(plan)
+        views = self.staging.views(nt, nr, len(plan.sample_rows), len(prev_dst))
+        starts = plan.starts
         if plan.num_decodes == batch:
             positions = np.asarray(starts, dtype=np.int64)
-            ids = [s.token_ids[p] for s, p in zip(plan.states, starts)]
         else:
             positions = np.concatenate([np.arange(p, p + q) for p, q in zip(starts, plan.query_lens)])
-            ids = [t for s, p, q in zip(plan.states, starts, plan.query_lens)
-                   for t in s.token_ids[p:p + q]]
         rows = np.asarray([s.row for s in plan.states])
         token_rows = np.repeat(rows, plan.query_lens)
         table = self.batch.block_table
@@ -153,34 +188,52 @@ class ModelRunner:
         qsl = views["query_start_loc"]
         qsl[0] = 0
         np.cumsum(plan.query_lens + [1] * (nr - batch), out=qsl[1:])
+        views["sample_index"][:] = qsl[1:batch + 1][plan.sample_rows] - 1
+        views["prev_dst"][:] = prev_dst
+        views["prev_src"][:] = prev_src
         table_view = self.staging.block_table_view(nr)
         table_view[:batch] = table[rows]
         table_view[batch:] = 0
         self.staging.copy_to_device(nr)
+        self._feed_previous_samples(len(prev_dst))
         dev = self.staging.dev
         metadata = PagedAttentionMetadata(
             query_start_loc=dev.query_start_loc[: batch + 1], seq_lens=dev.seq_lens[:batch],
             query_lens_cpu=plan.query_lens, seq_lens_cpu=plan.seq_lens,
             slot_mapping=dev.slot_mapping[:n], block_tables=dev.block_tables[:batch],
             block_size=bs, num_decodes=plan.num_decodes)
-        self._last_token_index = (qsl[1:batch + 1] - 1).tolist()
         return self.backend.build_metadata(metadata)
+
+    def _feed_previous_samples(self, count: int) -> None:
+        """Input positions whose token the previous step sampled get it on the device."""
+        if count == 0:
+            return
+        assert self._prev_sampled is not None  # _input_ids checked every request has a row
+        dst, src = self.staging.index("prev_dst"), self.staging.index("prev_src")
+        self.staging.dev.input_ids.index_copy_(0, dst, self._prev_sampled.index_select(0, src))
 
     def run(self, plan: StepPlan, metadata: AttentionMetadata) -> torch.Tensor | None:
         """Logits of the rows to sample (None when only mid-prompt chunks ran, or when the
         model is a pipeline stage before the last: it returns no hidden states)."""
         if plan.graph_size is not None:
-            return self.graphs.replay(plan.graph_size)[plan.sample_rows]
+            logits = self.graphs.replay(plan.graph_size)
+            if len(plan.sample_rows) == len(plan.states):  # every decode row samples
+                return logits[:len(plan.states)]
+            return logits.index_select(0, self.staging.index("sample_index"))
         n = plan.num_tokens
         dev = self.staging.dev
         hidden = self.model(dev.input_ids[:n], dev.positions[:n], metadata)
         if hidden is None or not plan.sample_rows:
             return None
-        last = [self._last_token_index[i] for i in plan.sample_rows]
-        index = torch.tensor(last, dtype=torch.long).to(self.device, non_blocking=True)
-        return self.model.compute_logits(hidden[index])
+        return self.model.compute_logits(hidden.index_select(0, self.staging.index("sample_index")))
 
-    def sample(self, plan: StepPlan, logits: torch.Tensor) -> ModelRunnerOutput:
+    def _no_output(self) -> StepOutput:
+        self._prev_sampled, self._prev_row = None, {}
+        return ReadyOutput(ModelRunnerOutput())
+
+    def sample(self, plan: StepPlan, logits: torch.Tensor, kind: str) -> StepOutput:
+        """Sample on the device, remember the ids for the next step's inputs, start the copy
+        to the host."""
         states = [plan.states[i] for i in plan.sample_rows]
         inputs = SamplingInputs(
             params=[s.params for s in states],
@@ -190,14 +243,11 @@ class ModelRunner:
             min_tokens_block=[s.params.min_tokens_block
                               if len(s.token_ids) - s.prompt_len < s.params.min_tokens else []
                               for s in states])
-        result = self.sampler(logits, inputs)
-        logprobs = None
-        if result.logprobs is not None:  # then the sampler filled ranks and top_logprobs too
-            assert result.ranks is not None and result.top_logprobs is not None
-            logprobs = SampledLogprobs(result.logprobs, result.ranks,
-                                       [[t for t, _ in top] for top in result.top_logprobs],
-                                       [[lp for _, lp in top] for top in result.top_logprobs])
-        return ModelRunnerOutput([s.req_id for s in states], result.token_ids, logprobs)
+        sample = self.sampler.sample_on_device(logits, inputs)
+        req_ids = [s.req_id for s in states]
+        self._prev_sampled = sample.token_ids
+        self._prev_row = {rid: i for i, rid in enumerate(req_ids)}
+        return AsyncStepOutput(req_ids, sample, self._copy_stream, self.timings, kind)
 
 
 def _fill(view: np.ndarray, values, pad: int) -> None:

@@ -23,6 +23,7 @@ from phase2_attention.kv_cache import available_kv_cache_bytes, bytes_per_block
 
 from ..engine_config import EngineConfig
 from ..protocol import ModelRunnerOutput, SchedulerOutput
+from .async_output import StepOutput
 from .model_runner import ModelRunner, RunnerModel
 
 logger = logging.getLogger(__name__)
@@ -91,6 +92,10 @@ class Worker:
 
     def execute_model(self, step: SchedulerOutput) -> ModelRunnerOutput:
         return self._runner.execute_model(step)
+
+    def submit_step(self, step: SchedulerOutput) -> StepOutput:
+        """Launch a step without waiting for its output (async scheduling, in-process only)."""
+        return self._runner.submit(step)
 
     def get_timings(self) -> dict[str, float]:
         """Seconds spent preparing inputs and running (forward + sampling) per step kind."""
