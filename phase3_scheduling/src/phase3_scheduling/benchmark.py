@@ -234,7 +234,8 @@ def step_profile(llm) -> str:
         n = run.get(kind + "_steps", 0)
         if n:
             parts.append(f"{kind} steps {n:.0f}: prepare {1e3 * run[kind + '_prepare'] / n:.2f} ms, "
-                         f"run+sample {1e3 * run[kind + '_run'] / n:.2f} ms")
+                         f"run+sample launched in {1e3 * run[kind + '_run'] / n:.2f} ms, "
+                         f"tokens waited for {1e3 * run.get(kind + '_wait', 0) / n:.2f} ms")
     return "step profile: " + "; ".join(parts)
 
 
