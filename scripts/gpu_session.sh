@@ -16,8 +16,8 @@
 # Sections (each under `timeout`, seconds overridable as T_<section>=N, and cut to end by DEADLINE,
 # 570 s after the start by default, so the summary and the archive are written inside a 600 s run;
 # a section with under 30 s left is skipped):
-#   tests    the `gpu`-marked tests (pytest -m gpu) of every file that has one (grep), not -x;
-#            FA4's files go to `fa4` when that section runs too
+#   tests    the `gpu`-marked tests (pytest -m gpu) of every file that has one (grep), not -x,
+#            except FA4's files: section fa4 runs those (without FA4 installed they skip)
 #   b1       phase-1 kernel bandwidth, % of the copy bandwidth measured in the same run
 #   b2 b3    DESIGN.md's B2 (latency, with HF generate) and B3 (throughput), dummy 8B bf16
 #   b4       online serving (phase5_server/benchmarks/run_b4.py --preset h200)
@@ -160,11 +160,8 @@ from phase1_kernels.ops import extension as e
 print('extension', e.load(), e.why_unavailable('cuda'), f'{time.time() - t:.0f} s')"
 }
 
-gpu_test_files() {  # every test file with a gpu mark; FA4's own files left to `fa4` if asked
-  local files
-  files=$(grep -rl "mark.gpu" -- */tests tests 2>/dev/null | sort -u)
-  case " $SECTIONS " in *" fa4 "*) files=$(echo "$files" | grep -v flash_attn) ;; esac
-  echo $files
+gpu_test_files() {  # every test file with a gpu mark but FA4's (section fa4 runs those)
+  grep -rl "mark.gpu" -- */tests tests 2>/dev/null | grep -v flash_attn | sort -u
 }
 
 FA4_TESTS="phase2_attention/tests/test_flash_attn_gpu.py phase3_scheduling/tests/test_flash_attn_engine_gpu.py"
@@ -174,7 +171,7 @@ PYTEST="$PY -m pytest -q -rfEs -p no:cacheprovider"
 
 section() {  # the command of one section (run under timeout by run_sections)
   case $1 in
-    tests) $PYTEST -m gpu $(gpu_test_files) ;;
+    tests) $PYTEST -m gpu $(gpu_test_files | tr '\n' ' ') ;;
     b1) $PY phase1_kernels/benchmarks/bench_kernels.py --out "$R/b1.json" ;;
     b2) $BENCH latency $DUMMY8B --input-len 128 --output-len 256 --num-iters 3 --max-num-seqs 8 \
           --hf --hf-output-len 32 --workload B2 --out "$R/b2.json" ;;
