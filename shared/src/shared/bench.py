@@ -51,3 +51,32 @@ def median_seconds(fn, device, iters: int = 20) -> float:
             torch.cuda.synchronize()
         samples.append(time.perf_counter() - start)
     return statistics.median(samples)
+
+
+def copy_bandwidth_gbs(device, nbytes: int = 1 << 30, iters: int = 20) -> float:
+    """The device's memory bandwidth as a plain copy achieves it, in GB/s counting the bytes read
+    plus the bytes written (2 x ``nbytes`` a copy). Measured in the same run as the figures it
+    scales (DESIGN.md section 4), not taken from a constant: the H100 gave ~3.0 TB/s and the H200
+    ~4.3 TB/s. On CUDA: CUDA events around ``iters`` back-to-back copies of random bytes, the
+    median of 5 such batches after a warm-up; on the CPU: ``median_seconds`` of one copy."""
+    import statistics
+
+    import torch
+
+    dev = torch.device(device)
+    src = torch.randint(0, 256, (nbytes,), dtype=torch.uint8, device=dev)
+    dst = torch.empty_like(src)
+    if dev.type != "cuda":
+        return 2 * nbytes / median_seconds(lambda: dst.copy_(src), dev, iters) / 1e9
+    for _ in range(3):
+        dst.copy_(src)
+    per_copy = []
+    for _ in range(5):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(iters):
+            dst.copy_(src)
+        end.record()
+        end.synchronize()
+        per_copy.append(start.elapsed_time(end) / 1e3 / iters)
+    return 2 * nbytes / statistics.median(per_copy) / 1e9

@@ -1,0 +1,34 @@
+"""The B2 step profile (phase3_scheduling/benchmarks/b2_step_profile.py) in its tiny CPU form: it
+builds the engine, decodes, profiles and prints a row for every kernel family, so the script the
+GPU session runs is known to work before device time is spent on it."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "b2_step_profile.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("b2_step_profile", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_profile_prints_every_family(capsys, tmp_path):
+    script = load_script()
+    result = script.main(["--tiny", "--steps", "2", "--copy-mib", "16",
+                          "--out", str(tmp_path / "profile.json")])
+    table = capsys.readouterr().out
+    for family in script.FAMILIES + ["total"]:
+        assert f"| {family} |" in table, f"no row for {family}"
+    rows = {r["family"]: r for r in result["rows"]}
+    assert result["copy_gbs"] > 0
+    # the model's own work lands in its families, not in "other"
+    for family in ("qkv", "o", "gate_up", "down", "lm_head", "attention", "rms_norm"):
+        assert rows[family]["us_per_step"] > 0, family
+        assert rows[family]["mb_per_step"] > 0, family
+    assert rows["total"]["floor_us"] > 0
+    assert (tmp_path / "profile.json").is_file()

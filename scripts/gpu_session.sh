@@ -1,0 +1,246 @@
+#!/usr/bin/env bash
+# The GPU session (device tool, one H200 or H100) in as few calls as possible. DESIGN.md section 3:
+# the machine has torch/triton/transformers but not the server's packages nor FlashAttention 4,
+# nothing can be downloaded there, and one call carries at most 64 MiB. So the wheels travel in
+# two ignored folders: .whl/p1 = the first 60,000,000 bytes of the 92 MB
+# nvidia-cutlass-dsl-libs-cu13 wheel, .whl/p2 = the rest of it + every other wheel.
+#
+#   here, once:  bash scripts/gpu_session.sh wheels          # download + split into .whl/p1, .whl/p2
+#   call 1:      bash scripts/gpu_session.sh stage1          # carry [".whl/p1"]: part aa -> /tmp/w
+#   call 2:      bash scripts/gpu_session.sh stage2 SECTIONS # carry [".whl/p2"], within 30 s of call 1
+#                (a carried path that a later call does not name is removed there, and a machine
+#                idle for 30 s is given back: call 2 must follow call 1 at once)
+#   call 3+:     bash scripts/gpu_session.sh stage2 SECTIONS # on the still-warm machine /tmp/site is
+#                kept: carry nothing, or .whl/p2 again (then all but FA4 installs on a fresh machine)
+#
+# Sections (each under `timeout`, seconds overridable as T_<section>=N, and cut to end by DEADLINE,
+# 570 s after the start by default, so the summary and the archive are written inside a 600 s run;
+# a section with under 30 s left is skipped):
+#   tests    the `gpu`-marked tests (pytest -m gpu) of every file that has one (grep), not -x,
+#            except FA4's files: section fa4 runs those (without FA4 installed they skip)
+#   b1       phase-1 kernel bandwidth, % of the copy bandwidth measured in the same run
+#   b2 b3    DESIGN.md's B2 (latency, with HF generate) and B3 (throughput), dummy 8B bf16
+#   b4       online serving (phase5_server/benchmarks/run_b4.py --preset h200)
+#   b3hf     B3-sized 128x128 throughput next to HF generate
+#   fa4      FA4 smoke (versions, one call vs SDPA), its GPU tests, the engine FA4-vs-Triton test
+#   profile  b2_step_profile.py: per-kernel-family time of an 8B decode step vs the copy floor
+#   profile_fa4  the same with --attention-backend flash_attn --block-size 128
+#   parity engine  single test files (HF parity, engine) as in the older gpu_run.sh
+# Output: $OUT/log.txt (everything), $OUT/results.tgz (each section's log and JSON, the profile's
+# trace), rebuilt after every section so a call stopped at its limit still brings them back; the
+# last lines printed are a summary (status of each section and its tables).
+set -o pipefail
+cd "$(dirname "$0")/.."
+W=$PWD
+PY=${PY:-python3}  # the machine's python3 holds torch
+SITE=${SITE:-/tmp/site}  # where the wheels are installed (kept while the machine stays warm)
+DEADLINE=${DEADLINE:-570}  # seconds from the start by which every section has ended (run: 600 a call)
+CU13_WHEEL=nvidia_cutlass_dsl_libs_cu13-4.8.1-cp312-cp312-manylinux_2_28_x86_64.whl
+CU13_SHA256=50191a381d8cc1393373ae0bc879b0aefa9a256c23c22d4fa1c2fe3dfe57bc90
+# Everything the server, `lightvllm bench serve`, the tests and FA4 need that the machine's image
+# lacks (KINDS.md's package list), with their own needs; image packages that a carried one needs
+# newer (anyio, idna, typing-extensions, the aiohttp family) travel too, so the set is consistent.
+# FA4's set is docs/phase2.md's; openai 3.x needs httpx2 (not httpx), fastapi 0.16x opentelemetry-api.
+WHEELS=(
+  fastapi==0.165.0 starlette==1.10.0 pydantic==2.14.4 pydantic-core==2.50.5
+  typing-inspection==0.4.5 annotated-types==0.8.0 annotated-doc==0.0.7 typing-extensions==4.16.0
+  opentelemetry-api==1.45.3 uvicorn==0.55.0 h11==0.16.0 click==8.5.1 anyio==4.16.0 sniffio==1.3.1
+  idna==3.21 msgspec==0.23.0 pyzmq==27.3.0
+  openai==3.63.0 distro==1.9.0 jiter==0.19.0 httpx2==2.17.0 httpcore2==2.17.0 truststore==0.10.5
+  aiohttp==3.14.5 multidict==7.2.1 yarl==1.25.1 frozenlist==1.8.0 aiosignal==1.4.0
+  propcache==0.5.4 attrs==26.1.0 aiohappyeyeballs==2.7.1
+  flash-attn-4==4.0.0b36 nvidia-cutlass-dsl==4.8.1 nvidia-cutlass-dsl-libs-core==4.8.1
+  nvidia-cutlass-dsl-libs-base==4.8.1 nvidia-cutlass-dsl-libs-cu13==4.8.1 quack-kernels==0.6.5
+  apache-tvm-ffi==0.1.15.post2 torch-c-dlpack-ext==0.1.5
+)
+# modules the smoke check imports after the install (the section that needs each fails without it)
+MODULES="fastapi uvicorn starlette pydantic zmq msgspec aiohttp openai httpx uvloop flash_attn.cute"
+
+die() { echo "gpu_session: $*" >&2; exit 3; }
+
+fetch_wheels() {  # on the CPU machine: pip download, split the cu13 wheel, check the sizes
+  local dl=.whl/dl
+  rm -rf .whl/p1 .whl/p2 "$dl" && mkdir -p .whl/p1 .whl/p2 "$dl" || die "cannot make .whl/"
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux_2_27_x86_64 --platform manylinux1_x86_64 -d "$dl" "${WHEELS[@]}" \
+    || die "pip download failed"
+  echo "$CU13_SHA256  $dl/$CU13_WHEEL" | sha256sum -c --quiet || die "cu13 wheel checksum differs"
+  split -b 60000000 "$dl/$CU13_WHEEL" .whl/cu13.part- && rm "$dl/$CU13_WHEEL"
+  mv .whl/cu13.part-aa .whl/p1/ && mv .whl/cu13.part-ab .whl/p2/ && mv "$dl"/*.whl .whl/p2/
+  rmdir "$dl"
+  du -sb .whl/p1 .whl/p2 | awk '{printf "%s %.1f MiB\n", $2, $1 / 1048576}'
+  local limit=$((60 * 1048576))
+  for d in .whl/p1 .whl/p2; do
+    [ "$(du -sb $d | cut -f1)" -lt $limit ] || die "$d is over 60 MiB: move wheels into .whl/p1"
+  done
+}
+
+stage1() {  # call 1: part aa out of the repo (the next call's tree will not have it)
+  [ -f .whl/p1/cu13.part-aa ] || die ".whl/p1/cu13.part-aa missing: carry .whl/p1"
+  mkdir -p /tmp/w && cp .whl/p1/* /tmp/w/ && ls -l /tmp/w
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  echo "stage1 done: issue stage2 (carry .whl/p2) now, the machine is kept 30 s"
+}
+
+install() {  # call 2 (or a later one): join the cu13 wheel, install into /tmp/site
+  local S=$SITE t0=$SECONDS
+  mkdir -p $S /tmp/w
+  if [ -d .whl/p2 ] && [ -f $S/.installed ] && (cd .whl/p2 && ls) | cmp -s - $S/.installed; then
+    echo "$S already holds this .whl/p2 (an earlier call on this machine): not reinstalled"
+  elif [ -d .whl/p2 ]; then
+    local wheels=(.whl/p2/*.whl)
+    if [ -f /tmp/w/cu13.part-aa ] && [ -f .whl/p2/cu13.part-ab ]; then
+      cat /tmp/w/cu13.part-aa .whl/p2/cu13.part-ab > /tmp/w/$CU13_WHEEL
+      if echo "$CU13_SHA256  /tmp/w/$CU13_WHEEL" | sha256sum -c --quiet; then
+        wheels+=(/tmp/w/$CU13_WHEEL)
+      else
+        echo "WARNING: the joined cu13 wheel's checksum differs: FA4 left out"
+      fi
+    else
+      echo "WARNING: /tmp/w/cu13.part-aa missing (stage1 not run on this machine, or it went" \
+           "cold): FA4 left out, everything else installs"
+    fi
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target $S "${wheels[@]}" > /tmp/w/pip.log 2>&1
+    local rc=$?
+    grep -v "WARNING: Running pip as" /tmp/w/pip.log
+    [ $rc = 0 ] || die "pip install failed ($rc)"
+    (cd .whl/p2 && ls) > $S/.installed
+    echo "installed ${#wheels[@]} wheels into $S in $((SECONDS - t0)) s"
+  elif [ -f $S/.installed ]; then
+    echo "no .whl/p2 carried: using $S from an earlier call on this machine"
+  else
+    echo "WARNING: neither .whl/p2 nor an earlier /tmp/site: only the image's packages"
+  fi
+}
+
+setup_env() {
+  local src=""
+  for p in shared phase1_kernels phase2_attention phase3_scheduling phase4_distributed phase5_server; do
+    src=$src:$W/$p/src
+  done
+  export PYTHONPATH=$SITE:$SITE/nvidia_cutlass_dsl/dsl_packages$src:$W
+  export LIGHTVLLM_CACHE=${LIGHTVLLM_CACHE:-/tmp/lvc} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+  export FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1 FLASH_ATTENTION_CUTE_DSL_CACHE_DIR=/tmp/fa4cache
+  OUT=${OUT:-$W/.out/gpu}
+  R=/tmp/gs/$(date -u +%H%M%S)  # this call's section logs and JSON
+  mkdir -p "$OUT" "$R" "$LIGHTVLLM_CACHE"
+  LOG=$OUT/log.txt
+}
+
+smoke() {
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv,noheader
+  $PY - $MODULES <<'EOF'
+import importlib, importlib.metadata as md, sys, time
+try:
+    import torch, triton
+    print("torch", torch.__version__, "triton", triton.__version__, "cuda", torch.cuda.is_available(),
+          torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
+except ImportError as exc:
+    print("no torch/triton:", exc)
+for name in sys.argv[1:]:
+    t = time.time()
+    try:
+        mod = importlib.import_module(name)
+        top = name.split(".")[0]
+        version = getattr(mod, "__version__", None) or getattr(sys.modules[top], "__version__", "")
+        print(f"import {name:16s} ok   {version} ({time.time() - t:.1f} s) {getattr(mod, '__file__', '')}")
+    except Exception as exc:
+        print(f"import {name:16s} FAIL {exc!r}")
+for dist in ("flash-attn-4", "nvidia-cutlass-dsl-libs-cu13", "quack-kernels", "apache-tvm-ffi"):
+    try:
+        print(dist, md.version(dist))
+    except md.PackageNotFoundError:
+        print(dist, "MISSING")
+EOF
+  timeout $((DEADLINE - SECONDS > 120 ? DEADLINE - SECONDS - 60 : 60)) $PY -c "
+import time; t = time.time()
+from phase1_kernels.ops import extension as e
+print('extension', e.load(), e.why_unavailable('cuda'), f'{time.time() - t:.0f} s')"
+}
+
+gpu_test_files() {  # every test file with a gpu mark but FA4's (section fa4 runs those)
+  grep -rl "mark.gpu" -- */tests tests 2>/dev/null | grep -v flash_attn | sort -u
+}
+
+FA4_TESTS="phase2_attention/tests/test_flash_attn_gpu.py phase3_scheduling/tests/test_flash_attn_engine_gpu.py"
+BENCH="$PY -m lightvllm.cli bench"
+DUMMY8B="--load-format dummy --hf-config llama-3.1-8b --dtype bfloat16"
+PYTEST="$PY -m pytest -q -rfEs -p no:cacheprovider"
+
+section() {  # the command of one section (run under timeout by run_sections)
+  case $1 in
+    tests) $PYTEST -m gpu $(gpu_test_files | tr '\n' ' ') ;;
+    b1) $PY phase1_kernels/benchmarks/bench_kernels.py --out "$R/b1.json" ;;
+    b2) $BENCH latency $DUMMY8B --input-len 128 --output-len 256 --num-iters 3 --max-num-seqs 8 \
+          --hf --hf-output-len 32 --workload B2 --out "$R/b2.json" ;;
+    b3) $BENCH throughput $DUMMY8B --num-prompts 256 --input-len 100 1024 --output-len 100 1024 \
+          --max-num-batched-tokens 8192 --workload B3 --out "$R/b3.json" ;;
+    b3hf) $BENCH throughput $DUMMY8B --num-prompts 128 --input-len 128 --output-len 128 \
+          --max-num-seqs 128 --hf --workload B3-128x128 --out "$R/b3hf.json" ;;
+    b4) $PY phase5_server/benchmarks/run_b4.py --preset h200 --out "$R/b4.json" \
+          --server-log "$R/b4_server.log" ;;
+    fa4) timeout 150 $PY scripts/h200_fa4/smoke.py; $PYTEST $FA4_TESTS ;;
+    profile) $PY phase3_scheduling/benchmarks/b2_step_profile.py --out "$R/profile.json" \
+          --trace "$R/profile_trace.json" ;;
+    profile_fa4) $PY phase3_scheduling/benchmarks/b2_step_profile.py --attention-backend \
+          flash_attn --block-size 128 --out "$R/profile_fa4.json" ;;
+    parity) $PYTEST phase1_kernels/tests/test_hf_parity_gpu.py ;;
+    engine) $PYTEST phase3_scheduling/tests/test_engine_gpu.py ;;
+    *) echo "unknown section $1"; return 2 ;;
+  esac
+}
+
+declare -A LIMIT=([tests]=420 [b1]=150 [b2]=150 [b3]=150 [b3hf]=240 [b4]=330 [fa4]=360
+                  [profile]=180 [profile_fa4]=180 [parity]=240 [engine]=180)
+
+run_sections() {
+  local status=()
+  for s in $SECTIONS; do
+    [ "$s" = wheels ] && continue  # gpu_run.sh's old install step: stage2 installs anyway
+    local var="T_$s" t0=$SECONDS rc
+    local limit=${!var:-${LIMIT[$s]:-300}}
+    local left=$((DEADLINE - SECONDS - 15))  # keep time for the summary and the archive
+    if [ $left -lt 30 ]; then
+      echo "=== $s SKIPPED: ${left} s left of DEADLINE=$DEADLINE" | tee -a "$LOG"
+      status+=("$s skipped (no time left)")
+      continue
+    fi
+    [ $limit -gt $left ] && limit=$left
+    echo "=== $s (limit ${limit} s) $(date -u +%H:%M:%S)" | tee -a "$LOG"
+    # timeout signals the section's whole process group (servers and engine processes too)
+    timeout -k 15 "$limit" bash -c "$(declare -f section gpu_test_files); \
+      PY='$PY' SECTIONS='$SECTIONS' R='$R' BENCH='$BENCH' DUMMY8B='$DUMMY8B' PYTEST='$PYTEST' \
+      FA4_TESTS='$FA4_TESTS'; section $s" 2>&1 | grep --line-buffered -v -E "it/s\]|capturing" \
+      | tee "$R/$s.log" | tee -a "$LOG"
+    rc=${PIPESTATUS[0]}
+    [ "$rc" = 124 ] && echo "=== $s TIMED OUT after ${limit} s" | tee -a "$LOG"
+    status+=("$s rc=$rc $((SECONDS - t0))s")
+    (cd /tmp/gs && tar czf "$OUT/results.tgz" .) 2>/dev/null
+  done
+  echo
+  echo "================ summary (full output: log.txt, results.tgz)"
+  for s in $SECTIONS; do
+    [ -f "$R/$s.log" ] || continue
+    echo "--- $s"
+    grep -E "^\||passed|failed|skipped|error|Error|tok/s|step " "$R/$s.log" | grep -v "^|---" | tail -40
+  done
+  printf '%s\n' "${status[@]}"
+}
+
+mode=${1:-}
+shift || true
+case $mode in
+  wheels) fetch_wheels ;;
+  stage1) stage1 ;;
+  stage2|run)
+    SECTIONS="$*"
+    setup_env
+    { echo "=== install $(date -u +%H:%M:%S)"; install; } 2>&1 | tee -a "$LOG"
+    [ "${PIPESTATUS[0]}" = 0 ] || exit 3
+    { echo "=== smoke $(date -u +%H:%M:%S)"; smoke; } 2>&1 | tee -a "$LOG"
+    run_sections
+    ;;
+  *) sed -n '2,30p' "$0"; exit 2 ;;
+esac
