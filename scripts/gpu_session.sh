@@ -19,7 +19,8 @@
 #   tests    the `gpu`-marked tests (pytest -m gpu) of every file that has one (grep), not -x,
 #            except FA4's files: section fa4 runs those (without FA4 installed they skip)
 #   b1       phase-1 kernel bandwidth, % of the copy bandwidth measured in the same run
-#   b2 b3    DESIGN.md's B2 (latency, with HF generate) and B3 (throughput), dummy 8B bf16
+#   b2 b3    DESIGN.md's B2 (latency) and B3 (throughput), dummy 8B bf16; b2sync, b3sync: the same
+#            with --no-async-scheduling (the same-run baseline); b2hf: B2 next to HF generate
 #   b4       online serving (phase5_server/benchmarks/run_b4.py --preset h200)
 #   b3hf     B3-sized 128x128 throughput next to HF generate
 #   fa4      FA4 smoke (versions, one call vs SDPA), its GPU tests, the engine FA4-vs-Triton test
@@ -169,14 +170,20 @@ BENCH="$PY -m lightvllm.cli bench"
 DUMMY8B="--load-format dummy --hf-config llama-3.1-8b --dtype bfloat16"
 PYTEST="$PY -m pytest -q -rfEs -p no:cacheprovider"
 
+sync_flag() {  # sections named *sync run the engine without async scheduling (the baseline)
+  case $1 in *sync) echo --no-async-scheduling ;; esac
+}
+
 section() {  # the command of one section (run under timeout by run_sections)
   case $1 in
     tests) $PYTEST -m gpu $(gpu_test_files | tr '\n' ' ') ;;
     b1) $PY phase1_kernels/benchmarks/bench_kernels.py --out "$R/b1.json" ;;
-    b2) $BENCH latency $DUMMY8B --input-len 128 --output-len 256 --num-iters 3 --max-num-seqs 8 \
-          --hf --hf-output-len 32 --workload B2 --out "$R/b2.json" ;;
-    b3) $BENCH throughput $DUMMY8B --num-prompts 256 --input-len 100 1024 --output-len 100 1024 \
-          --max-num-batched-tokens 8192 --workload B3 --out "$R/b3.json" ;;
+    b2|b2sync) $BENCH latency $DUMMY8B --input-len 128 --output-len 256 --num-iters 3 \
+          --max-num-seqs 8 $(sync_flag $1) --workload B2 --out "$R/$1.json" ;;
+    b2hf) $BENCH latency $DUMMY8B --input-len 128 --output-len 256 --num-iters 3 --max-num-seqs 8 \
+          --hf --hf-output-len 32 --workload B2 --out "$R/b2hf.json" ;;
+    b3|b3sync) $BENCH throughput $DUMMY8B --num-prompts 256 --input-len 100 1024 --output-len 100 \
+          1024 --max-num-batched-tokens 8192 $(sync_flag $1) --workload B3 --out "$R/$1.json" ;;
     b3hf) $BENCH throughput $DUMMY8B --num-prompts 128 --input-len 128 --output-len 128 \
           --max-num-seqs 128 --hf --workload B3-128x128 --out "$R/b3hf.json" ;;
     b4) $PY phase5_server/benchmarks/run_b4.py --preset h200 --out "$R/b4.json" \
@@ -192,7 +199,8 @@ section() {  # the command of one section (run under timeout by run_sections)
   esac
 }
 
-declare -A LIMIT=([tests]=420 [b1]=150 [b2]=150 [b3]=150 [b3hf]=240 [b4]=330 [fa4]=360
+declare -A LIMIT=([tests]=420 [b1]=150 [b2]=150 [b2sync]=150 [b2hf]=150 [b3]=150 [b3sync]=150
+                  [b3hf]=240 [b4]=330 [fa4]=360
                   [profile]=180 [profile_fa4]=180 [parity]=240 [engine]=180)
 
 run_sections() {
@@ -210,7 +218,7 @@ run_sections() {
     [ $limit -gt $left ] && limit=$left
     echo "=== $s (limit ${limit} s) $(date -u +%H:%M:%S)" | tee -a "$LOG"
     # timeout signals the section's whole process group (servers and engine processes too)
-    timeout -k 15 "$limit" bash -c "$(declare -f section gpu_test_files); \
+    timeout -k 15 "$limit" bash -c "$(declare -f section sync_flag gpu_test_files); \
       PY='$PY' SECTIONS='$SECTIONS' R='$R' BENCH='$BENCH' DUMMY8B='$DUMMY8B' PYTEST='$PYTEST' \
       FA4_TESTS='$FA4_TESTS'; section $s" 2>&1 | grep --line-buffered -v -E "it/s\]|capturing" \
       | tee "$R/$s.log" | tee -a "$LOG"
