@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from phase1_kernels.layers.attention import AttentionBackend, AttentionMetadata
+from phase1_kernels.layers.gpu_linear import tune_small_batch_linears
 from phase2_attention import PagedAttentionMetadata, allocate_kv_cache
 from phase2_attention.kv_cache import KVCacheModel
 from phase2_attention.kv_cache_manager import cdiv
@@ -99,6 +100,8 @@ class ModelRunner:
         if self.device.type != "cuda":
             return
         self.graphs.warm_up()
+        if isinstance(self.model, torch.nn.Module):  # pick each decode GEMM by measurement
+            tune_small_batch_linears(self.model, self.config.scheduler_config.max_num_seqs)
         if self.config.enforce_eager:
             return
         if not self.backend.cudagraph_safe:

@@ -1,0 +1,143 @@
+"""Small-batch GEMMs on the GPU: cuBLAS or our skinny Triton kernel, chosen by measurement.
+
+A decode step of 1-16 sequences streams every weight once; how close a linear layer gets to
+the copy bandwidth depends on the GEMM's tiling for that exact shape (``ops/skinny_gemm.py``
+says why cuBLAS leaves SMs idle for some). So, like vLLM's tuned kernels and
+``torch.compile``'s max-autotune, the choice is measured: ``tune_small_batch_linears`` times
+cuBLAS (``F.linear``) and each skinny config on the model's own weights, for each weight shape
+and each row count of 1, 2, 4, ..., 16 (the decode graph sizes), cycling through every layer
+of that shape so the weights come from memory as in a real step (not from L2), and gives the
+layers of a shape an ``apply_linear`` that takes the winner. Rows above 16, prefill and the
+CPU keep ``F.linear``. Env ``LIGHTVLLM_GPU_LINEAR``: ``auto`` (measure, the default), ``cublas``
+(never the skinny kernel) or ``skinny`` (always, for tests and comparisons).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import types
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops import skinny_gemm
+from ..ops.skinny_gemm import MAX_ROWS, SkinnyConfig
+from .linear import LinearBase
+
+logger = logging.getLogger(__name__)
+
+ENV_VAR = "LIGHTVLLM_GPU_LINEAR"
+MODES = ("auto", "cublas", "skinny")
+ROW_BUCKETS = (1, 2, 4, 8, 16)
+
+
+@dataclass
+class ShapeChoice:
+    """Per row bucket, the skinny config that beat cuBLAS (absent: cuBLAS), and the timings."""
+
+    configs: dict[int, SkinnyConfig] = field(default_factory=dict)
+    timings_us: dict[int, dict[str, float]] = field(default_factory=dict)
+
+
+def resolve_mode(mode: str | None = None) -> str:
+    choice = (mode or os.environ.get(ENV_VAR) or "auto").lower()
+    if choice not in MODES:
+        raise ValueError(f"{ENV_VAR}/mode={choice!r} is not one of {MODES}")
+    return choice
+
+
+def row_bucket(rows: int) -> int:
+    return next(b for b in ROW_BUCKETS if b >= rows)
+
+
+def _small_batch_linear(self: LinearBase, x: torch.Tensor, with_bias: bool = True) -> torch.Tensor:
+    bias = self.bias if with_bias else None
+    if x.dim() == 2 and 0 < x.shape[0] <= MAX_ROWS and x.stride(1) == 1:
+        config = self.__dict__["skinny_choice"].configs.get(row_bucket(x.shape[0]))
+        if config is not None:
+            out = skinny_gemm.skinny_linear(x, self.weight, config)
+            return out if bias is None else out.add_(bias)
+    return F.linear(x, self.weight, bias)
+
+
+def _eligible(module: nn.Module) -> bool:
+    weight = getattr(module, "weight", None)
+    return (isinstance(module, LinearBase)
+            and type(module).apply_linear is LinearBase.apply_linear
+            and "apply_linear" not in module.__dict__  # another pass (CPU packing) owns it
+            and isinstance(weight, torch.Tensor) and weight.device.type == "cuda"
+            and weight.dtype in (torch.float16, torch.bfloat16) and weight.dim() == 2
+            and weight.stride(1) == 1)
+
+
+def _time_us(run, weights: list[torch.Tensor], reps: int = 3) -> float:
+    """Mean µs per call of ``run(w)`` over every weight in turn (cold L2, as in a real step)."""
+    for w in weights[:2]:
+        run(w)  # compile / pick the algorithm
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        for w in weights:
+            run(w)
+    end.record()
+    end.synchronize()
+    return 1e3 * start.elapsed_time(end) / (reps * len(weights))
+
+
+def _measure_shape(weights: list[torch.Tensor], buckets: list[int], mode: str) -> ShapeChoice:
+    choice = ShapeChoice()
+    k = weights[0].shape[1]
+    for rows in buckets:
+        x = torch.randn(rows, k, dtype=weights[0].dtype, device=weights[0].device)
+        times = {"cublas": _time_us(lambda w: F.linear(x, w), weights)}
+        for config in skinny_gemm.CONFIGS:
+            times[str(config)] = _time_us(lambda w: skinny_gemm.skinny_linear(x, w, config),
+                                          weights)
+        best = min(skinny_gemm.CONFIGS, key=lambda c: times[str(c)])
+        if mode == "skinny" or times[str(best)] < times["cublas"]:
+            choice.configs[rows] = best
+        choice.timings_us[rows] = times
+    return choice
+
+
+@torch.inference_mode()
+def tune_small_batch_linears(model: nn.Module, max_rows: int = MAX_ROWS,
+                             mode: str | None = None) -> dict[tuple[int, int], ShapeChoice]:
+    """Measure and install the small-batch GEMM choice of every eligible linear layer of
+    ``model`` (CUDA, fp16/bf16); returns the choice per (out, in) shape."""
+    mode = resolve_mode(mode)
+    layers: dict[tuple[int, int], list[LinearBase]] = defaultdict(list)
+    for module in model.modules():
+        if isinstance(module, LinearBase) and _eligible(module):
+            n, k = module.weight.shape
+            layers[(n, k)].append(module)
+    if mode == "cublas" or not layers or skinny_gemm.why_unavailable("cuda"):
+        return {}
+    buckets = [b for b in ROW_BUCKETS if b <= max(1, min(max_rows, MAX_ROWS))]
+    choices = {}
+    for shape, modules in layers.items():
+        choice = _measure_shape([m.weight for m in modules], buckets, mode)
+        choices[shape] = choice
+        for module in modules:
+            module.__dict__["skinny_choice"] = choice
+            module.__dict__["apply_linear"] = types.MethodType(_small_batch_linear, module)
+    torch.cuda.synchronize()
+    logger.info("small-batch GEMMs: %s", describe(choices))
+    return choices
+
+
+def describe(choices: dict[tuple[int, int], ShapeChoice]) -> str:
+    """One line per shape: per row bucket the µs of cuBLAS and of the chosen kernel."""
+    parts = []
+    for (n, k), choice in choices.items():
+        cells = []
+        for rows, times in choice.timings_us.items():
+            config = choice.configs.get(rows)
+            picked = f"skinny {times[str(config)]:.1f}" if config else "cublas"
+            cells.append(f"M={rows}: cublas {times['cublas']:.1f} -> {picked}")
+        parts.append(f"[{n}x{k}] " + ", ".join(cells))
+    return "; ".join(parts)
