@@ -55,9 +55,10 @@ def test_greedy_batch_equals_hf_generate(smol_llm, reference):
         dict(async_scheduling=True),  # step N+1 scheduled before step N's tokens are read
         dict(async_scheduling=True, max_num_batched_tokens=7),
         dict(async_scheduling=True, num_gpu_blocks_override=9, block_size=8),
+        dict(async_scheduling=True, max_prefill_tokens_while_decoding=5),  # prompts in 5s
     ],
     ids=["no-chunking", "tiny-budget", "no-prefix-cache", "one-seq", "two-seqs", "preemption",
-         "async", "async-tiny-budget", "async-preemption"],
+         "async", "async-tiny-budget", "async-preemption", "async-prefill-cap"],
 )
 def test_scheduling_knobs_do_not_change_outputs(smollm2_dir, reference, settings):
     llm = LLM(str(smollm2_dir), **settings)

@@ -140,3 +140,35 @@ def test_a_preempted_request_comes_back_as_new_with_its_outputs():
     out = run_step(s)
     resumed = [r for r in out.new_requests if r.req_id == "new"][0]
     assert len(resumed.output_token_ids) == generated and resumed.output_token_ids == [7] * generated
+
+
+def make_capped(cap: int, budget: int = 64) -> Scheduler:
+    kv = KVCacheManager(64, 4)
+    return Scheduler(SchedulerConfig(8, budget, 256, True, max_prefill_tokens_while_decoding=cap),
+                     kv)
+
+
+def test_prompt_chunks_are_capped_while_requests_decode():
+    s = make_capped(cap=8)
+    s.add_request(req("a", 30, max_tokens=10))
+    out = run_step(s)  # nothing decodes yet: the whole prompt in one step
+    assert [(x.request_id, x.num_tokens) for x in out.scheduled] == [("a", 30)]
+    s.add_request(req("b", 20, max_tokens=10))
+    chunks = []
+    while "b" not in {x.request_id for x in out.scheduled if x.sample}:
+        out = run_step(s)
+        assert ("a", 1) in [(x.request_id, x.num_tokens) for x in out.scheduled]
+        chunks += [x.num_tokens for x in out.scheduled if x.request_id == "b"]
+    assert chunks == [8, 8, 4]  # a decoded at every step while b's prompt went in 8 at a time
+
+
+def test_the_prefill_cap_is_lifted_when_requests_queue_up():
+    from phase3_scheduling.scheduler import BACKLOG
+
+    s = make_capped(cap=8, budget=128)
+    s.add_request(req("a", 10, max_tokens=10))
+    run_step(s)
+    for i in range(BACKLOG + 1):
+        s.add_request(req(f"w{i}", 12, max_tokens=2))
+    out = run_step(s)  # a backlog: prompts fill the budget (throughput first)
+    assert sum(x.num_tokens for x in out.scheduled if x.request_id != "a") == 12 * (BACKLOG + 1)

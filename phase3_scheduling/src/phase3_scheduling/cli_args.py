@@ -42,6 +42,9 @@ HELP = {
     "distributed_executor_backend": "uni, mp, ray or grpc (default: uni for one worker, else mp)",
     "async_scheduling": "schedule the next step while the device runs this one "
                         "(default: on for one worker on a GPU)",
+    "max_prefill_tokens_while_decoding": "prompt tokens per step while requests decode, unless "
+                                         "requests queue up (default: 256 on a GPU, 0 = no cap "
+                                         "on the CPU)",
 }
 SKIPPED = {"model", "extra"}  # model is each command's positional argument; extra is internal
 SHORT_NEGATIONS = {"enable_prefix_caching": "--no-prefix-caching",

@@ -10,6 +10,9 @@ from phase2_attention import CacheConfig
 logger = logging.getLogger(__name__)
 
 
+DEFAULT_GPU_PREFILL_CAP = 256  # prompt tokens per step while decoding, GPU default
+
+
 @dataclass
 class SchedulerConfig:
     max_num_seqs: int = 256
@@ -17,10 +20,14 @@ class SchedulerConfig:
     max_model_len: int = 4096
     enable_chunked_prefill: bool = True
     async_scheduling: bool = False  # schedule step N+1 while step N runs (one-worker GPU default)
+    max_prefill_tokens_while_decoding: int = 0  # prompt tokens per step while decodes run (0: all)
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        if self.max_prefill_tokens_while_decoding < 0:
+            raise ValueError(f"max_prefill_tokens_while_decoding must be >= 0 (0: no cap), got "
+                             f"{self.max_prefill_tokens_while_decoding}")
         if self.max_num_batched_tokens < 1:
             raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
         if not self.enable_chunked_prefill and self.max_num_batched_tokens < self.max_model_len:
@@ -89,6 +96,7 @@ class EngineArgs:
     pipeline_parallel_size: int = 1
     distributed_executor_backend: str | None = None  # "uni" | "mp" | "ray" | "grpc" (phase 4)
     async_scheduling: bool | None = None  # default: on for one worker on a GPU
+    max_prefill_tokens_while_decoding: int | None = None  # default: 256 on a GPU, 0 (no cap) on CPU
     extra: dict = field(default_factory=dict)
 
     def parallel_config(self) -> ParallelConfig:
@@ -112,7 +120,16 @@ class EngineArgs:
         batched = self.max_num_batched_tokens or (default_budget if self.enable_chunked_prefill
                                                   else max(max_len, default_budget))
         return SchedulerConfig(self.max_num_seqs, batched, max_len, self.enable_chunked_prefill,
-                               self._async_scheduling(device_type))
+                               self._async_scheduling(device_type),
+                               self._prefill_cap(device_type))
+
+    def _prefill_cap(self, device_type: str) -> int:
+        """Prompt tokens per step while requests decode: on a GPU a decode step reads all the
+        weights, and ~256 prompt tokens of compute fit in that time on an H100/H200 (8B: 16
+        GFLOP a token); on the CPU every token costs compute, so no cap."""
+        if self.max_prefill_tokens_while_decoding is not None:
+            return self.max_prefill_tokens_while_decoding
+        return DEFAULT_GPU_PREFILL_CAP if device_type == "cuda" else 0
 
     def _async_scheduling(self, device_type: str) -> bool:
         """Overlap the host's scheduling with the device's step: on by default for one worker on

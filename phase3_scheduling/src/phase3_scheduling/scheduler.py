@@ -14,6 +14,13 @@ until ``update_from_output`` has seen that step, so the next micro-batch is buil
 other requests. With ``micro_batches`` = P > 1 a step takes at most 1/P of the unfinished
 requests, so that P steps of about equal size keep the P stages busy.
 
+While requests are decoding, ``max_prefill_tokens_while_decoding`` (when set) caps the prompt
+tokens of a step (Sarathi-Serve's stall-free batching): a decode step of a large model is bound
+by reading the weights, so a few hundred prompt tokens ride along almost for free, whereas a
+whole 8k-token budget of prompt makes every running request wait for a compute-bound step.
+Without decodes running, or when more than ``BACKLOG`` requests wait (the engine is behind its
+arrivals: throughput first, as in an offline batch), prompts get the whole budget.
+
 With async scheduling (``SchedulerConfig.async_scheduling``) the engine schedules step N+1 while
 step N runs on the device, so a request in flight *may* be scheduled again: its next token
 starts where its scheduled tokens end (``Request.scheduled_end``), and the token step N will
@@ -39,6 +46,8 @@ from .protocol import CachedRequestData, ModelRunnerOutput, NewRequestData, Sche
 from .request import Request, RequestStatus
 
 logger = logging.getLogger(__name__)
+
+BACKLOG = 4  # more waiting requests than this: the prefill cap while decoding is lifted
 
 
 class Scheduler:
@@ -82,6 +91,7 @@ class Scheduler:
     # ---- one step ------------------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
         budget = self.config.max_num_batched_tokens
+        prefill_left = self._prefill_budget(budget)
         out = SchedulerOutput()
         plan: list[tuple[Request, int]] = []
         max_requests = -(-self.num_unfinished // self.micro_batches)
@@ -89,7 +99,7 @@ class Scheduler:
         index = 0
         while index < len(self.running) and budget > 0 and len(plan) < max_requests:
             request = self.running[index]
-            n = self._tokens_for(request, budget) if self._may_schedule(request) else 0
+            n = self._tokens_for(request, budget, prefill_left) if self._may_schedule(request) else 0
             if n == 0:
                 index += 1
                 continue
@@ -107,6 +117,7 @@ class Scheduler:
                 break  # preempted itself: nothing smaller to give up
             plan.append((request, n))
             budget -= n
+            prefill_left -= n if n > 1 else 0
             index += 1
 
         while (self.waiting and budget > 0 and not out.preempted_req_ids
@@ -120,7 +131,7 @@ class Scheduler:
                 hits, cached = self.kv.get_computed_blocks(request.all_token_ids)
             request.num_computed_tokens = cached
             request.num_cached_blocks = len(hits)
-            n = self._tokens_for(request, budget)
+            n = self._tokens_for(request, budget, prefill_left)
             if n == 0 or not self.kv.can_allocate(request.request_id, cached + n, hits):
                 request.num_computed_tokens = 0
                 break
@@ -133,6 +144,7 @@ class Scheduler:
             self.running.append(request)
             plan.append((request, n))
             budget -= n
+            prefill_left -= n if n > 1 else 0
 
         plan.sort(key=lambda item: not (item[1] == 1 and item[0].scheduled_end > 0))
         for request, n in plan:
@@ -189,11 +201,27 @@ class Scheduler:
             self.num_scheduled_ahead += 1
         self.in_flight[rid] = self.in_flight.get(rid, 0) + 1
 
-    def _tokens_for(self, request: Request, budget: int) -> int:
-        remaining = request.num_tokens + request.num_output_placeholders - request.scheduled_end
+    def _prefill_budget(self, budget: int) -> int:
+        """Prompt tokens this step may take: the cap while any running request decodes."""
+        cap = self.config.max_prefill_tokens_while_decoding
+        if (cap and self.config.enable_chunked_prefill and len(self.waiting) <= BACKLOG
+                and any(self._remaining(r) <= 1 for r in self.running)):
+            return min(cap, budget)
+        return budget
+
+    @staticmethod
+    def _remaining(request: Request) -> int:
+        return request.num_tokens + request.num_output_placeholders - request.scheduled_end
+
+    def _tokens_for(self, request: Request, budget: int, prefill_left: int | None = None) -> int:
+        """Tokens to run for ``request``: all it has left if they fit, else a chunk (a prompt
+        chunk is also bounded by ``prefill_left``)."""
+        remaining = self._remaining(request)
+        if remaining > 1 and prefill_left is not None:
+            budget = min(budget, prefill_left)
         if remaining <= budget:
             return remaining
-        return budget if self.config.enable_chunked_prefill else 0
+        return max(budget, 0) if self.config.enable_chunked_prefill else 0
 
     def _preempt(self, request: Request) -> None:
         self.running.remove(request)
