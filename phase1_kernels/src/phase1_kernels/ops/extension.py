@@ -10,6 +10,8 @@ back to the native ops. Env ``LIGHTVLLM_NO_EXTENSION=1`` skips the build altoget
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import hashlib
 import os
@@ -18,6 +20,7 @@ import shutil
 import sys
 import threading
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -114,6 +117,29 @@ def _build_and_load(verbose: bool) -> None:
         os.environ.setdefault("CUDA_HOME", _cuda_home_for(nvcc))
     sources = cpu_src + (cuda_src if with_cuda else [])
     build_dir = cache_dir("torch_extensions", _build_tag(sources, with_cuda, cuda_flags, cpu_flags))
+    with _exclusive_build(build_dir):
+        _load(cpp_extension, sources, build_dir, cpu_flags, cuda_flags, with_cuda, verbose)
+
+
+@contextlib.contextmanager
+def _exclusive_build(build_dir: Path) -> Iterator[None]:
+    """One build per directory at a time, with a lock the kernel drops when its holder dies.
+    torch's own baton (a ``lock`` file) is left behind by a build that was killed, and every
+    later process then waits on it forever; holding our flock proves that file is stale."""
+    with open(build_dir / "lightvllm.flock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        baton = build_dir / "lock"
+        if baton.exists():
+            logger.warning("removing %s, left by a build that did not finish", baton)
+            baton.unlink(missing_ok=True)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _load(cpp_extension, sources: list[Path], build_dir: Path, cpu_flags: str, cuda_flags: str,
+          with_cuda: bool, verbose: bool) -> None:
     cpp_extension.load(
         name=NAME,
         sources=[str(s) for s in sources],
