@@ -34,11 +34,24 @@ from .llm_engine import load_tokenizer, model_limits
 from .output_processor import OutputProcessor
 from .outputs import EngineStats, RequestOutput
 from .sampling_params import SamplingParams
+from .startup_timeline import StartupTimeline, format_phases, process_age
 
 logger = logging.getLogger(__name__)
 _OUTPUTS_DECODER = msgspec.msgpack.Decoder(EngineCoreOutputs)
 _ENCODER = msgspec.msgpack.Encoder()
 STARTUP_TIMEOUT_S = 600.0
+
+
+def _startup_phases(api_before: float | None, engine: dict[str, float], api: dict[str, float],
+                    total: float) -> dict[str, float]:
+    """One timeline: the API process's start before it asked for the engine, the engine
+    process's phases (they ran during ``api_wait_ready``), then the API's own, and ``total``
+    (from asking to ready; ``api_wait_ready`` is what the engine cost beyond our own work)."""
+    phases = {} if api_before is None else {"api_before_engine": api_before}
+    phases.update(engine)
+    phases.update(api)
+    phases["total"] = total
+    return phases
 
 
 class EngineStartupError(RuntimeError):
@@ -71,8 +84,12 @@ class RequestOutputCollector:
 class AsyncMPClient:
     def __init__(self, args: EngineArgs, log_level: str = "WARNING"):
         start = time.perf_counter()
-        self.config = resolve_engine_config(args)
-        self.tokenizer = load_tokenizer(self.config)
+        before = process_age()  # this process's own start (imports) before the engine was asked
+        api = StartupTimeline()
+        with api.phase("api_config"):
+            self.config = resolve_engine_config(args)
+        with api.phase("api_tokenizer"):
+            self.tokenizer = load_tokenizer(self.config)
         self._dir = tempfile.TemporaryDirectory(prefix="lightvllm-")
         self._input_addr = f"ipc://{self._dir.name}/input"
         self._output_addr = f"ipc://{self._dir.name}/output"
@@ -81,10 +98,8 @@ class AsyncMPClient:
         self._inbox.bind(self._input_addr)
         self._startup_sock = self._sync_ctx.socket(zmq.PULL)
         self._startup_sock.bind(self._output_addr)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "phase3_scheduling.engine_core_proc", "--input",
-             self._input_addr, "--output", self._output_addr, "--parent-pid", str(os.getpid()),
-             "--log-level", log_level])
+        with api.phase("api_spawn"):
+            self.proc = self._spawn(log_level)
         self.errored: BaseException | None = None
         self._collectors: dict[str, RequestOutputCollector] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -92,7 +107,8 @@ class AsyncMPClient:
         self.prompt_tokens = self.generation_tokens = 0
         self._closing = False
         try:
-            ready = self._handshake()
+            with api.phase("api_wait_ready"):
+                ready = self._handshake()
         except BaseException:
             self._kill()
             raise
@@ -102,10 +118,19 @@ class AsyncMPClient:
         self.inputs = InputProcessor(self.tokenizer, self.limits)
         self.outputs = OutputProcessor(self.tokenizer)
         self.startup_seconds = time.perf_counter() - start
+        self.startup_phases = _startup_phases(before, ready.phases, api.phases,
+                                              self.startup_seconds)
         threading.Thread(target=self._watch_process, name="lightvllm-core-watch", daemon=True).start()
-        logger.info("engine core pid %d ready in %.1f s", self.proc.pid, self.startup_seconds)
+        logger.info("engine core pid %d ready in %.1f s (%s)", self.proc.pid, self.startup_seconds,
+                    format_phases(self.startup_phases))
 
     # ---- start-up ------------------------------------------------------------------------------
+    def _spawn(self, log_level: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "phase3_scheduling.engine_core_proc", "--input",
+             self._input_addr, "--output", self._output_addr, "--parent-pid", str(os.getpid()),
+             "--log-level", log_level])
+
     def _handshake(self) -> ReadyInfo:
         self._inbox.send_multipart([CONFIG, encode_config(self.config)])
         deadline = time.monotonic() + STARTUP_TIMEOUT_S

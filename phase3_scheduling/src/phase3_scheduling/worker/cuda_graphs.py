@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 import weakref
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,7 @@ class DecodeGraphs:
         self.runner = weakref.proxy(runner)  # no cycle: the runner's memory goes when it does
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._sizes: list[int] = []
+        self.timings: dict[str, float] = {}  # seconds of "warm_up" and "graph_capture"
 
     @property
     def sizes(self) -> list[int]:
@@ -62,6 +64,7 @@ class DecodeGraphs:
     def warm_up(self) -> None:
         """Run prefill, chunked-prefill and mixed batches once so that Triton compiles its kernel
         variants now. Nothing is stored: every slot is -1, block tables point at the null block."""
+        start = time.perf_counter()
         runner, device = self.runner, self.runner.device
         sched = runner.config.scheduler_config
         limit = min(sched.max_num_batched_tokens, sched.max_model_len - 1)
@@ -80,9 +83,11 @@ class DecodeGraphs:
                                   positions.to(device), metadata)
             runner.model.compute_logits(hidden[starts[1:].long().to(device) - 1])
         torch.cuda.synchronize()
+        self.timings["warm_up"] = time.perf_counter() - start
 
     def capture(self) -> None:
         """One decode step per padded batch size, largest first, into a shared pool."""
+        start = time.perf_counter()
         runner = self.runner
         dev = runner.staging.dev
         dev.slot_mapping.fill_(-1)
@@ -107,5 +112,6 @@ class DecodeGraphs:
             self.graphs[size] = (graph, logits)
         self._sizes = sorted(self.graphs)
         torch.cuda.synchronize()
-        logger.info("captured %d decode graphs (batch sizes %d..%d)", len(self._sizes),
-                    self._sizes[0], self._sizes[-1])
+        self.timings["graph_capture"] = time.perf_counter() - start
+        logger.info("captured %d decode graphs (batch sizes %d..%d) in %.2f s", len(self._sizes),
+                    self._sizes[0], self._sizes[-1], self.timings["graph_capture"])
