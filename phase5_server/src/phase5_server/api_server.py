@@ -268,6 +268,13 @@ def build_app(config: ServerConfig, engine: AsyncLLMEngine | None = None) -> Gat
             raise APIError(_not_ready(state), 503, code="server_unavailable")
         return JSONResponse({"status": "ok"})
 
+    @app.get("/startup")
+    async def startup():
+        """Seconds of each engine start-up phase (``benchmarks/run_b4.py`` prints them)."""
+        if state.engine is None:
+            raise APIError(_not_ready(state), 503, code="server_unavailable")
+        return JSONResponse({"phases": state.engine.startup_phases})
+
     @app.get("/version")
     async def get_version():
         return JSONResponse({"version": version()})
