@@ -86,10 +86,6 @@ class AsyncMPClient:
         start = time.perf_counter()
         before = process_age()  # this process's own start (imports) before the engine was asked
         api = StartupTimeline()
-        with api.phase("api_config"):
-            self.config = resolve_engine_config(args)
-        with api.phase("api_tokenizer"):
-            self.tokenizer = load_tokenizer(self.config)
         self._dir = tempfile.TemporaryDirectory(prefix="lightvllm-")
         self._input_addr = f"ipc://{self._dir.name}/input"
         self._output_addr = f"ipc://{self._dir.name}/output"
@@ -98,7 +94,7 @@ class AsyncMPClient:
         self._inbox.bind(self._input_addr)
         self._startup_sock = self._sync_ctx.socket(zmq.PULL)
         self._startup_sock.bind(self._output_addr)
-        with api.phase("api_spawn"):
+        with api.phase("api_spawn"):  # first: its interpreter and imports overlap our work below
             self.proc = self._spawn(log_level)
         self.errored: BaseException | None = None
         self._collectors: dict[str, RequestOutputCollector] = {}
@@ -107,8 +103,7 @@ class AsyncMPClient:
         self.prompt_tokens = self.generation_tokens = 0
         self._closing = False
         try:
-            with api.phase("api_wait_ready"):
-                ready = self._handshake()
+            ready = self._start_engine(args, api)
         except BaseException:
             self._kill()
             raise
@@ -130,6 +125,16 @@ class AsyncMPClient:
             [sys.executable, "-m", "phase3_scheduling.engine_core_proc", "--input",
              self._input_addr, "--output", self._output_addr, "--parent-pid", str(os.getpid()),
              "--log-level", log_level])
+
+    def _start_engine(self, args: EngineArgs, api: StartupTimeline) -> ReadyInfo:
+        """Resolve the config and load the tokenizer while the engine process imports, then
+        send the config (the send waits for the process to connect) and wait for READY."""
+        with api.phase("api_config"):
+            self.config = resolve_engine_config(args)
+        with api.phase("api_tokenizer"):
+            self.tokenizer = load_tokenizer(self.config)
+        with api.phase("api_wait_ready"):
+            return self._handshake()
 
     def _handshake(self) -> ReadyInfo:
         self._inbox.send_multipart([CONFIG, encode_config(self.config)])
