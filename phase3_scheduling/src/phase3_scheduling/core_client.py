@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 from typing import AsyncGenerator, Sequence
@@ -23,6 +20,8 @@ from typing import AsyncGenerator, Sequence
 import msgspec
 import zmq
 import zmq.asyncio
+
+from shared.engine_launch import EngineLaunch
 
 from .async_engine import EngineDeadError, EngineStepError
 from .config import EngineArgs
@@ -82,20 +81,25 @@ class RequestOutputCollector:
 
 
 class AsyncMPClient:
-    def __init__(self, args: EngineArgs, log_level: str = "WARNING"):
+    """``launch``: an engine process started earlier (``lightvllm serve`` starts it before its
+    own imports); by default one is started here, first of all."""
+
+    def __init__(self, args: EngineArgs, log_level: str = "WARNING",
+                 launch: EngineLaunch | None = None):
         start = time.perf_counter()
         before = process_age()  # this process's own start (imports) before the engine was asked
         api = StartupTimeline()
-        self._dir = tempfile.TemporaryDirectory(prefix="lightvllm-")
-        self._input_addr = f"ipc://{self._dir.name}/input"
-        self._output_addr = f"ipc://{self._dir.name}/output"
+        if launch is not None:
+            api.add("api_launched_early", time.monotonic() - launch.started)
+        with api.phase("api_spawn"):  # first: its interpreter and imports overlap our work below
+            self._launch = launch or EngineLaunch.start(log_level)
+        self.proc = self._launch.proc
+        self._input_addr, self._output_addr = self._launch.input_addr, self._launch.output_addr
         self._sync_ctx = zmq.Context()
         self._inbox = self._sync_ctx.socket(zmq.PUSH)  # to the core
         self._inbox.bind(self._input_addr)
         self._startup_sock = self._sync_ctx.socket(zmq.PULL)
         self._startup_sock.bind(self._output_addr)
-        with api.phase("api_spawn"):  # first: its interpreter and imports overlap our work below
-            self.proc = self._spawn(log_level)
         self.errored: BaseException | None = None
         self._collectors: dict[str, RequestOutputCollector] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -120,12 +124,6 @@ class AsyncMPClient:
                     format_phases(self.startup_phases))
 
     # ---- start-up ------------------------------------------------------------------------------
-    def _spawn(self, log_level: str) -> subprocess.Popen:
-        return subprocess.Popen(
-            [sys.executable, "-m", "phase3_scheduling.engine_core_proc", "--input",
-             self._input_addr, "--output", self._output_addr, "--parent-pid", str(os.getpid()),
-             "--log-level", log_level])
-
     def _start_engine(self, args: EngineArgs, api: StartupTimeline) -> ReadyInfo:
         """Resolve the config and load the tokenizer while the engine process imports, then
         send the config (the send waits for the process to connect) and wait for READY."""
@@ -299,12 +297,7 @@ class AsyncMPClient:
         if self._loop is not None and hasattr(self, "_output_task"):
             self._loop.call_soon_threadsafe(self._output_task.cancel)
         self._inbox.close(linger=0)
-        self._dir.cleanup()
+        self._launch.directory.cleanup()
 
     def _kill(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(3)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        self._launch.kill()
