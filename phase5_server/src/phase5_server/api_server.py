@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 from phase3_scheduling import AsyncLLMEngine, EngineArgs
 from phase3_scheduling.core_client import AsyncMPClient
+from shared.engine_launch import EngineLaunch
 
 from .errors import APIError, error_body, install_error_handlers, internal_error
 from .metrics import ServerMetrics
@@ -52,6 +53,7 @@ class ServerConfig:
     log_level: str = "warning"
     admission: AdmissionLimits = field(default_factory=AdmissionLimits)
     engine_process: bool = True  # False: the engine runs in a thread of the API process
+    engine_launch: EngineLaunch | None = None  # an engine process started before our imports
 
     def model_name(self) -> str:
         if self.served_model_name:
@@ -219,7 +221,8 @@ async def _reply(send, status: int, message: str, code: str, headers: dict | Non
 def start_engine(config: ServerConfig) -> AsyncLLMEngine | AsyncMPClient:
     """The engine core in its own process (default), or in a thread of this one."""
     if config.engine_process:
-        return AsyncMPClient(config.engine_args, log_level=config.log_level)
+        return AsyncMPClient(config.engine_args, log_level=config.log_level,
+                             launch=config.engine_launch)
     return AsyncLLMEngine.from_engine_args(config.engine_args)
 
 
