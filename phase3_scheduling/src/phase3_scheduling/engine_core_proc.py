@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 
 import msgspec
@@ -127,6 +128,37 @@ def _receive_config(inbox: zmq.Socket, parent_pid: int) -> EngineConfig:
     return decode_config(frames[1])
 
 
+def _prefetch_kernels(timeline: StartupTimeline) -> None:
+    """Load the C++/CUDA extension and import the Triton kernel modules: work the model build
+    does first anyway, done while this process waits for its config (``lightvllm serve``
+    starts it before its own imports, so the config comes a while after ours are done)."""
+    with timeline.phase("prefetch_kernels"):
+        import torch
+
+        from phase1_kernels.ops import extension
+
+        extension.load()  # cached build: a ninja check and a dlopen; it may fail (native ops)
+        if torch.version.cuda is not None:  # GPU builds run the Triton kernels
+            import phase1_kernels.ops.triton_ops  # noqa: F401
+            import phase2_attention.ops.triton_paged  # noqa: F401
+
+
+def _receive_config_prefetching(inbox: zmq.Socket, parent_pid: int,
+                                timeline: StartupTimeline) -> EngineConfig:
+    """The config, with the kernels prefetched meanwhile; the prefetch finishes before this
+    returns, so no two threads ever import the same modules."""
+    background = StartupTimeline()
+    thread = threading.Thread(target=_prefetch_kernels, args=(background,),
+                              name="lightvllm-prefetch", daemon=True)
+    thread.start()
+    with timeline.phase("config_wait"):
+        config = _receive_config(inbox, parent_pid)
+    with timeline.phase("prefetch_wait"):  # what of the prefetch the config wait did not hide
+        thread.join()
+    timeline.add("prefetch_kernels_overlapped", background.phases.get("prefetch_kernels", 0.0))
+    return config
+
+
 def _build_core(config: EngineConfig, timeline: StartupTimeline) -> EngineCore:
     """The engine core, its start-up phases added to ``timeline`` (the executor's, then the
     scheduler and KV-block bookkeeping as ``core_init``)."""
@@ -158,8 +190,7 @@ def run_engine_core(input_addr: str, output_addr: str, parent_pid: int) -> int:
     outbox = ctx.socket(zmq.PUSH)
     outbox.connect(output_addr)
     try:
-        with timeline.phase("config_wait"):
-            config = _receive_config(inbox, parent_pid)
+        config = _receive_config_prefetching(inbox, parent_pid, timeline)
         core = _build_core(config, timeline)
         _freeze_heap(timeline)
         ready = ReadyInfo(os.getpid(), core.num_blocks, list(core.executor.graph_sizes),
