@@ -24,9 +24,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def graph_batch_sizes(max_num_seqs: int) -> list[int]:
+def graph_batch_sizes(max_num_seqs: int, requested: list[int] | None = None) -> list[int]:
+    """The decode batch sizes to capture: ``requested`` (``--cuda-graph-sizes``) or 1, 2, 4,
+    8 then every 16, at most ``max_num_seqs`` (and 512). A decode batch runs in the smallest
+    graph that holds it (padded); a batch larger than every size runs eagerly."""
     limit = min(max_num_seqs, 512)
-    return [s for s in [1, 2, 4, 8] + list(range(16, limit + 1, 16)) if s <= limit]
+    sizes = requested if requested is not None else [1, 2, 4, 8] + list(range(16, limit + 1, 16))
+    return [s for s in sizes if s <= limit]
 
 
 class DecodeGraphs:
@@ -94,7 +98,11 @@ class DecodeGraphs:
         dev.seq_lens.fill_(1)
         dev.block_tables.zero_()
         pool = None
-        sizes = graph_batch_sizes(runner.config.scheduler_config.max_num_seqs)
+        sizes = graph_batch_sizes(runner.config.scheduler_config.max_num_seqs,
+                                  runner.config.cuda_graph_sizes)
+        if not sizes:
+            logger.info("no CUDA graph size fits max_num_seqs: decode steps run eagerly")
+            return
         for size in tqdm(sorted(sizes, reverse=True), desc="capturing CUDA graphs", unit="graph"):
             dev.query_start_loc[: size + 1].copy_(torch.arange(size + 1, dtype=torch.int32))
             metadata = self._metadata([1] * size, [2] * size, dev.slot_mapping[:size],
