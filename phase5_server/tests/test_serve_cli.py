@@ -80,9 +80,9 @@ def test_engine_process_flag_reaches_the_server_config(monkeypatch, flag, expect
     monkeypatch.setattr(api_server, "run_server", lambda config: seen.setdefault("config", config))
     serve.main(["--device", "cpu", *flag])
     assert seen["config"].engine_process is expected
-    launch = seen["config"].engine_launch  # started before the imports, ended when main returns
-    assert (launch is not None) is expected
-    assert launch is None or launch.proc.poll() is not None
+    start = seen["config"].engine_start  # begun before the server ran, ended when main returns
+    assert (start is not None) is expected
+    assert start is None or start.proc.poll() is not None
 
 
 TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,

@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 from phase3_scheduling import AsyncLLMEngine, EngineArgs
 from phase3_scheduling.core_client import AsyncMPClient
-from shared.engine_launch import EngineLaunch
+from phase3_scheduling.engine_start import EngineStart
 
 from .errors import APIError, error_body, install_error_handlers, internal_error
 from .metrics import ServerMetrics
@@ -53,7 +53,7 @@ class ServerConfig:
     log_level: str = "warning"
     admission: AdmissionLimits = field(default_factory=AdmissionLimits)
     engine_process: bool = True  # False: the engine runs in a thread of the API process
-    engine_launch: EngineLaunch | None = None  # an engine process started before our imports
+    engine_start: EngineStart | None = None  # an engine start-up begun before the server ran
 
     def model_name(self) -> str:
         if self.served_model_name:
@@ -222,7 +222,7 @@ def start_engine(config: ServerConfig) -> AsyncLLMEngine | AsyncMPClient:
     """The engine core in its own process (default), or in a thread of this one."""
     if config.engine_process:
         return AsyncMPClient(config.engine_args, log_level=config.log_level,
-                             launch=config.engine_launch)
+                             start=config.engine_start)
     return AsyncLLMEngine.from_engine_args(config.engine_args)
 
 

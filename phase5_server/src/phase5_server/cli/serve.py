@@ -2,7 +2,8 @@
 
 The engine-core process is started first, before this process imports torch, FastAPI and
 uvicorn (seconds), so that its own imports overlap ours; only the standard library and
-``shared`` are imported until then. Its config follows once the arguments are parsed.
+``shared`` are imported until then. Its config is sent as soon as the arguments are parsed,
+before the web stack is imported, so that it loads the model meanwhile.
 """
 
 from __future__ import annotations
@@ -71,13 +72,19 @@ def _serve(argv: list[str], launch: EngineLaunch | None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    engine = engine_args(args)
+    start = None
+    if launch is not None:  # config and tokenizer now; a failure surfaces in the model loader
+        from phase3_scheduling.engine_start import EngineStart
+
+        start = EngineStart(engine, engine_log_level(args.log_level), launch)
     from ..api_server import ServerConfig, run_server
 
-    config = ServerConfig(engine_args(args), served_model_name=args.served_model_name,
+    config = ServerConfig(engine, served_model_name=args.served_model_name,
                           api_key=args.api_key or None, host=args.host, port=args.port,
                           max_body_bytes=args.max_body_bytes,
                           log_level=engine_log_level(args.log_level),
-                          engine_process=args.engine_process, engine_launch=launch,
+                          engine_process=args.engine_process, engine_start=start,
                           admission=AdmissionLimits(args.max_seqs_per_request,
                                                     args.max_queued_seqs))
     run_server(config)
