@@ -137,7 +137,8 @@ def _prefetch_kernels(timeline: StartupTimeline) -> None:
 
         from phase1_kernels.ops import extension
 
-        extension.load()  # cached build: a ninja check and a dlopen; it may fail (native ops)
+        if os.environ.get("LIGHTVLLM_NO_EXTENSION", "") in ("", "0"):  # as extension.py reads it
+            extension.load()  # cached build: a ninja check and a dlopen; may fail (native ops)
         if torch.version.cuda is not None:  # GPU builds run the Triton kernels
             import phase1_kernels.ops.triton_ops  # noqa: F401
             import phase2_attention.ops.triton_paged  # noqa: F401
