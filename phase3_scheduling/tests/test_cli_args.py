@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+import pytest
+
 from phase3_scheduling import EngineArgs
 from phase3_scheduling.cli_args import SKIPPED, add_engine_args, engine_args
 
@@ -41,3 +43,31 @@ def test_flags_set_fields_and_old_spellings_work():
     assert not args.enable_prefix_caching and not args.enable_chunked_prefill
     assert not _parse(["--no-enable-prefix-caching"]).enable_prefix_caching
     assert _parse(["--hf-config", "llama-3.1-8b"]).hf_config["hidden_size"] == 4096
+
+
+def test_cuda_graph_sizes_flag_reaches_the_engine_config_sorted():
+    from phase3_scheduling.engine_config import decode_config, encode_config, resolve_engine_config
+    from phase3_scheduling.worker.cuda_graphs import graph_batch_sizes
+
+    args = _parse(["--cuda-graph-sizes", "8,1,2,4,16,4", "--load-format", "dummy",
+                   "--hf-config", "llama-3.1-8b", "--device", "cpu", "--max-num-seqs", "12"])
+    assert args.cuda_graph_sizes == [8, 1, 2, 4, 16, 4]
+    config = resolve_engine_config(args)
+    assert config.cuda_graph_sizes == [1, 2, 4, 8, 16]
+    assert decode_config(encode_config(config)).cuda_graph_sizes == [1, 2, 4, 8, 16]
+    assert graph_batch_sizes(12, config.cuda_graph_sizes) == [1, 2, 4, 8]  # 16 > max_num_seqs
+    assert graph_batch_sizes(40) == [1, 2, 4, 8, 16, 32]  # the default, unchanged
+    assert resolve_engine_config(_parse(["--load-format", "dummy", "--hf-config", "llama-3.1-8b",
+                                         "--device", "cpu"])).cuda_graph_sizes is None
+
+
+def test_cuda_graph_sizes_must_be_positive_integers():
+    from phase3_scheduling.engine_config import resolve_engine_config
+
+    with pytest.raises(ValueError, match="comma-separated integers"):
+        _parse(["--cuda-graph-sizes", "1,two"])
+    with pytest.raises(ValueError, match=">= 1"):
+        resolve_engine_config(EngineArgs(load_format="dummy", hf_config=dict(
+            vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+            max_position_embeddings=2048), device="cpu", cuda_graph_sizes=[0, 4]))

@@ -41,8 +41,9 @@ PRESETS = {
 }
 
 
-def wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> float:
-    start = time.perf_counter()
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float, start: float) -> float:
+    """Seconds from ``start`` (the server's launch) until /health answers 200; polled every
+    0.1 s so that the figure is not rounded up by the polling."""
     while time.perf_counter() - start < timeout:
         if proc.poll() is not None:
             raise RuntimeError(f"the server exited with {proc.returncode} before it was ready")
@@ -51,8 +52,17 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> float:
                 return time.perf_counter() - start
         except httpx.HTTPError:
             pass
-        time.sleep(0.5)
+        time.sleep(0.1)
     raise TimeoutError(f"the server was not healthy after {timeout} s")
+
+
+def startup_phases(url: str) -> dict[str, float]:
+    """The engine's start-up timeline (``GET /startup``); empty if the server has none."""
+    try:
+        reply = httpx.get(url + "/startup", timeout=5, trust_env=False)
+    except httpx.HTTPError:
+        return {}
+    return reply.json().get("phases", {}) if reply.status_code == 200 else {}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -73,10 +83,14 @@ def main(argv: list[str] | None = None) -> None:
     cmd = [sys.executable, "-m", "lightvllm.cli", "serve", "--port", str(args.port), *preset["serve"],
            *(["--no-engine-process"] if args.no_engine_process else [])]
     print("server:", " ".join(cmd), flush=True)
+    launched = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=log or sys.stdout, stderr=subprocess.STDOUT, env=os.environ.copy())
     try:
-        startup = wait_healthy(url, proc, args.startup_timeout)
-        print(f"server healthy after {startup:.1f} s", flush=True)
+        startup = wait_healthy(url, proc, args.startup_timeout, launched)
+        phases = startup_phases(url)
+        timeline = ", ".join(f"{name} {seconds:.2f}" for name, seconds in phases.items())
+        print(f"server healthy after {startup:.1f} s (start-up phases, s: {timeline or 'n/a'})",
+              flush=True)
         from phase5_server.cli.bench_serve import run
 
         rows = []
@@ -87,7 +101,8 @@ def main(argv: list[str] | None = None) -> None:
         from shared.bench import hardware
 
         for row in rows:
-            row.update(server_startup_s=startup, hardware=hardware(), preset=args.preset,
+            row.update(server_startup_s=startup, startup_phases_s=phases, hardware=hardware(),
+                       preset=args.preset,
                        server_cmd="lightvllm serve " + " ".join(preset["serve"]),
                        date=time.strftime("%Y-%m-%d"))
         with open(args.out, "w") as handle:

@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from phase5_server.testing import free_port
@@ -77,3 +80,52 @@ def test_engine_process_flag_reaches_the_server_config(monkeypatch, flag, expect
     monkeypatch.setattr(api_server, "run_server", lambda config: seen.setdefault("config", config))
     serve.main(["--device", "cpu", *flag])
     assert seen["config"].engine_process is expected
+    start = seen["config"].engine_start  # begun before the server ran, ended when main returns
+    assert (start is not None) is expected
+    assert start is None or start.proc.poll() is not None
+
+
+TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+            max_position_embeddings=2048, rms_norm_eps=1e-5, rope_theta=10000.0,
+            tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 240.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[0]
+        try:
+            if httpx.get(url + "/health", timeout=2, trust_env=False).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.1)  # not listening yet
+            continue
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} was not healthy after {timeout} s")
+
+
+def test_serve_starts_the_engine_early_and_reports_its_start_up_phases(tmp_path):
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(TINY))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [sys.executable, "-m", "lightvllm.cli", "serve", "--port", str(port),
+               "--load-format", "dummy", "--hf-config", str(config), "--device", "cpu",
+               "--dtype", "float32", "--max-model-len", "128", "--kv-cache-gib", "0.05",
+               "--served-model-name", "tiny"]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        _wait_healthy(url, proc)
+        phases = httpx.get(url + "/startup", timeout=5, trust_env=False).json()["phases"]
+        assert phases["api_launched_early"] > 0.0  # the engine started before the API's imports
+        assert "api_spawn" in phases and "load_model" in phases and "total" in phases
+        body = {"model": "tiny", "prompt": [1, 2, 3], "max_tokens": 4, "temperature": 0}
+        reply = httpx.post(url + "/v1/completions", json=body, timeout=60, trust_env=False)
+        assert reply.status_code == 200, reply.text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, output

@@ -67,6 +67,11 @@ class AsyncLLMEngine:
         return os.getpid()
 
     @property
+    def startup_phases(self) -> dict[str, float]:
+        """Seconds of each engine start-up phase (the executor's), then ``total``."""
+        return {**self.engine.executor.startup_phases, "total": self.engine.core.startup_seconds}
+
+    @property
     def request_limits(self):
         return self.engine.inputs.limits.request_limits
 

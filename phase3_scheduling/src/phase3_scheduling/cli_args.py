@@ -34,6 +34,9 @@ HELP = {
     "num_gpu_blocks_override": "number of KV blocks, ignoring the memory profile",
     "enable_prefix_caching": "reuse KV blocks of shared prompt prefixes",
     "enforce_eager": "no CUDA graphs",
+    "cuda_graph_sizes": "decode batch sizes to capture as CUDA graphs, comma-separated (default: "
+                        "1,2,4,8 then every 16 up to max_num_seqs; fewer sizes start faster, "
+                        "larger gaps pad decode batches more)",
     "attention_backend": "attention backend (default: the best paged backend for the device)",
     "kernel_impl": "force one kernel implementation (native, cpp, cuda, triton)",
     "tokenizer": "directory with tokenizer.json (default: the model's)",
@@ -75,7 +78,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                 group.add_argument(short, dest=field.name, action="store_false",
                                    help=f"same as --no-{flag[2:]}")
             continue
-        default = None if field.name == "hf_config" else field.default
+        default = None if field.name in ("hf_config", "cuda_graph_sizes") else field.default
         shown = "" if default is None else f" (default: {default})"
         group.add_argument(flag, dest=field.name, type=_value_type(field), default=default,
                            help=help_text + shown)
@@ -95,9 +98,20 @@ def hf_config(spec: str | None) -> dict | None:
         return json.load(handle)
 
 
+def int_list(spec: str | None, flag: str) -> list[int] | None:
+    """``"1,2,4"`` -> ``[1, 2, 4]``; None stays None."""
+    if spec is None:
+        return None
+    try:
+        return [int(part) for part in spec.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} takes comma-separated integers, got {spec!r}") from None
+
+
 def engine_args(args: argparse.Namespace) -> EngineArgs:
     values = {f.name: getattr(args, f.name) for f in _engine_fields()}
     values["hf_config"] = hf_config(args.hf_config)
+    values["cuda_graph_sizes"] = int_list(args.cuda_graph_sizes, "--cuda-graph-sizes")
     extra = {"hf_config_name": args.hf_config} if args.hf_config else {}
     if getattr(args, "worker_addresses", None):
         extra["worker_addresses"] = args.worker_addresses

@@ -89,6 +89,8 @@ class EngineArgs:
     num_gpu_blocks_override: int | None = None
     enable_prefix_caching: bool = True
     enforce_eager: bool = False  # True: no CUDA graphs
+    # decode batch sizes to capture (None: 1, 2, 4, 8, then every 16 up to max_num_seqs)
+    cuda_graph_sizes: list[int] | None = None
     attention_backend: str | None = None  # default: best paged backend for the device
     kernel_impl: str | None = None
     tokenizer: str | None = None  # directory with tokenizer.json (default: the model's)

@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 from typing import AsyncGenerator, Sequence
@@ -27,22 +24,19 @@ import zmq.asyncio
 from .async_engine import EngineDeadError, EngineStepError
 from .config import EngineArgs
 from .core_messages import EngineCoreOutputs, SchedulerStats
-from .engine_config import encode_config, resolve_engine_config
-from .engine_core_proc import ABORT, ADD, CONFIG, FATAL, OUTPUTS, READY, SHUTDOWN, FatalInfo, ReadyInfo
+from .engine_core_proc import ABORT, ADD, FATAL, OUTPUTS, SHUTDOWN, FatalInfo
+from .engine_start import EngineStart, EngineStartupError
 from .input_processor import InputProcessor
-from .llm_engine import load_tokenizer, model_limits
+from .llm_engine import model_limits
 from .output_processor import OutputProcessor
 from .outputs import EngineStats, RequestOutput
 from .sampling_params import SamplingParams
+from .startup_timeline import format_phases
 
 logger = logging.getLogger(__name__)
+__all__ = ["AsyncMPClient", "EngineStartupError", "RequestOutputCollector"]
 _OUTPUTS_DECODER = msgspec.msgpack.Decoder(EngineCoreOutputs)
 _ENCODER = msgspec.msgpack.Encoder()
-STARTUP_TIMEOUT_S = 600.0
-
-
-class EngineStartupError(RuntimeError):
-    """The engine-core process failed to start (its error is in the message)."""
 
 
 class RequestOutputCollector:
@@ -69,22 +63,17 @@ class RequestOutputCollector:
 
 
 class AsyncMPClient:
-    def __init__(self, args: EngineArgs, log_level: str = "WARNING"):
-        start = time.perf_counter()
-        self.config = resolve_engine_config(args)
-        self.tokenizer = load_tokenizer(self.config)
-        self._dir = tempfile.TemporaryDirectory(prefix="lightvllm-")
-        self._input_addr = f"ipc://{self._dir.name}/input"
-        self._output_addr = f"ipc://{self._dir.name}/output"
-        self._sync_ctx = zmq.Context()
-        self._inbox = self._sync_ctx.socket(zmq.PUSH)  # to the core
-        self._inbox.bind(self._input_addr)
-        self._startup_sock = self._sync_ctx.socket(zmq.PULL)
-        self._startup_sock.bind(self._output_addr)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "phase3_scheduling.engine_core_proc", "--input",
-             self._input_addr, "--output", self._output_addr, "--parent-pid", str(os.getpid()),
-             "--log-level", log_level])
+    """``start``: an engine start-up begun earlier (``lightvllm serve`` begins it before it
+    imports its web stack); by default one begins here."""
+
+    def __init__(self, args: EngineArgs, log_level: str = "WARNING",
+                 start: EngineStart | None = None):
+        start = start or EngineStart(args, log_level)
+        self._start = start
+        self.proc = start.proc
+        self._output_addr = start.launch.output_addr
+        self._sync_ctx = start.ctx
+        self._inbox = start.inbox  # to the core
         self.errored: BaseException | None = None
         self._collectors: dict[str, RequestOutputCollector] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -92,37 +81,22 @@ class AsyncMPClient:
         self.prompt_tokens = self.generation_tokens = 0
         self._closing = False
         try:
-            ready = self._handshake()
+            ready = start.wait_ready()
         except BaseException:
             self._kill()
             raise
+        assert start.config is not None  # wait_ready raised otherwise
+        self.config, self.tokenizer = start.config, start.tokenizer
         self.num_blocks = ready.num_blocks
         self.graph_sizes = ready.graph_sizes
         self.limits = model_limits(self.config, self.tokenizer, ready.num_blocks)
         self.inputs = InputProcessor(self.tokenizer, self.limits)
         self.outputs = OutputProcessor(self.tokenizer)
-        self.startup_seconds = time.perf_counter() - start
+        self.startup_seconds = time.perf_counter() - start.started
+        self.startup_phases = start.phases(ready, self.startup_seconds)
         threading.Thread(target=self._watch_process, name="lightvllm-core-watch", daemon=True).start()
-        logger.info("engine core pid %d ready in %.1f s", self.proc.pid, self.startup_seconds)
-
-    # ---- start-up ------------------------------------------------------------------------------
-    def _handshake(self) -> ReadyInfo:
-        self._inbox.send_multipart([CONFIG, encode_config(self.config)])
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self._startup_sock.poll(200):
-                kind, payload = self._startup_sock.recv_multipart()
-                if kind == READY:
-                    self._startup_sock.close(linger=0)  # the event loop binds its own socket
-                    return msgspec.msgpack.decode(payload, type=ReadyInfo)
-                if kind == FATAL:
-                    info = msgspec.msgpack.decode(payload, type=FatalInfo)
-                    raise EngineStartupError(f"the engine failed to start: {info.error_type}: "
-                                             f"{info.message}")
-            elif self.proc.poll() is not None:
-                raise EngineStartupError(
-                    f"the engine process exited with code {self.proc.returncode} during start-up")
-        raise EngineStartupError(f"the engine did not start within {STARTUP_TIMEOUT_S:.0f} s")
+        logger.info("engine core pid %d ready in %.1f s (%s)", self.proc.pid, self.startup_seconds,
+                    format_phases(self.startup_phases))
 
     # ---- what the server reads -----------------------------------------------------------------
     @property
@@ -269,12 +243,7 @@ class AsyncMPClient:
         if self._loop is not None and hasattr(self, "_output_task"):
             self._loop.call_soon_threadsafe(self._output_task.cancel)
         self._inbox.close(linger=0)
-        self._dir.cleanup()
+        self._start.launch.directory.cleanup()
 
     def _kill(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(3)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        self._start.kill()

@@ -36,6 +36,7 @@ class EngineConfig:
     enforce_eager: bool
     seed: int
     tokenizer_dir: str | None
+    cuda_graph_sizes: list[int] | None = None  # None: the default sizes for max_num_seqs
 
     @property
     def max_model_len(self) -> int:
@@ -65,11 +66,20 @@ def resolve_engine_config(args: EngineArgs) -> EngineConfig:
         parallel_config=args.parallel_config(), device=device_type,
         dtype=_DTYPE_NAMES[resolve_dtype(args.dtype, torch.device(device_type))],
         load_format=args.load_format, attention_backend=backend, kernel_impl=args.kernel_impl,
-        enforce_eager=args.enforce_eager, seed=args.seed, tokenizer_dir=tokenizer_dir)
+        enforce_eager=args.enforce_eager, seed=args.seed, tokenizer_dir=tokenizer_dir,
+        cuda_graph_sizes=_check_graph_sizes(args.cuda_graph_sizes))
     logger.debug("engine config: %s on %s (%s), backend %s, max_model_len %d, %d seqs x %d tokens",
                 model_dir or "dummy weights", device_type, config.dtype, backend,
                 scheduler.max_model_len, scheduler.max_num_seqs, scheduler.max_num_batched_tokens)
     return config
+
+
+def _check_graph_sizes(sizes: list[int] | None) -> list[int] | None:
+    if sizes is None:
+        return None
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"cuda_graph_sizes must be batch sizes >= 1, got {sizes}")
+    return sorted(set(sizes))
 
 
 def encode_config(config: EngineConfig) -> bytes:

@@ -6,6 +6,8 @@ process, steps the ``EngineCore`` and sends one ``EngineCoreOutputs`` message pe
 Started as ``python -m phase3_scheduling.engine_core_proc --input ADDR --output ADDR``; the
 ``EngineConfig`` arrives as the first input message. Every frame is msgpack (msgspec); nothing is
 pickled. Ctrl-C goes to the parent (which shuts this process down); a dead parent ends it.
+The READY message carries the start-up timeline: this process's phases in seconds, from its
+start (interpreter and imports) to the message.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 
 import msgspec
@@ -24,6 +27,7 @@ import zmq
 from .core_messages import EngineCoreOutput, EngineCoreOutputs, EngineCoreRequest
 from .engine_config import EngineConfig, decode_config
 from .engine_core import EngineCore
+from .startup_timeline import StartupTimeline, format_phases, process_age
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +42,8 @@ class ReadyInfo(msgspec.Struct, array_like=True):
     num_blocks: int
     graph_sizes: list[int]
     startup_seconds: float
+    # start-up phases of this process in seconds, in order (process start and imports first)
+    phases: dict[str, float] = msgspec.field(default_factory=dict)
 
 
 class FatalInfo(msgspec.Struct, array_like=True):
@@ -111,14 +117,72 @@ def _error_output(request: EngineCoreRequest, error: Exception) -> EngineCoreOut
     return EngineCoreOutput(request.request_id, [], "error", error=str(error))
 
 
-def _receive_config(inbox: zmq.Socket) -> EngineConfig:
+def _receive_config(inbox: zmq.Socket, parent_pid: int) -> EngineConfig:
+    """The first message; a parent that dies before sending it ends this process."""
+    while not inbox.poll(IDLE_POLL_MS):
+        if os.getppid() != parent_pid:
+            raise RuntimeError("the API process exited before it sent the engine config")
     frames = inbox.recv_multipart()
     if frames[0] != CONFIG:
         raise RuntimeError(f"expected the engine config first, got message type {frames[0]!r}")
     return decode_config(frames[1])
 
 
+def _prefetch_kernels(timeline: StartupTimeline) -> None:
+    """Load the C++/CUDA extension and import the Triton kernel modules: work the model build
+    does first anyway, done while this process waits for its config (``lightvllm serve``
+    starts it before its own imports, so the config comes a while after ours are done)."""
+    with timeline.phase("prefetch_kernels"):
+        import torch
+
+        from phase1_kernels.ops import extension
+
+        if os.environ.get("LIGHTVLLM_NO_EXTENSION", "") in ("", "0"):  # as extension.py reads it
+            extension.load()  # cached build: a ninja check and a dlopen; may fail (native ops)
+        if torch.version.cuda is not None:  # GPU builds run the Triton kernels
+            import phase1_kernels.ops.triton_ops  # noqa: F401
+            import phase2_attention.ops.triton_paged  # noqa: F401
+
+
+def _receive_config_prefetching(inbox: zmq.Socket, parent_pid: int,
+                                timeline: StartupTimeline) -> EngineConfig:
+    """The config, with the kernels prefetched meanwhile; the prefetch finishes before this
+    returns, so no two threads ever import the same modules."""
+    background = StartupTimeline()
+    thread = threading.Thread(target=_prefetch_kernels, args=(background,),
+                              name="lightvllm-prefetch", daemon=True)
+    thread.start()
+    with timeline.phase("config_wait"):
+        config = _receive_config(inbox, parent_pid)
+    with timeline.phase("prefetch_wait"):  # what of the prefetch the config wait did not hide
+        thread.join()
+    timeline.add("prefetch_kernels_overlapped", background.phases.get("prefetch_kernels", 0.0))
+    return config
+
+
+def _build_core(config: EngineConfig, timeline: StartupTimeline) -> EngineCore:
+    """The engine core, its start-up phases added to ``timeline`` (the executor's, then the
+    scheduler and KV-block bookkeeping as ``core_init``)."""
+    start = time.perf_counter()
+    core = EngineCore(config)
+    elapsed = time.perf_counter() - start
+    executor_phases = core.executor.startup_phases
+    timeline.update(executor_phases)
+    timeline.add("core_init", elapsed - sum(executor_phases.values()))
+    return core
+
+
+def _freeze_heap(timeline: StartupTimeline) -> None:
+    with timeline.phase("gc_freeze"):
+        gc.collect()
+        gc.freeze()  # start-up objects never become garbage: keep them out of every collection
+
+
 def run_engine_core(input_addr: str, output_addr: str, parent_pid: int) -> int:
+    timeline = StartupTimeline()
+    imports = process_age()  # interpreter start and imports, before any line could time them
+    if imports is not None:
+        timeline.add("core_imports", imports)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     ctx = zmq.Context()
@@ -127,12 +191,13 @@ def run_engine_core(input_addr: str, output_addr: str, parent_pid: int) -> int:
     outbox = ctx.socket(zmq.PUSH)
     outbox.connect(output_addr)
     try:
-        config = _receive_config(inbox)
-        core = EngineCore(config)
-        gc.collect()
-        gc.freeze()  # start-up objects never become garbage: keep them out of every collection
+        config = _receive_config_prefetching(inbox, parent_pid, timeline)
+        core = _build_core(config, timeline)
+        _freeze_heap(timeline)
         ready = ReadyInfo(os.getpid(), core.num_blocks, list(core.executor.graph_sizes),
-                          core.startup_seconds)
+                          core.startup_seconds, dict(timeline.phases))
+        logger.info("engine core start-up %.2f s: %s", timeline.total(),
+                    format_phases(timeline.phases))
         outbox.send_multipart([READY, _ENCODER.encode(ready)])
         EngineCoreProc(core, inbox, outbox, parent_pid).run_busy_loop()
         core.shutdown()

@@ -8,6 +8,7 @@ whose workers are subprocesses, Ray actors or gRPC services (``mp``, ``ray``, ``
 from __future__ import annotations
 
 import logging
+import time
 from abc import ABC, abstractmethod
 from typing import Any, Callable, Protocol
 
@@ -16,6 +17,7 @@ from phase2_attention.kv_cache import num_blocks_for
 from .engine_config import EngineConfig
 from .executor_registry import register_executor
 from .protocol import ModelRunnerOutput, SchedulerOutput
+from .startup_timeline import StartupTimeline
 from .worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -56,20 +58,48 @@ class Executor(ABC):
     def __init__(self, config: EngineConfig):
         self.config = config
         self.graph_sizes: list[int] = []
+        self._created = time.perf_counter()
+        # start-up phases as the engine saw them (each the slowest rank's, RPCs included)
+        self.timeline = StartupTimeline()
 
     def initialize_from_config(self) -> int:
         """The start-up protocol; returns the number of KV blocks every worker allocated."""
-        self.collective_rpc("load_model")
-        num_blocks = self.config.cache_config.num_blocks
-        if num_blocks is None:
-            available = self.collective_rpc("determine_available_memory")
-            per_block = self.collective_rpc("kv_cache_bytes_per_block")
-            num_blocks = min(num_blocks_for(a, p) for a, p in zip(available, per_block))
-            logger.info("KV cache: %d blocks (workers reported %s bytes free)", num_blocks,
-                        available)
-        self.collective_rpc("initialize_cache", (num_blocks,))
+        timeline = self.timeline
+        timeline.add("executor_init", time.perf_counter() - self._created)  # workers started
+        with timeline.phase("load_model"):
+            self.collective_rpc("load_model")
+        with timeline.phase("memory_profile"):
+            num_blocks = self._decide_num_blocks()
+        with timeline.phase("kv_cache_alloc"):
+            self.collective_rpc("initialize_cache", (num_blocks,))
+        start = time.perf_counter()
         self.graph_sizes = self.collective_rpc("compile_or_warm_up_model")[0]
+        self._add_warm_up_phases(time.perf_counter() - start)
         return num_blocks
+
+    def _decide_num_blocks(self) -> int:
+        """The configured block count, else the minimum every worker can hold."""
+        num_blocks = self.config.cache_config.num_blocks
+        if num_blocks is not None:
+            return num_blocks
+        available = self.collective_rpc("determine_available_memory")
+        per_block = self.collective_rpc("kv_cache_bytes_per_block")
+        num_blocks = min(num_blocks_for(a, p) for a, p in zip(available, per_block))
+        logger.info("KV cache: %d blocks (workers reported %s bytes free)", num_blocks, available)
+        return num_blocks
+
+    def _add_warm_up_phases(self, seconds: float) -> None:
+        """Split ``compile_or_warm_up_model``'s seconds into warm-up and graph capture as the
+        slowest rank reported them (the rest is RPC and bookkeeping, under warm_up)."""
+        reports = self.collective_rpc("startup_timings")
+        capture = max((r.get("graph_capture", 0.0) for r in reports), default=0.0)
+        self.timeline.add("warm_up", seconds - capture)
+        self.timeline.add("graph_capture", capture)
+
+    @property
+    def startup_phases(self) -> dict[str, float]:
+        """Seconds of each start-up phase, in the order they ran."""
+        return dict(self.timeline.phases)
 
     @property
     def max_concurrent_batches(self) -> int:

@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 from phase3_scheduling import AsyncLLMEngine, EngineArgs
 from phase3_scheduling.core_client import AsyncMPClient
+from phase3_scheduling.engine_start import EngineStart
 
 from .errors import APIError, error_body, install_error_handlers, internal_error
 from .metrics import ServerMetrics
@@ -52,6 +53,7 @@ class ServerConfig:
     log_level: str = "warning"
     admission: AdmissionLimits = field(default_factory=AdmissionLimits)
     engine_process: bool = True  # False: the engine runs in a thread of the API process
+    engine_start: EngineStart | None = None  # an engine start-up begun before the server ran
 
     def model_name(self) -> str:
         if self.served_model_name:
@@ -219,7 +221,8 @@ async def _reply(send, status: int, message: str, code: str, headers: dict | Non
 def start_engine(config: ServerConfig) -> AsyncLLMEngine | AsyncMPClient:
     """The engine core in its own process (default), or in a thread of this one."""
     if config.engine_process:
-        return AsyncMPClient(config.engine_args, log_level=config.log_level)
+        return AsyncMPClient(config.engine_args, log_level=config.log_level,
+                             start=config.engine_start)
     return AsyncLLMEngine.from_engine_args(config.engine_args)
 
 
@@ -267,6 +270,13 @@ def build_app(config: ServerConfig, engine: AsyncLLMEngine | None = None) -> Gat
         if not state.ready:
             raise APIError(_not_ready(state), 503, code="server_unavailable")
         return JSONResponse({"status": "ok"})
+
+    @app.get("/startup")
+    async def startup():
+        """Seconds of each engine start-up phase (``benchmarks/run_b4.py`` prints them)."""
+        if state.engine is None:
+            raise APIError(_not_ready(state), 503, code="server_unavailable")
+        return JSONResponse({"phases": state.engine.startup_phases})
 
     @app.get("/version")
     async def get_version():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 import weakref
 from typing import TYPE_CHECKING
 
@@ -23,9 +24,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def graph_batch_sizes(max_num_seqs: int) -> list[int]:
+def graph_batch_sizes(max_num_seqs: int, requested: list[int] | None = None) -> list[int]:
+    """The decode batch sizes to capture: ``requested`` (``--cuda-graph-sizes``) or 1, 2, 4,
+    8 then every 16, at most ``max_num_seqs`` (and 512). A decode batch runs in the smallest
+    graph that holds it (padded); a batch larger than every size runs eagerly."""
     limit = min(max_num_seqs, 512)
-    return [s for s in [1, 2, 4, 8] + list(range(16, limit + 1, 16)) if s <= limit]
+    sizes = requested if requested is not None else [1, 2, 4, 8] + list(range(16, limit + 1, 16))
+    return [s for s in sizes if s <= limit]
 
 
 class DecodeGraphs:
@@ -33,6 +38,7 @@ class DecodeGraphs:
         self.runner = weakref.proxy(runner)  # no cycle: the runner's memory goes when it does
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._sizes: list[int] = []
+        self.timings: dict[str, float] = {}  # seconds of "warm_up" and "graph_capture"
 
     @property
     def sizes(self) -> list[int]:
@@ -62,6 +68,7 @@ class DecodeGraphs:
     def warm_up(self) -> None:
         """Run prefill, chunked-prefill and mixed batches once so that Triton compiles its kernel
         variants now. Nothing is stored: every slot is -1, block tables point at the null block."""
+        start = time.perf_counter()
         runner, device = self.runner, self.runner.device
         sched = runner.config.scheduler_config
         limit = min(sched.max_num_batched_tokens, sched.max_model_len - 1)
@@ -80,16 +87,22 @@ class DecodeGraphs:
                                   positions.to(device), metadata)
             runner.model.compute_logits(hidden[starts[1:].long().to(device) - 1])
         torch.cuda.synchronize()
+        self.timings["warm_up"] = time.perf_counter() - start
 
     def capture(self) -> None:
         """One decode step per padded batch size, largest first, into a shared pool."""
+        start = time.perf_counter()
         runner = self.runner
         dev = runner.staging.dev
         dev.slot_mapping.fill_(-1)
         dev.seq_lens.fill_(1)
         dev.block_tables.zero_()
         pool = None
-        sizes = graph_batch_sizes(runner.config.scheduler_config.max_num_seqs)
+        sizes = graph_batch_sizes(runner.config.scheduler_config.max_num_seqs,
+                                  runner.config.cuda_graph_sizes)
+        if not sizes:
+            logger.info("no CUDA graph size fits max_num_seqs: decode steps run eagerly")
+            return
         for size in tqdm(sorted(sizes, reverse=True), desc="capturing CUDA graphs", unit="graph"):
             dev.query_start_loc[: size + 1].copy_(torch.arange(size + 1, dtype=torch.int32))
             metadata = self._metadata([1] * size, [2] * size, dev.slot_mapping[:size],
@@ -107,5 +120,6 @@ class DecodeGraphs:
             self.graphs[size] = (graph, logits)
         self._sizes = sorted(self.graphs)
         torch.cuda.synchronize()
-        logger.info("captured %d decode graphs (batch sizes %d..%d)", len(self._sizes),
-                    self._sizes[0], self._sizes[-1])
+        self.timings["graph_capture"] = time.perf_counter() - start
+        logger.info("captured %d decode graphs (batch sizes %d..%d) in %.2f s", len(self._sizes),
+                    self._sizes[0], self._sizes[-1], self.timings["graph_capture"])

@@ -23,6 +23,7 @@ from phase2_attention.kv_cache import available_kv_cache_bytes, bytes_per_block
 
 from ..engine_config import EngineConfig
 from ..protocol import ModelRunnerOutput, SchedulerOutput
+from ..startup_timeline import StartupTimeline
 from .async_output import StepOutput
 from .model_runner import ModelRunner, RunnerModel
 
@@ -55,6 +56,7 @@ class Worker:
         self.model: RunnerModel | None = None
         self.runner: ModelRunner | None = None
         self.load_seconds = 0.0
+        self.timeline = StartupTimeline()  # this rank's start-up phases (``startup_timings``)
 
     @property
     def _model(self) -> RunnerModel:
@@ -71,24 +73,32 @@ class Worker:
         self.model = self.model_builder(self.config, self.rank, self.device)
         self.runner = ModelRunner(self.config, self.model, self.device)
         self.load_seconds = time.perf_counter() - start
+        self.timeline.add("load_model", self.load_seconds)
         logger.info("rank %d loaded the model in %.1f s", self.rank, self.load_seconds)
 
     def determine_available_memory(self) -> int:
-        """Bytes this rank can give its KV cache."""
+        """Bytes this rank can give its KV cache (on a GPU: after a profiled forward)."""
         sched = self.config.scheduler_config
-        return available_kv_cache_bytes(self._model, self.config.cache_config,
-                                        sched.max_num_batched_tokens)
+        with self.timeline.phase("memory_profile"):
+            return available_kv_cache_bytes(self._model, self.config.cache_config,
+                                            sched.max_num_batched_tokens)
 
     def kv_cache_bytes_per_block(self) -> int:
         return bytes_per_block(self._model, self.config.cache_config.block_size)
 
     def initialize_cache(self, num_blocks: int) -> None:
-        self._runner.initialize_cache(num_blocks)
+        with self.timeline.phase("kv_cache_alloc"):
+            self._runner.initialize_cache(num_blocks)
 
     def compile_or_warm_up_model(self) -> list[int]:
         """Warm up and capture graphs; returns the captured decode batch sizes."""
         self._runner.warm_up_and_capture()
+        self.timeline.update(self._runner.graphs.timings)
         return list(self._runner.graphs.sizes)
+
+    def startup_timings(self) -> dict[str, float]:
+        """Seconds of this rank's start-up phases so far, in the order they ran."""
+        return dict(self.timeline.phases)
 
     def execute_model(self, step: SchedulerOutput) -> ModelRunnerOutput:
         return self._runner.execute_model(step)
