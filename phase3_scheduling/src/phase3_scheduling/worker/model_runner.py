@@ -101,7 +101,9 @@ class ModelRunner:
             return
         self.graphs.warm_up()
         if isinstance(self.model, torch.nn.Module):  # pick each decode GEMM by measurement
+            start = time.perf_counter()
             tune_small_batch_linears(self.model, self.config.scheduler_config.max_num_seqs)
+            self.graphs.timings["gemm_tuning"] = time.perf_counter() - start
         if self.config.enforce_eager:
             return
         if not self.backend.cudagraph_safe:
