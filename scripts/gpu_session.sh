@@ -21,7 +21,9 @@
 #   b1       phase-1 kernel bandwidth, % of the copy bandwidth measured in the same run
 #   b2 b3    DESIGN.md's B2 (latency) and B3 (throughput), dummy 8B bf16; b2sync, b3sync: the same
 #            with --no-async-scheduling (the same-run baseline); b2hf: B2 next to HF generate
-#   b4       online serving (phase5_server/benchmarks/run_b4.py --preset h200)
+#   b4       online serving (phase5_server/benchmarks/run_b4.py --preset h200); b4nocap: the same
+#            with --max-prefill-tokens-while-decoding 0 (the prompt cap's same-run baseline)
+#   b2fa4    B2 with the flash_attn backend (FA4) at block 128
 #   b3hf     B3-sized 128x128 throughput next to HF generate
 #   fa4      FA4 smoke (versions, one call vs SDPA), its GPU tests, the engine FA4-vs-Triton test
 #   profile  b2_step_profile.py: per-kernel-family time of an 8B decode step vs the copy floor
@@ -180,6 +182,9 @@ section() {  # the command of one section (run under timeout by run_sections)
     b1) $PY phase1_kernels/benchmarks/bench_kernels.py --out "$R/b1.json" ;;
     b2|b2sync) $BENCH latency $DUMMY8B --input-len 128 --output-len 256 --num-iters 3 \
           --max-num-seqs 8 $(sync_flag $1) --workload B2 --out "$R/$1.json" ;;
+    b2fa4) $BENCH latency $DUMMY8B --input-len 128 --output-len 256 --num-iters 3 \
+          --max-num-seqs 8 --attention-backend flash_attn --block-size 128 --workload B2 \
+          --out "$R/b2fa4.json" ;;
     b2hf) $BENCH latency $DUMMY8B --input-len 128 --output-len 256 --num-iters 3 --max-num-seqs 8 \
           --hf --hf-output-len 32 --workload B2 --out "$R/b2hf.json" ;;
     b3|b3sync) $BENCH throughput $DUMMY8B --num-prompts 256 --input-len 100 1024 --output-len 100 \
@@ -188,6 +193,8 @@ section() {  # the command of one section (run under timeout by run_sections)
           --max-num-seqs 128 --hf --workload B3-128x128 --out "$R/b3hf.json" ;;
     b4) $PY phase5_server/benchmarks/run_b4.py --preset h200 --out "$R/b4.json" \
           --server-log "$R/b4_server.log" ;;
+    b4nocap) $PY phase5_server/benchmarks/run_b4.py --preset h200 --out "$R/b4nocap.json" \
+          --serve-args "--max-prefill-tokens-while-decoding 0" --server-log "$R/b4nocap_server.log" ;;
     fa4) timeout 150 $PY scripts/h200_fa4/smoke.py; $PYTEST $FA4_TESTS ;;
     profile) $PY phase3_scheduling/benchmarks/b2_step_profile.py --out "$R/profile.json" \
           --trace "$R/profile_trace.json" ;;
@@ -200,7 +207,7 @@ section() {  # the command of one section (run under timeout by run_sections)
 }
 
 declare -A LIMIT=([tests]=420 [b1]=150 [b2]=150 [b2sync]=150 [b2hf]=150 [b3]=150 [b3sync]=150
-                  [b3hf]=240 [b4]=330 [fa4]=360
+                  [b3hf]=240 [b4]=330 [b4nocap]=330 [b2fa4]=150 [fa4]=360
                   [profile]=180 [profile_fa4]=180 [parity]=240 [engine]=180)
 
 run_sections() {

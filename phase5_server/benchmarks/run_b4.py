@@ -74,13 +74,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--startup-timeout", type=float, default=600)
     parser.add_argument("--no-engine-process", action="store_true",
                         help="serve with the engine in a thread of the API process")
+    parser.add_argument("--serve-args", default="",
+                        help="more lightvllm serve options, one string (e.g. a same-run "
+                             "baseline: '--no-async-scheduling --max-prefill-tokens-while-decoding 0')")
     parser.add_argument("--extra-bench", nargs=argparse.REMAINDER, default=[],
                         help="more bench serve options (after everything else)")
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
     url = f"http://127.0.0.1:{args.port}"
     log = open(args.server_log, "w") if args.server_log else None
-    cmd = [sys.executable, "-m", "lightvllm.cli", "serve", "--port", str(args.port), *preset["serve"],
+    serve_args = [*preset["serve"], *args.serve_args.split()]
+    cmd = [sys.executable, "-m", "lightvllm.cli", "serve", "--port", str(args.port), *serve_args,
            *(["--no-engine-process"] if args.no_engine_process else [])]
     print("server:", " ".join(cmd), flush=True)
     launched = time.perf_counter()
@@ -103,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         for row in rows:
             row.update(server_startup_s=startup, startup_phases_s=phases, hardware=hardware(),
                        preset=args.preset,
-                       server_cmd="lightvllm serve " + " ".join(preset["serve"]),
+                       server_cmd="lightvllm serve " + " ".join(serve_args),
                        date=time.strftime("%Y-%m-%d"))
         with open(args.out, "w") as handle:
             json.dump(rows, handle, indent=2)
