@@ -26,14 +26,17 @@ def _complete(url: str, **extra) -> httpx.Response:
     return httpx.post(url + "/v1/completions", json=body, timeout=60, trust_env=False)
 
 
-def test_engine_process_is_separate_and_matches_the_in_process_engine():
+@pytest.mark.parametrize("async_scheduling", [False, True], ids=["sync", "async"])
+def test_engine_process_is_separate_and_matches_the_in_process_engine(async_scheduling):
     offline = LLM.from_engine_args(tiny_engine_args())
     expected = offline.generate([PROMPT], SamplingParams(temperature=0, max_tokens=8),
                                 use_tqdm=False)[0].outputs[0].text
     seeded = offline.generate([PROMPT], SamplingParams(temperature=0.8, seed=7, max_tokens=8),
                               use_tqdm=False)[0].outputs[0].text
     offline.engine.shutdown()
-    with serve_in_thread(ServerConfig(tiny_engine_args(), served_model_name="tiny")) as server:
+    served = tiny_engine_args()
+    served.async_scheduling = async_scheduling  # the GPU default: steps overlap in the core
+    with serve_in_thread(ServerConfig(served, served_model_name="tiny")) as server:
         pid = server.engine.engine_pid
         assert pid != os.getpid() and psutil.pid_exists(pid)
         assert psutil.Process(pid).ppid() == os.getpid()
