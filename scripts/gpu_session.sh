@@ -23,7 +23,9 @@
 #            with --no-async-scheduling (the same-run baseline); b2hf: B2 next to HF generate
 #   b4       online serving (phase5_server/benchmarks/run_b4.py --preset h200); b4nocap: the same
 #            with --max-prefill-tokens-while-decoding 0 (the prompt cap's same-run baseline)
-#   b2fa4    B2 with the flash_attn backend (FA4) at block 128
+#   b2fa4    B2 with the flash_attn backend (FA4) at block 128; b2cublas: B2 with every GEMM on
+#            cuBLAS (LIGHTVLLM_GPU_LINEAR=cublas), the baseline of the small-batch GEMM choice
+#   quick    the small-batch GEMM and engine GPU tests alone
 #   b3hf     B3-sized 128x128 throughput next to HF generate
 #   fa4      FA4 smoke (versions, one call vs SDPA), its GPU tests, the engine FA4-vs-Triton test
 #   profile  b2_step_profile.py: per-kernel-family time of an 8B decode step vs the copy floor
@@ -182,6 +184,10 @@ section() {  # the command of one section (run under timeout by run_sections)
     b1) $PY phase1_kernels/benchmarks/bench_kernels.py --out "$R/b1.json" ;;
     b2|b2sync) $BENCH latency $DUMMY8B --input-len 128 --output-len 256 --num-iters 3 \
           --max-num-seqs 8 $(sync_flag $1) --workload B2 --out "$R/$1.json" ;;
+    b2cublas) LIGHTVLLM_GPU_LINEAR=cublas $BENCH latency $DUMMY8B --input-len 128 --output-len 256 \
+          --num-iters 3 --max-num-seqs 8 --workload B2 --out "$R/b2cublas.json" ;;
+    quick) $PYTEST -m gpu phase1_kernels/tests/test_skinny_gemm.py \
+          phase3_scheduling/tests/test_engine_gpu.py ;;
     b2fa4) $BENCH latency $DUMMY8B --input-len 128 --output-len 256 --num-iters 3 \
           --max-num-seqs 8 --attention-backend flash_attn --block-size 128 --workload B2 \
           --out "$R/b2fa4.json" ;;
@@ -207,7 +213,7 @@ section() {  # the command of one section (run under timeout by run_sections)
 }
 
 declare -A LIMIT=([tests]=420 [b1]=150 [b2]=150 [b2sync]=150 [b2hf]=150 [b3]=150 [b3sync]=150
-                  [b3hf]=240 [b4]=330 [b4nocap]=330 [b2fa4]=150 [fa4]=360
+                  [b3hf]=240 [b4]=330 [b4nocap]=330 [b2fa4]=150 [b2cublas]=150 [quick]=180 [fa4]=360
                   [profile]=180 [profile_fa4]=180 [parity]=240 [engine]=180)
 
 run_sections() {

@@ -54,12 +54,11 @@ def test_async_gives_the_sync_outputs(smollm2_dir, sync_outputs, settings):
     assert not engine.scheduler.in_flight
 
 
-def test_gpu_defaults_async_and_a_prefill_cap_the_cpu_neither():
+def test_async_is_the_gpu_default_and_off_on_cpu():
     from phase3_scheduling import EngineArgs
 
     gpu, cpu = EngineArgs().scheduler_config(4096, "cuda"), EngineArgs().scheduler_config(4096)
-    assert gpu.async_scheduling and gpu.max_prefill_tokens_while_decoding == 256
-    assert not cpu.async_scheduling and cpu.max_prefill_tokens_while_decoding == 0
+    assert gpu.async_scheduling and not cpu.async_scheduling
     assert not EngineArgs(tensor_parallel_size=2).scheduler_config(4096, "cuda").async_scheduling
     with pytest.raises(ValueError, match="async_scheduling needs the in-process executor"):
         EngineArgs(async_scheduling=True, distributed_executor_backend="mp").scheduler_config(

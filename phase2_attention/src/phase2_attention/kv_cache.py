@@ -9,6 +9,7 @@ attention layers (``layer.kv_cache``).
 
 from __future__ import annotations
 
+import gc
 import logging
 from dataclasses import dataclass
 from typing import Any, Iterator, Protocol
@@ -70,6 +71,7 @@ def profile_peak_memory(model: KVCacheModel, num_tokens: int) -> int:
     """Peak GPU bytes of one forward over ``num_tokens`` tokens (no cache), weights included."""
     device = next(model.parameters()).device
     torch.cuda.synchronize(device)
+    gc.collect()  # tensors only garbage cycles still hold would count as this engine's
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
     ids = torch.zeros(num_tokens, dtype=torch.long, device=device)

@@ -46,8 +46,7 @@ HELP = {
     "async_scheduling": "schedule the next step while the device runs this one "
                         "(default: on for one worker on a GPU)",
     "max_prefill_tokens_while_decoding": "prompt tokens per step while requests decode, unless "
-                                         "requests queue up (default: 256 on a GPU, 0 = no cap "
-                                         "on the CPU)",
+                                         "requests queue up (0: no cap)",
 }
 SKIPPED = {"model", "extra"}  # model is each command's positional argument; extra is internal
 SHORT_NEGATIONS = {"enable_prefix_caching": "--no-prefix-caching",

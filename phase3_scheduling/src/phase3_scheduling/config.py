@@ -10,7 +10,6 @@ from phase2_attention import CacheConfig
 logger = logging.getLogger(__name__)
 
 
-DEFAULT_GPU_PREFILL_CAP = 256  # prompt tokens per step while decoding, GPU default
 
 
 @dataclass
@@ -98,7 +97,7 @@ class EngineArgs:
     pipeline_parallel_size: int = 1
     distributed_executor_backend: str | None = None  # "uni" | "mp" | "ray" | "grpc" (phase 4)
     async_scheduling: bool | None = None  # default: on for one worker on a GPU
-    max_prefill_tokens_while_decoding: int | None = None  # default: 256 on a GPU, 0 (no cap) on CPU
+    max_prefill_tokens_while_decoding: int = 0  # 0: no cap (measured: docs/benchmarks.md, B4)
     extra: dict = field(default_factory=dict)
 
     def parallel_config(self) -> ParallelConfig:
@@ -123,15 +122,7 @@ class EngineArgs:
                                                   else max(max_len, default_budget))
         return SchedulerConfig(self.max_num_seqs, batched, max_len, self.enable_chunked_prefill,
                                self._async_scheduling(device_type),
-                               self._prefill_cap(device_type))
-
-    def _prefill_cap(self, device_type: str) -> int:
-        """Prompt tokens per step while requests decode: on a GPU a decode step reads all the
-        weights, and ~256 prompt tokens of compute fit in that time on an H100/H200 (8B: 16
-        GFLOP a token); on the CPU every token costs compute, so no cap."""
-        if self.max_prefill_tokens_while_decoding is not None:
-            return self.max_prefill_tokens_while_decoding
-        return DEFAULT_GPU_PREFILL_CAP if device_type == "cuda" else 0
+                               self.max_prefill_tokens_while_decoding)
 
     def _async_scheduling(self, device_type: str) -> bool:
         """Overlap the host's scheduling with the device's step: on by default for one worker on
