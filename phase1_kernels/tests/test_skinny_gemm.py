@@ -58,6 +58,11 @@ def test_refuses_what_it_cannot_do():
         skinny_linear(torch.randn(32, 2).T, w)
 
 
+def test_cublas_is_the_default(monkeypatch):
+    monkeypatch.delenv(gpu_linear.ENV_VAR, raising=False)
+    assert gpu_linear.resolve_mode() == "cublas"  # measured: no B2 gain (docs/phase1.md)
+
+
 def test_the_pass_leaves_cpu_layers_alone():
     layer = ReplicatedLinear(64, 32)
     layer.weight.data.normal_()
