@@ -48,7 +48,8 @@ for _p in ("shared", "phase1_kernels", "phase2_attention", "phase3_scheduling"):
 
 from phase3_scheduling import LLM, SamplingParams  # noqa: E402
 from phase3_scheduling.cli_args import add_engine_args, engine_args  # noqa: E402
-from shared.bench import copy_bandwidth_gbs, hardware, markdown_table  # noqa: E402
+from shared.bench import (copy_bandwidth_gbs, cuda_seconds_per_call, hardware,  # noqa: E402
+                          markdown_table)
 
 FAMILIES = ["qkv", "o", "gate_up", "down", "lm_head", "attention", "store_kvcache", "rms_norm",
             "rope", "silu_and_mul", "embedding", "sampling", "other"]
@@ -120,13 +121,7 @@ def graph_replay_us(llm: LLM, iters: int = 50) -> float | None:
     if size is None:
         return None
     graphs.replay(size)  # the last decode step again: same inputs, same K/V slot rewritten
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        graphs.replay(size)
-    end.record()
-    end.synchronize()
-    return 1e3 * start.elapsed_time(end) / iters
+    return 1e6 * cuda_seconds_per_call(lambda: graphs.replay(size), iters)
 
 
 def free(llm: LLM, device: torch.device) -> None:

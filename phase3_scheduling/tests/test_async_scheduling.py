@@ -10,16 +10,10 @@ import pytest
 
 from phase3_scheduling import LLM, LLMEngine, SamplingParams
 
+from test_engine_correctness import PROMPTS as HF_CHECKED_PROMPTS
 from test_step_failure import tiny_engine_args
 
-PROMPTS = [
-    "The capital of France is",
-    "Write a haiku about the sea.",
-    "List three primary colors:",
-    "Once upon a time, in a small village by the sea, there lived an old fisherman who",
-    "1 2 3",
-    "Explain gravity to a child.",
-]
+PROMPTS = HF_CHECKED_PROMPTS + ["Explain gravity to a child."]
 PARAMS = [
     SamplingParams(temperature=0, max_tokens=20, ignore_eos=True, logprobs=2),
     SamplingParams(temperature=0.8, top_p=0.9, seed=7, max_tokens=18),

@@ -70,13 +70,19 @@ def copy_bandwidth_gbs(device, nbytes: int = 1 << 30, iters: int = 20) -> float:
         return 2 * nbytes / median_seconds(lambda: dst.copy_(src), dev, iters) / 1e9
     for _ in range(3):
         dst.copy_(src)
-    per_copy = []
-    for _ in range(5):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(iters):
-            dst.copy_(src)
-        end.record()
-        end.synchronize()
-        per_copy.append(start.elapsed_time(end) / 1e3 / iters)
+    per_copy = [cuda_seconds_per_call(lambda: dst.copy_(src), iters) for _ in range(5)]
     return 2 * nbytes / statistics.median(per_copy) / 1e9
+
+
+def cuda_seconds_per_call(fn, iters: int) -> float:
+    """Mean device seconds of ``fn()`` over ``iters`` back-to-back calls (CUDA events around
+    the batch, so launch gaps count and nothing is synchronised between calls)."""
+    import torch
+
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3 / iters

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shared.bench import cuda_seconds_per_call
+
 from ..ops import skinny_gemm
 from ..ops.skinny_gemm import MAX_ROWS, SkinnyConfig
 from .linear import LinearBase
@@ -82,14 +84,12 @@ def _time_us(run, weights: list[torch.Tensor], reps: int = 3) -> float:
     """Mean µs per call of ``run(w)`` over every weight in turn (cold L2, as in a real step)."""
     for w in weights[:2]:
         run(w)  # compile / pick the algorithm
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
+
+    def every_layer() -> None:
         for w in weights:
             run(w)
-    end.record()
-    end.synchronize()
-    return 1e3 * start.elapsed_time(end) / (reps * len(weights))
+
+    return 1e6 * cuda_seconds_per_call(every_layer, reps) / len(weights)
 
 
 def _measure_shape(weights: list[torch.Tensor], buckets: list[int], mode: str) -> ShapeChoice:
