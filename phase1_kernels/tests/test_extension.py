@@ -73,8 +73,13 @@ def test_a_build_killed_earlier_does_not_block_the_next(tmp_path):
     """torch's baton file left by a killed build is removed under our flock (a hang before)."""
     from phase1_kernels.ops.extension import _exclusive_build
 
+    import fcntl
+
     (tmp_path / "lock").write_text("")
     with _exclusive_build(tmp_path):
         assert not (tmp_path / "lock").exists()
-    with _exclusive_build(tmp_path):  # the flock is released after the first build
-        pass
+        with open(tmp_path / "lightvllm.flock") as other:  # held: a second builder must wait
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with open(tmp_path / "lightvllm.flock") as other:  # released after the build
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
