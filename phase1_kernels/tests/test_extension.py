@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from phase1_kernels.ops import extension, resolve_impl, triton_ops
