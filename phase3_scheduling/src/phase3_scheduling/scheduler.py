@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from collections import deque
 
 from phase2_attention import KVCacheManager
@@ -46,6 +47,21 @@ from .protocol import CachedRequestData, ModelRunnerOutput, NewRequestData, Sche
 from .request import Request, RequestStatus
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StepBudget:
+    """What one step may still take: tokens, prompt tokens (the cap while decoding) and
+    requests (a 1/P share of them with P pipeline micro-batches)."""
+
+    tokens: int
+    prefill: int
+    requests: int
+
+    def take(self, n: int) -> None:
+        self.tokens -= n
+        if n > 1:  # a prompt chunk (a decode is one token)
+            self.prefill -= n
 
 BACKLOG = 4  # more waiting requests than this: the prefill cap while decoding is lifted
 
@@ -90,38 +106,57 @@ class Scheduler:
 
     # ---- one step ------------------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
-        budget = self.config.max_num_batched_tokens
-        prefill_left = self._prefill_budget(budget)
+        """Running requests first, then waiting ones while the budget allows; decodes first."""
+        tokens = self.config.max_num_batched_tokens
+        budget = StepBudget(tokens, self._prefill_budget(tokens),
+                            -(-self.num_unfinished // self.micro_batches))
         out = SchedulerOutput()
         plan: list[tuple[Request, int]] = []
-        max_requests = -(-self.num_unfinished // self.micro_batches)
+        self._schedule_running(out, plan, budget)
+        if not out.preempted_req_ids:  # no admission in a step that had to preempt
+            self._admit_waiting(plan, budget)
+        plan.sort(key=lambda item: not (item[1] == 1 and item[0].scheduled_end > 0))
+        for request, n in plan:
+            self._emit(out, request, n)
+        if out.req_ids:  # an empty step is not sent: its finished ids wait for the next one
+            out.finished_req_ids, self._finished_ids = self._finished_ids, []
+        return out
 
+    def _schedule_running(self, out: SchedulerOutput, plan: list[tuple[Request, int]],
+                          budget: "StepBudget") -> None:
+        """Each running request its next tokens, preempting the newest when blocks run out."""
         index = 0
-        while index < len(self.running) and budget > 0 and len(plan) < max_requests:
+        while index < len(self.running) and budget.tokens > 0 and len(plan) < budget.requests:
             request = self.running[index]
-            n = self._tokens_for(request, budget, prefill_left) if self._may_schedule(request) else 0
+            n = self._tokens_for(request, budget.tokens, budget.prefill) \
+                if self._may_schedule(request) else 0
             if n == 0:
                 index += 1
                 continue
-            while True:
-                try:
-                    self.kv.allocate_slots(request.request_id, request.scheduled_end + n)
-                    break
-                except OutOfKVBlocksError:
-                    victim = self._preemption_victim()
-                    self._preempt(victim)
-                    out.preempted_req_ids.append(victim.request_id)
-                    if victim is request:
-                        break
-            if request.status is not RequestStatus.RUNNING:
+            if not self._allocate_or_preempt(request, n, out):
                 break  # preempted itself: nothing smaller to give up
             plan.append((request, n))
-            budget -= n
-            prefill_left -= n if n > 1 else 0
+            budget.take(n)
             index += 1
 
-        while (self.waiting and budget > 0 and not out.preempted_req_ids
-               and len(self.running) < self.config.max_num_seqs and len(plan) < max_requests):
+    def _allocate_or_preempt(self, request: Request, n: int, out: SchedulerOutput) -> bool:
+        """Blocks for ``n`` more tokens of ``request``, preempting others as needed; False when
+        ``request`` itself had to go."""
+        while True:
+            try:
+                self.kv.allocate_slots(request.request_id, request.scheduled_end + n)
+                return True
+            except OutOfKVBlocksError:
+                victim = self._preemption_victim()
+                self._preempt(victim)
+                out.preempted_req_ids.append(victim.request_id)
+                if victim is request:
+                    return False
+
+    def _admit_waiting(self, plan: list[tuple[Request, int]], budget: "StepBudget") -> None:
+        """Waiting requests, first come first served, after a prefix-cache lookup."""
+        while (self.waiting and budget.tokens > 0
+               and len(self.running) < self.config.max_num_seqs and len(plan) < budget.requests):
             request = self.waiting[0]
             if request.request_id in self.in_flight:
                 break  # preempted with a step still out: resumes once that step is back
@@ -131,7 +166,7 @@ class Scheduler:
                 hits, cached = self.kv.get_computed_blocks(request.all_token_ids)
             request.num_computed_tokens = cached
             request.num_cached_blocks = len(hits)
-            n = self._tokens_for(request, budget, prefill_left)
+            n = self._tokens_for(request, budget.tokens, budget.prefill)
             if n == 0 or not self.kv.can_allocate(request.request_id, cached + n, hits):
                 request.num_computed_tokens = 0
                 break
@@ -143,15 +178,7 @@ class Scheduler:
                 request.first_scheduled_time = time.monotonic()
             self.running.append(request)
             plan.append((request, n))
-            budget -= n
-            prefill_left -= n if n > 1 else 0
-
-        plan.sort(key=lambda item: not (item[1] == 1 and item[0].scheduled_end > 0))
-        for request, n in plan:
-            self._emit(out, request, n)
-        if out.req_ids:  # an empty step is not sent: its finished ids wait for the next one
-            out.finished_req_ids, self._finished_ids = self._finished_ids, []
-        return out
+            budget.take(n)
 
     def _may_schedule(self, request: Request) -> bool:
         """A request with a step in flight runs again only under async scheduling, and only
