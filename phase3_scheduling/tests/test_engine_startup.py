@@ -3,6 +3,8 @@ process in its READY message (a real engine-core process with a tiny random-weig
 
 from __future__ import annotations
 
+import time
+
 import msgspec
 
 from phase3_scheduling import EngineArgs, LLMEngine
@@ -29,11 +31,15 @@ def tiny_args() -> EngineArgs:
 def test_timeline_adds_phases_in_order_and_formats_one_line():
     timeline = StartupTimeline()
     timeline.add("b", 1.0)
+    outer = time.perf_counter()
     with timeline.phase("a"):
-        pass
+        time.sleep(0.05)  # the phase must measure this, against the clock around it
+    outer = time.perf_counter() - outer
     timeline.add("b", 0.5)
-    assert list(timeline.phases) == ["b", "a"] and timeline.phases["b"] == 1.5
-    assert 1.5 <= timeline.total() < 2.0
+    timeline.add("c", -1.0)  # a clock that stepped back never subtracts
+    assert list(timeline.phases) == ["b", "a", "c"] and timeline.phases["b"] == 1.5
+    assert 0.05 <= timeline.phases["a"] <= outer and timeline.phases["c"] == 0.0
+    assert timeline.total() == 1.5 + timeline.phases["a"]
     assert format_phases({"x": 1.234, "y": 0.0}) == "x 1.23 s, y 0.00 s"
 
 
