@@ -85,3 +85,29 @@ def test_generate_rejects_bad_input(tiny_llama_dir, kwargs, message):
     with pytest.raises(ValueError, match=message):
         llm.generate(**kwargs)
     assert all(layer.kv_cache is None for layer in llm.model.attention_layers)
+
+
+def test_attention_override_receives_every_layer_and_its_output_is_used(tiny_llama_dir):
+    """Inside ``attention_override`` each layer's reshaped q/k/v go to the override, in layer
+    order, and what it returns is the attention output (later phases cut the forward pass there)."""
+    from phase1_kernels.layers.attention import attention_override
+
+    llm = LightvLLM.from_pretrained(tiny_llama_dir, device="cpu")
+    ids = torch.tensor([[5, 9, 200, 7, 1, 33]])
+    reference = llm(ids).logits
+    seen = []
+
+    def through_backend(layer, q, k, v, metadata):
+        seen.append((layer.layer_idx, tuple(q.shape), tuple(k.shape)))
+        return layer.backend.forward(layer, q, k, v, metadata)
+
+    with attention_override(through_backend):
+        passed = llm(ids).logits
+    layers = llm.model.config.num_hidden_layers
+    assert [idx for idx, _, _ in seen] == list(range(layers)) and layers >= 2
+    heads = seen[0][1]
+    assert heads[0] == 6 and seen[0][2][0] == 6
+    assert torch.equal(passed, reference)
+    with attention_override(lambda layer, q, k, v, metadata: torch.zeros_like(q)):
+        assert not torch.allclose(llm(ids).logits, reference, atol=1e-3)
+    assert torch.equal(llm(ids).logits, reference)  # the override ended with its block

@@ -65,3 +65,28 @@ def test_backends_that_are_not_graph_safe_run_eagerly_and_agree(tmp_path):
         del llm
         torch.cuda.empty_cache()
     assert tokens["sdpa"] == tokens["triton_paged"] == tokens["torch_paged"]
+
+
+@pytest.mark.parametrize("backend", ["triton_paged", "sdpa"])
+def test_mixed_steps_replay_piecewise_graphs_and_match_eager(tmp_path, backend):
+    """Prompts chunked by a 32-token budget run next to decoding requests: those mixed steps
+    replay the piecewise graphs (padded token counts, attention eager in between) and give the
+    eager engine's greedy tokens, on a graph-safe backend and on one that is not (fp32)."""
+    path = write_random_llama(tmp_path, std=0.05, **SHAPE)
+    gen = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(0, 2048, (n,), generator=gen).tolist() for n in (5, 37, 100, 16, 1, 70)]
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    runs, mixed_steps = [], []
+    for eager in (True, False):
+        llm = LLM(str(path), dtype="float32", max_num_seqs=8, enforce_eager=eager,
+                  max_num_batched_tokens=32, attention_backend=backend,
+                  num_gpu_blocks_override=KV_BLOCKS)
+        runs.append([o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)])
+        timings = llm.engine.executor.collective_rpc("get_timings")[0]
+        mixed_steps.append(timings.get("mixed_steps", 0))
+        assert llm.engine.kv_manager.num_free_blocks == llm.engine.kv_manager.pool.num_blocks - 1
+        llm.engine.shutdown()
+        del llm
+        torch.cuda.empty_cache()
+    assert mixed_steps[0] == 0 and mixed_steps[1] >= 5, mixed_steps
+    assert runs[0] == runs[1]

@@ -37,6 +37,8 @@ HELP = {
     "cuda_graph_sizes": "decode batch sizes to capture as CUDA graphs, comma-separated (default: "
                         "1,2,4,8 then every 16 up to max_num_seqs; fewer sizes start faster, "
                         "larger gaps pad decode batches more)",
+    "mixed_cuda_graph_max_tokens": "prefill+decode steps up to this many tokens replay piecewise "
+                                   "CUDA graphs around eager attention (0: run them eagerly)",
     "attention_backend": "attention backend (default: the best paged backend for the device)",
     "kernel_impl": "force one kernel implementation (native, cpp, cuda, triton)",
     "tokenizer": "directory with tokenizer.json (default: the model's)",

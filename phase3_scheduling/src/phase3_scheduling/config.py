@@ -90,6 +90,8 @@ class EngineArgs:
     enforce_eager: bool = False  # True: no CUDA graphs
     # decode batch sizes to capture (None: 1, 2, 4, 8, then every 16 up to max_num_seqs)
     cuda_graph_sizes: list[int] | None = None
+    # mixed prefill+decode steps up to this many tokens replay piecewise graphs (0: eager)
+    mixed_cuda_graph_max_tokens: int = 1024
     attention_backend: str | None = None  # default: best paged backend for the device
     kernel_impl: str | None = None
     tokenizer: str | None = None  # directory with tokenizer.json (default: the model's)

@@ -37,6 +37,7 @@ class EngineConfig:
     seed: int
     tokenizer_dir: str | None
     cuda_graph_sizes: list[int] | None = None  # None: the default sizes for max_num_seqs
+    mixed_cuda_graph_max_tokens: int = 0  # 0: mixed steps run eagerly
 
     @property
     def max_model_len(self) -> int:
@@ -67,7 +68,8 @@ def resolve_engine_config(args: EngineArgs) -> EngineConfig:
         dtype=_DTYPE_NAMES[resolve_dtype(args.dtype, torch.device(device_type))],
         load_format=args.load_format, attention_backend=backend, kernel_impl=args.kernel_impl,
         enforce_eager=args.enforce_eager, seed=args.seed, tokenizer_dir=tokenizer_dir,
-        cuda_graph_sizes=_check_graph_sizes(args.cuda_graph_sizes))
+        cuda_graph_sizes=_check_graph_sizes(args.cuda_graph_sizes),
+        mixed_cuda_graph_max_tokens=_check_mixed_max_tokens(args.mixed_cuda_graph_max_tokens))
     logger.debug("engine config: %s on %s (%s), backend %s, max_model_len %d, %d seqs x %d tokens",
                 model_dir or "dummy weights", device_type, config.dtype, backend,
                 scheduler.max_model_len, scheduler.max_num_seqs, scheduler.max_num_batched_tokens)
@@ -80,6 +82,12 @@ def _check_graph_sizes(sizes: list[int] | None) -> list[int] | None:
     if not sizes or min(sizes) < 1:
         raise ValueError(f"cuda_graph_sizes must be batch sizes >= 1, got {sizes}")
     return sorted(set(sizes))
+
+
+def _check_mixed_max_tokens(tokens: int) -> int:
+    if tokens < 0:
+        raise ValueError(f"mixed_cuda_graph_max_tokens must be >= 0 (0: off), got {tokens}")
+    return tokens
 
 
 def encode_config(config: EngineConfig) -> bytes:

@@ -10,11 +10,13 @@ flash-attn and paged backends under their names without copying the model.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -191,6 +193,26 @@ def get_backend(backend: str | AttentionBackend | None = None) -> AttentionBacke
     return _BACKENDS[name]()
 
 
+# (layer, query, key, value, metadata) -> output: what every Attention layer calls instead of its
+# backend while ``attention_override`` is active (phase 3's piecewise CUDA graphs split there)
+AttentionCall = Callable[["Attention", torch.Tensor, torch.Tensor, torch.Tensor, AttentionMetadata],
+                         torch.Tensor]
+_OVERRIDE: contextvars.ContextVar[AttentionCall | None] = contextvars.ContextVar(
+    "attention_override", default=None)
+
+
+@contextlib.contextmanager
+def attention_override(call: AttentionCall) -> Iterator[None]:
+    """Within this block every ``Attention`` layer hands its reshaped q/k/v to ``call`` instead
+    of its backend: the injection point where a later phase cuts the forward pass into the parts
+    around attention (captured as CUDA graphs) and attention itself (run eagerly)."""
+    token = _OVERRIDE.set(call)
+    try:
+        yield
+    finally:
+        _OVERRIDE.reset(token)
+
+
 class Attention(nn.Module):
     """Multi-head / grouped-query attention over a flattened batch, through a backend."""
 
@@ -208,7 +230,8 @@ class Attention(nn.Module):
     def forward(self, query, key, value, metadata: AttentionMetadata) -> torch.Tensor:
         """q [T, Hq*D], k/v [T, Hk*D] -> [T, Hq*D]."""
         tokens = query.shape[0]
-        out = self.backend.forward(
+        call = _OVERRIDE.get() or self.backend.forward
+        out = call(
             self,
             query.reshape(tokens, self.num_heads, self.head_size),
             key.reshape(tokens, self.num_kv_heads, self.head_size),

@@ -33,22 +33,26 @@ def graph_batch_sizes(max_num_seqs: int, requested: list[int] | None = None) -> 
     return [s for s in sizes if s <= limit]
 
 
-class DecodeGraphs:
-    def __init__(self, runner: "ModelRunner"):
-        self.runner = weakref.proxy(runner)  # no cycle: the runner's memory goes when it does
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        self._sizes: list[int] = []
-        self.timings: dict[str, float] = {}  # seconds of "warm_up" and "graph_capture"
+class PaddedSizes:
+    """The captured sizes of a graph family; a step runs in the smallest one that holds it."""
+
+    _sizes: list[int]
 
     @property
     def sizes(self) -> list[int]:
         return self._sizes
 
-    def size_for(self, batch: int) -> int | None:
-        for size in self._sizes:
-            if size >= batch:
-                return size
-        return None
+    def size_for(self, count: int) -> int | None:
+        """The smallest captured size >= ``count`` (None: larger than all, run eagerly)."""
+        return next((size for size in self._sizes if size >= count), None)
+
+
+class DecodeGraphs(PaddedSizes):
+    def __init__(self, runner: "ModelRunner"):
+        self.runner = weakref.proxy(runner)  # no cycle: the runner's memory goes when it does
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._sizes: list[int] = []
+        self.timings: dict[str, float] = {}  # seconds of "warm_up" and "graph_capture"
 
     def replay(self, size: int) -> torch.Tensor:
         graph, logits = self.graphs[size]

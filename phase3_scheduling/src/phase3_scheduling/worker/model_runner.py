@@ -2,8 +2,9 @@
 
 ``submit`` reads as its steps: update the persistent batch with the message's deltas, ``plan``
 (query/sequence lengths, decodes first, a CUDA-graph size), ``prepare_inputs`` (named views of
-one pinned buffer, one copy to the device), ``run`` (graph replay for pure decode steps, eager
-otherwise) and ``sample``. It returns an ``AsyncStepOutput`` without waiting for the device:
+one pinned buffer, one copy to the device), ``run`` (a whole-step graph for pure decode steps,
+piecewise graphs around eager attention for mixed steps up to a token count, eager otherwise)
+and ``sample``. It returns an ``AsyncStepOutput`` without waiting for the device:
 the sampled ids stay on the device (the next step reads the ones it needs from there) and are
 copied to the host on a side stream; ``result()`` waits for that copy. ``execute_model`` is
 ``submit(step).result()``.
@@ -32,6 +33,7 @@ from ..sampler import Sampler, SamplingInputs
 from .async_output import AsyncStepOutput, ReadyOutput, StepOutput
 from .cuda_graphs import DecodeGraphs
 from .input_batch import CachedRequestState, InputBatch, WorkerStateError
+from .piecewise_graphs import MixedGraphs, mixed_graph_sizes
 from .staging import StepStaging
 
 logger = logging.getLogger(__name__)
@@ -50,7 +52,8 @@ class StepPlan:
     query_lens: list[int]
     seq_lens: list[int]
     num_decodes: int
-    graph_size: int | None  # padded batch of a captured decode graph, or None (eager)
+    graph_size: int | None  # padded batch of a captured decode graph, or None
+    mixed_size: int | None  # padded token count of captured mixed-step graphs, or None
     sample_rows: list[int]  # rows whose last token reaches the end of the known tokens
     starts: list[int]  # per row: position of its first token this step
 
@@ -64,7 +67,14 @@ class StepPlan:
 
     @property
     def num_padded_tokens(self) -> int:
-        return self.graph_size or self.num_tokens
+        return self.graph_size or self.mixed_size or self.num_tokens
+
+    @property
+    def kind(self) -> str:
+        """How the step runs: ``decode`` (whole graph), ``mixed`` (piecewise) or ``eager``."""
+        if self.graph_size is not None:
+            return "decode"
+        return "mixed" if self.mixed_size is not None else "eager"
 
 
 class ModelRunner:
@@ -81,6 +91,7 @@ class ModelRunner:
         self.backend = model.attn_backend
         self.sampler = Sampler()
         self.graphs = DecodeGraphs(self)
+        self.mixed = MixedGraphs(self)
         self.timings: dict[str, float] = defaultdict(float)
         self.num_blocks = 0
         # the previous step's sampled ids on the device, and each request's row in them
@@ -106,11 +117,17 @@ class ModelRunner:
             self.graphs.timings["gemm_tuning"] = time.perf_counter() - start
         if self.config.enforce_eager:
             return
-        if not self.backend.cudagraph_safe:
+        if self.backend.cudagraph_safe:
+            self.graphs.capture()
+        else:
             logger.info("backend %s is not CUDA-graph safe: decode steps run eagerly",
                         self.backend.name)
-            return
-        self.graphs.capture()
+        # attention runs eagerly between the pieces, so any backend may use them
+        sched = self.config.scheduler_config
+        self.mixed.capture(mixed_graph_sizes(self.config.mixed_cuda_graph_max_tokens,
+                                             sched.max_num_batched_tokens))
+        capture = self.mixed.timings.get("mixed_graph_capture", 0.0)
+        self.graphs.timings["graph_capture"] = self.graphs.timings.get("graph_capture", 0.0) + capture
 
     # ---- one step ------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -128,7 +145,7 @@ class ModelRunner:
         metadata = self.prepare_inputs(plan)
         t1 = time.perf_counter()
         logits = self.run(plan, metadata)
-        kind = "decode" if plan.graph_size is not None else "eager"
+        kind = plan.kind
         output = self._no_output() if logits is None else self.sample(plan, logits, kind)
         self.timings[kind + "_prepare"] += t1 - t0
         self.timings[kind + "_run"] += time.perf_counter() - t1
@@ -145,12 +162,13 @@ class ModelRunner:
                and seq_lens[num_decodes] > 1):
             num_decodes += 1
         graph_size = self.graphs.size_for(len(states)) if num_decodes == len(states) else None
+        mixed_size = None if graph_size is not None else self.mixed.size_for(sum(query_lens))
         # a row samples when it reaches the end of the known tokens (or runs the token the
         # previous step sampled, which only the device knows yet)
         sample_rows = [i for i, (s, end) in enumerate(zip(states, seq_lens))
                        if end >= len(s.token_ids)]
-        return StepPlan(states, query_lens, seq_lens, num_decodes, graph_size, sample_rows,
-                        starts)
+        return StepPlan(states, query_lens, seq_lens, num_decodes, graph_size, mixed_size,
+                        sample_rows, starts)
 
     def _input_ids(self, plan: StepPlan) -> tuple[list[int], list[int], list[int]]:
         """The step's input ids as far as the host knows them, and where the previous step's
@@ -227,7 +245,10 @@ class ModelRunner:
             return logits.index_select(0, self.staging.index("sample_index"))
         n = plan.num_tokens
         dev = self.staging.dev
-        hidden = self.model(dev.input_ids[:n], dev.positions[:n], metadata)
+        if plan.mixed_size is not None:
+            hidden = self.mixed.replay(plan.mixed_size, n, metadata)
+        else:
+            hidden = self.model(dev.input_ids[:n], dev.positions[:n], metadata)
         if hidden is None or not plan.sample_rows:
             return None
         return self.model.compute_logits(hidden.index_select(0, self.staging.index("sample_index")))
