@@ -21,6 +21,8 @@
 #   b1       phase-1 kernel bandwidth, % of the copy bandwidth measured in the same run
 #   b2 b3    DESIGN.md's B2 (latency) and B3 (throughput), dummy 8B bf16; b2sync, b3sync: the same
 #            with --no-async-scheduling (the same-run baseline); b2hf: B2 next to HF generate
+#   b2nomixed b3nomixed b4nomixed: the same with --mixed-cuda-graph-max-tokens 0 (mixed
+#            prefill+decode steps eager: the piecewise graphs' same-run baseline)
 #   b4       online serving (phase5_server/benchmarks/run_b4.py --preset h200); b4nocap: the same
 #            with --max-prefill-tokens-while-decoding 0 (the prompt cap's same-run baseline)
 #   b2fa4    B2 with the flash_attn backend (FA4) at block 128; b2cublas: B2 with every GEMM on
@@ -174,15 +176,16 @@ BENCH="$PY -m lightvllm.cli bench"
 DUMMY8B="--load-format dummy --hf-config llama-3.1-8b --dtype bfloat16"
 PYTEST="$PY -m pytest -q -rfEs -p no:cacheprovider"
 
-sync_flag() {  # sections named *sync run the engine without async scheduling (the baseline)
-  case $1 in *sync) echo --no-async-scheduling ;; esac
+sync_flag() {  # sections named *sync run the engine without async scheduling (the baseline);
+  # *nomixed without the piecewise graphs of mixed prefill+decode steps (their baseline)
+  case $1 in *sync) echo --no-async-scheduling ;; *nomixed) echo --mixed-cuda-graph-max-tokens 0 ;; esac
 }
 
 section() {  # the command of one section (run under timeout by run_sections)
   case $1 in
     tests) $PYTEST -m gpu $(gpu_test_files | tr '\n' ' ') ;;
     b1) $PY phase1_kernels/benchmarks/bench_kernels.py --out "$R/b1.json" ;;
-    b2|b2sync) $BENCH latency $DUMMY8B --input-len 128 --output-len 256 --num-iters 3 \
+    b2|b2sync|b2nomixed) $BENCH latency $DUMMY8B --input-len 128 --output-len 256 --num-iters 3 \
           --max-num-seqs 8 $(sync_flag $1) --workload B2 --out "$R/$1.json" ;;
     b2cublas) LIGHTVLLM_GPU_LINEAR=cublas $BENCH latency $DUMMY8B --input-len 128 --output-len 256 \
           --num-iters 3 --max-num-seqs 8 --workload B2 --out "$R/b2cublas.json" ;;
@@ -193,12 +196,14 @@ section() {  # the command of one section (run under timeout by run_sections)
           --out "$R/b2fa4.json" ;;
     b2hf) $BENCH latency $DUMMY8B --input-len 128 --output-len 256 --num-iters 3 --max-num-seqs 8 \
           --hf --hf-output-len 32 --workload B2 --out "$R/b2hf.json" ;;
-    b3|b3sync) $BENCH throughput $DUMMY8B --num-prompts 256 --input-len 100 1024 --output-len 100 \
+    b3|b3sync|b3nomixed) $BENCH throughput $DUMMY8B --num-prompts 256 --input-len 100 1024 --output-len 100 \
           1024 --max-num-batched-tokens 8192 $(sync_flag $1) --workload B3 --out "$R/$1.json" ;;
     b3hf) $BENCH throughput $DUMMY8B --num-prompts 128 --input-len 128 --output-len 128 \
           --max-num-seqs 128 --hf --workload B3-128x128 --out "$R/b3hf.json" ;;
     b4) $PY phase5_server/benchmarks/run_b4.py --preset h200 --out "$R/b4.json" \
           --server-log "$R/b4_server.log" ;;
+    b4nomixed) $PY phase5_server/benchmarks/run_b4.py --preset h200 --out "$R/b4nomixed.json" \
+          --serve-args "--mixed-cuda-graph-max-tokens 0" --server-log "$R/b4nomixed_server.log" ;;
     b4nocap) $PY phase5_server/benchmarks/run_b4.py --preset h200 --out "$R/b4nocap.json" \
           --serve-args "--max-prefill-tokens-while-decoding 0" --server-log "$R/b4nocap_server.log" ;;
     fa4) timeout 150 $PY scripts/h200_fa4/smoke.py; $PYTEST $FA4_TESTS ;;
@@ -213,7 +218,7 @@ section() {  # the command of one section (run under timeout by run_sections)
 }
 
 declare -A LIMIT=([tests]=420 [b1]=150 [b2]=150 [b2sync]=150 [b2hf]=150 [b3]=150 [b3sync]=150
-                  [b3hf]=240 [b4]=330 [b4nocap]=330 [b2fa4]=150 [b2cublas]=150 [quick]=180 [fa4]=360
+                  [b3hf]=240 [b4]=330 [b4nocap]=330 [b4nomixed]=330 [b2nomixed]=150 [b3nomixed]=150 [b2fa4]=150 [b2cublas]=150 [quick]=180 [fa4]=360
                   [profile]=180 [profile_fa4]=180 [parity]=240 [engine]=180)
 
 run_sections() {
