@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "../common.h"
+#include "vec_math.h"
 
 namespace lightvllm {
 namespace {
@@ -140,6 +141,28 @@ void rotary_embedding(const at::Tensor& positions, at::Tensor& query, at::Tensor
   });
 }
 
+// silu(gate) * up for the first multiple of 8 elements with AVX2 (fp32 only); returns how many
+// it did (the caller's scalar loop does the rest, and everything for other dtypes).
+template <typename T>
+inline int64_t silu_and_mul_simd(const T*, const T*, T*, int64_t) {
+  return 0;
+}
+
+#ifdef LIGHTVLLM_AVX2
+template <>
+inline int64_t silu_and_mul_simd<float>(const float* gate, const float* up, float* o, int64_t d) {
+  const __m256 one = _mm256_set1_ps(1.f);
+  int64_t i = 0;
+  for (; i + 8 <= d; i += 8) {
+    const __m256 g = _mm256_loadu_ps(gate + i);
+    const __m256 e = exp_approx(_mm256_sub_ps(_mm256_setzero_ps(), g));
+    _mm256_storeu_ps(o + i, _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, e)),
+                                          _mm256_loadu_ps(up + i)));
+  }
+  return i;
+}
+#endif
+
 void silu_and_mul(at::Tensor& out, const at::Tensor& input) {
   check_silu_and_mul(out, input);
   const int64_t d = input.size(-1) / 2;
@@ -152,9 +175,9 @@ void silu_and_mul(at::Tensor& out, const at::Tensor& input) {
         const scalar_t* gate = x + r * 2 * d;
         const scalar_t* up = gate + d;
         scalar_t* o = y + r * d;
-        for (int64_t i = 0; i < d; ++i) {
+        for (int64_t i = silu_and_mul_simd(gate, up, o, d); i < d; ++i) {
           const float g = static_cast<float>(gate[i]);
-          o[i] = static_cast<scalar_t>(g / (1.f + std::exp(-g)) * static_cast<float>(up[i]));
+          o[i] = static_cast<scalar_t>(g / (1.f + exp_approx(-g)) * static_cast<float>(up[i]));
         }
       }
     });
