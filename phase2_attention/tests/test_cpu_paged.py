@@ -49,6 +49,17 @@ def test_mixed_batch_matches_float64(hq, hk, d, bs):
     run_and_check([1, 1, 1, 37, 5], [2, 17, 70, 50, 5], hq, hk, d, bs)
 
 
+@pytest.mark.parametrize("hq,hk,d", [(9, 3, 64), (8, 2, 128), (4, 4, 64)])
+@pytest.mark.parametrize("bs", [1, 5, 16])
+def test_decode_batch_on_the_two_pass_path(hq, hk, d, bs):
+    """fp32 head sizes 64 and 128 take the two-pass AVX2 path (where the CPU has AVX2): one item
+    per sequence over all kv heads once the batch has several sequences per thread, per kv head
+    otherwise, and for the one-token last tile of a prompt (17 = 16 + 1)."""
+    s_lens = [1, 2, 15, 16, 17, 33, 64, 100, 129, 200, 7, 300]
+    run_and_check([1] * len(s_lens), s_lens, hq, hk, d, bs)
+    run_and_check([1, 1, 17], [40, 3, 57], hq, hk, d, bs)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_cache(dtype):
     run_and_check([1, 1, 20], [33, 9, 40], 8, 2, 64, 16, dtype)

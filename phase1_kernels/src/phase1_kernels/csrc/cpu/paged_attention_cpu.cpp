@@ -22,39 +22,14 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#define LIGHTVLLM_AVX2 1
-#endif
-
 #include "../common.h"
+#include "vec_math.h"
 
 namespace lightvllm {
 namespace {
 
 constexpr int64_t kTileTokens = 16;  // query tokens per work item (prefill)
 constexpr int kLanes = 16;           // partial sums per dot product: lets the compiler use SIMD
-
-// exp(x) for x <= 0 (scores minus their running max), vectorisable: x = k ln2 + r with
-// |r| <= ln2 / 2, exp(r) by Cephes' degree-6 polynomial, 2^k built in the exponent bits.
-// Relative error ~2e-7 (fp32 rounding); inputs below -87 give ~1e-38 instead of 0.
-inline float exp_nonpositive(float x) {
-  x = std::max(x, -87.0f);
-  const float k = std::floor(x * 1.44269504088896341f + 0.5f);
-  float r = x - k * 0.693359375f;
-  r = r + k * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
-}
 
 template <typename T>
 inline float dot(const float* q, const T* k, int64_t n) {
@@ -99,25 +74,10 @@ inline void exp_shifted(float* s, int64_t n, float shift) {
   int64_t j = 0;
 #ifdef LIGHTVLLM_AVX2
   const __m256 sh = _mm256_set1_ps(shift);
-  for (; j + 8 <= n; j += 8) {
-    __m256 x = _mm256_max_ps(_mm256_sub_ps(_mm256_loadu_ps(s + j), sh), _mm256_set1_ps(-87.0f));
-    const __m256 k = _mm256_floor_ps(
-        _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
-    x = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);
-    x = _mm256_fmadd_ps(k, _mm256_set1_ps(2.12194440e-4f), x);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_fmadd_ps(_mm256_mul_ps(p, x), x, _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
-    const __m256i bits = _mm256_slli_epi32(
-        _mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
-    _mm256_storeu_ps(s + j, _mm256_mul_ps(p, _mm256_castsi256_ps(bits)));
-  }
+  for (; j + 8 <= n; j += 8)
+    _mm256_storeu_ps(s + j, exp_approx(_mm256_sub_ps(_mm256_loadu_ps(s + j), sh)));
 #endif
-  for (; j < n; ++j) s[j] = exp_nonpositive(s[j] - shift);
+  for (; j < n; ++j) s[j] = exp_approx(s[j] - shift);
 }
 
 // K or V rows of one block as fp32: the cache itself for fp32, else converted into `buf`.
@@ -145,6 +105,7 @@ struct Layout {
 struct Item {
   int64_t seq, kv_head, first, last;  // query tokens [first, last) of the sequence
 };
+constexpr int64_t kAllHeads = -1;  // Item::kv_head of a decode item that covers every kv head
 
 // Per-thread scratch of one work item: scaled queries, accumulators, softmax state.
 struct Scratch {
@@ -168,7 +129,7 @@ inline void attend_block(const float* q, float* acc, float& m, float& l, float* 
   float block_max = s[0];
   for (int64_t j = 1; j < n; ++j) block_max = std::max(block_max, s[j]);
   const float m_new = std::max(m, block_max);
-  const float correction = exp_nonpositive(m - m_new);  // m = -inf at first: exp -> ~0
+  const float correction = exp_approx(m - m_new);  // m = -inf at first: exp -> ~0
   exp_shifted(s, n, m_new);
   float sum = 0.f;
   for (int64_t j = 0; j < n; ++j) sum += s[j];
@@ -225,10 +186,149 @@ void attend_item(const Item& it, T* out, const T* query, const T* cache, const i
   }
 }
 
-std::vector<Item> make_items(const int32_t* starts, int64_t num_seqs, int64_t kv_heads) {
+#ifdef LIGHTVLLM_AVX2
+// Hint the caches to fetch one block's `rows` rows of `dim` fp32 (`stride` apart): the next
+// block's address comes from the block table, which no hardware prefetcher can guess.
+inline void prefetch_rows(const float* p, int64_t rows, int64_t stride, int64_t dim) {
+  for (int64_t j = 0; j < rows; ++j)
+    for (int64_t d = 0; d < dim; d += 16)
+      _mm_prefetch(reinterpret_cast<const char*>(p + j * stride + d), _MM_HINT_T0);
+}
+
+inline float max_of(const float* s, int64_t n) {
+  int64_t j = 0;
+  float best = -std::numeric_limits<float>::infinity();
+  if (n >= 8) {
+    __m256 m = _mm256_loadu_ps(s);
+    for (j = 8; j + 8 <= n; j += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(s + j));
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, m);
+    for (float x : lanes) best = std::max(best, x);
+  }
+  for (; j < n; ++j) best = std::max(best, s[j]);
+  return best;
+}
+
+constexpr int64_t kAhead = 2;  // blocks prefetched ahead of the one in use
+
+// One query token against every key it sees, for the `group` query heads of kv head
+// it.kv_head, or for all heads when it.kv_head is kAllHeads (then each K/V block is read as one
+// contiguous run of memory instead of one head's slice of every row). Two passes instead of an
+// online softmax per block: all scores first (a K block is read from memory once and reused from
+// L1 by the heads of its group), one softmax per head, then the V rows weighted into per-head
+// accumulators held in registers per block (8 AVX registers for head_size 64). Blocks are
+// prefetched kAhead ahead, V during the first pass. fp32 cache, head_size = 8 * NV.
+template <int NV>
+void attend_decode_avx2(const Item& it, float* out, const float* query, const float* cache,
+                        const int32_t* tables, const int32_t* seq_lens, const int32_t* starts,
+                        float scale, const Layout& L, Scratch& w) {
+  constexpr int64_t dim = NV * 8;
+  const int64_t group = L.group, token = starts[it.seq] + it.first;
+  const int64_t h0 = it.kv_head == kAllHeads ? 0 : it.kv_head;
+  const int64_t heads = it.kv_head == kAllHeads ? L.kv_heads : 1;
+  const int64_t rows = heads * group;  // row r: query head h0 * group + r, kv head h0 + r / group
+  const int64_t q_len = starts[it.seq + 1] - starts[it.seq];
+  const int64_t keys = seq_lens[it.seq] - q_len + it.first + 1;  // causal: keys [0, keys)
+  const int64_t nblocks = (keys + L.block_size - 1) / L.block_size;
+  const int64_t ts = L.token_stride(), bs = L.block_stride(), base = h0 * dim;
+  const int32_t* table = tables + it.seq * L.table_width;
+  const float* v_cache = cache + L.num_blocks * bs;
+  auto prefetch_block = [&](int64_t blk) {
+    prefetch_rows(cache + table[blk] * bs + base, L.block_size, ts, heads * dim);
+    prefetch_rows(v_cache + table[blk] * bs + base, L.block_size, ts, heads * dim);
+  };
+  for (int64_t blk = 0; blk < std::min(kAhead, nblocks); ++blk) prefetch_block(blk);
+  w.q.resize(rows * dim);
+  w.s.resize(rows * keys);
+  w.acc.assign(rows * dim, 0.f);
+  w.l.resize(rows);
+  const float* q_src = query + token * L.q_token_stride + h0 * group * dim;
+  for (int64_t i = 0; i < rows * dim; ++i) w.q[i] = q_src[i] * scale;
+  for (int64_t blk = 0; blk < nblocks; ++blk) {  // pass 1: scores; V comes into L2 meanwhile
+    if (blk + kAhead < nblocks) prefetch_block(blk + kAhead);
+    const float* k = cache + table[blk] * bs + base;
+    const int64_t first = blk * L.block_size, n = std::min(L.block_size, keys - first);
+    for (int64_t r = 0; r < rows; ++r)
+      key_scores(w.q.data() + r * dim, k + (r / group) * dim, ts, dim, n,
+                 w.s.data() + r * keys + first);
+  }
+  for (int64_t r = 0; r < rows; ++r) {  // softmax numerators; 1 / denominator kept
+    float* s = w.s.data() + r * keys;
+    exp_shifted(s, keys, max_of(s, keys));
+    __m256 sum8 = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 8 <= keys; j += 8) sum8 = _mm256_add_ps(sum8, _mm256_loadu_ps(s + j));
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, sum8);
+    float sum = 0.f;
+    for (float x : lanes) sum += x;
+    for (; j < keys; ++j) sum += s[j];
+    w.l[r] = 1.f / sum;
+  }
+  for (int64_t blk = 0; blk < nblocks; ++blk) {  // pass 2: weighted V rows
+    const float* v = v_cache + table[blk] * bs + base;
+    const int64_t first = blk * L.block_size, n = std::min(L.block_size, keys - first);
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* p = w.s.data() + r * keys + first;
+      const float* vr = v + (r / group) * dim;
+      float* acc_mem = w.acc.data() + r * dim;
+      __m256 acc[NV];
+      for (int c = 0; c < NV; ++c) acc[c] = _mm256_loadu_ps(acc_mem + 8 * c);
+      for (int64_t j = 0; j < n; ++j) {
+        const __m256 pj = _mm256_set1_ps(p[j]);
+        const float* vj = vr + j * ts;
+        for (int c = 0; c < NV; ++c) acc[c] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 8 * c), acc[c]);
+      }
+      for (int c = 0; c < NV; ++c) _mm256_storeu_ps(acc_mem + 8 * c, acc[c]);
+    }
+  }
+  float* dst = out + token * L.out_token_stride + h0 * group * dim;
+  for (int64_t r = 0; r < rows; ++r) {
+    const __m256 inv = _mm256_set1_ps(w.l[r]);
+    for (int c = 0; c < NV; ++c)
+      _mm256_storeu_ps(dst + r * dim + 8 * c,
+                       _mm256_mul_ps(_mm256_loadu_ps(w.acc.data() + r * dim + 8 * c), inv));
+  }
+}
+#endif
+
+#ifdef LIGHTVLLM_AVX2
+inline bool has_decode_path(const Layout& L) { return L.head_size == 64 || L.head_size == 128; }
+#else
+inline bool has_decode_path(const Layout&) { return false; }
+#endif
+
+// The two-pass AVX2 path for single-token items of an fp32 cache with head_size 64 or 128
+// (decode, and the last token of a prefill tile); the general online-softmax path otherwise.
+template <typename T>
+void attend(const Item& it, T* out, const T* query, const T* cache, const int32_t* tables,
+            const int32_t* seq_lens, const int32_t* starts, float scale, const Layout& L,
+            Scratch& w) {
+#ifdef LIGHTVLLM_AVX2
+  if constexpr (std::is_same_v<T, float>) {
+    if (it.last - it.first == 1 && has_decode_path(L)) {
+      if (L.head_size == 64)
+        attend_decode_avx2<8>(it, out, query, cache, tables, seq_lens, starts, scale, L, w);
+      else
+        attend_decode_avx2<16>(it, out, query, cache, tables, seq_lens, starts, scale, L, w);
+      return;
+    }
+  }
+#endif
+  attend_item(it, out, query, cache, tables, seq_lens, starts, scale, L, w);
+}
+
+// Work items: (sequence, kv head, tile of query tokens); with `whole_decodes`, a one-token
+// sequence is one item over all its heads (enough sequences keep every thread busy).
+std::vector<Item> make_items(const int32_t* starts, int64_t num_seqs, int64_t kv_heads,
+                             bool whole_decodes) {
   std::vector<Item> items;
   for (int64_t b = 0; b < num_seqs; ++b) {
     const int64_t q_len = starts[b + 1] - starts[b];
+    if (whole_decodes && q_len == 1) {
+      items.push_back({b, kAllHeads, 0, 1});
+      continue;
+    }
     for (int64_t h = 0; h < kv_heads; ++h)
       for (int64_t t = 0; t < q_len; t += kTileTokens)
         items.push_back({b, h, t, std::min(q_len, t + kTileTokens)});
@@ -299,7 +399,9 @@ void paged_attention(at::Tensor& out, const at::Tensor& query, const at::Tensor&
   const int32_t* tables = block_tables.const_data_ptr<int32_t>();
   TORCH_CHECK(starts[0] == 0, "query_start_loc must start at 0, got ", starts[0]);
   check_tables(tables, lens, starts, num_seqs, query.size(0), L);
-  const std::vector<Item> items = make_items(starts, num_seqs, L.kv_heads);
+  const bool fast = query.scalar_type() == at::kFloat && has_decode_path(L);
+  const std::vector<Item> items =
+      make_items(starts, num_seqs, L.kv_heads, fast && num_seqs >= 4 * at::get_num_threads());
   const float s = static_cast<float>(scale);
   LIGHTVLLM_DISPATCH_FLOATING_TYPES(query.scalar_type(), "paged_attention_cpu", [&] {
     scalar_t* o = out.data_ptr<scalar_t>();
@@ -308,7 +410,7 @@ void paged_attention(at::Tensor& out, const at::Tensor& query, const at::Tensor&
     at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t begin, int64_t end) {
       Scratch scratch;
       for (int64_t i = begin; i < end; ++i)
-        attend_item(items[i], o, q, c, tables, lens, starts, s, L, scratch);
+        attend(items[i], o, q, c, tables, lens, starts, s, L, scratch);
     });
   });
 }
