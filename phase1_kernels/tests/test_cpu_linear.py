@@ -30,6 +30,22 @@ def test_packed_matches_float64(rows, bias):
     torch.testing.assert_close(layer(x[None]).double(), expected[None], rtol=1e-4, atol=1e-4)
 
 
+def test_large_inputs_use_the_dense_weight_and_small_ones_the_pack():
+    """From LARGE_BATCH_ROWS rows on the layer runs MKL's F.linear on the dense weight (faster
+    there), below it the packed copy: a pack spoiled on purpose shows which one ran."""
+    layer = filled(ReplicatedLinear(64, 48, bias=True))
+    cpu_linear.process_weights_after_loading(layer, "onednn")
+    rows = cpu_linear.LARGE_BATCH_ROWS
+    big, small = torch.randn(rows, 64), torch.randn(rows - 1, 64)
+    expected_big = F.linear(big.double(), layer.weight.double(), layer.bias.double())
+    layer.__dict__["packed_weight"] = torch.ops.mkldnn._reorder_linear_weight(
+        torch.zeros_like(layer.weight), cpu_linear.PACK_BATCH_HINT)
+    torch.testing.assert_close(layer(big).double(), expected_big, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(layer(big.view(2, rows // 2, 64)).double(),
+                               expected_big.view(2, rows // 2, 48), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(layer(small), layer.bias.expand(rows - 1, 48))  # the zeroed pack
+
+
 def test_native_mode_unpacks():
     layer = filled(LinearFactory().merged_column(64, [32, 48]))
     cpu_linear.process_weights_after_loading(layer, "onednn")

@@ -14,7 +14,8 @@ tensor-parallel loaders read it). Phase 4's parallel layers override ``forward``
 all-reduce or a gather around ``apply_linear``, so their shard's GEMM is packed too; a class
 that overrides ``apply_linear`` itself is left alone. Choose with env ``LIGHTVLLM_CPU_LINEAR`` or ``mode``:
 
-- ``onednn`` (default on CPU when oneDNN is present): prepacked oneDNN weights.
+- ``onednn`` (default on CPU when oneDNN is present): prepacked oneDNN weights for inputs of
+  fewer than ``LARGE_BATCH_ROWS`` rows (decode), MKL's ``F.linear`` from there (prefill chunks).
 - ``native``: ``F.linear`` (MKL), the reference.
 
 fp32 only: the bf16 oneDNN path needs AVX-512 (BW/VL/DQ) or AVX-NE-CONVERT; where the CPU has
@@ -38,6 +39,10 @@ logger = logging.getLogger(__name__)
 ENV_VAR = "LIGHTVLLM_CPU_LINEAR"
 MODES = ("onednn", "native")
 PACK_BATCH_HINT = 64  # the row count oneDNN picks its blocking for (B5's decode batch)
+# From this many rows on (prefill chunks), MKL's F.linear on the dense weight beat the packed
+# oneDNN GEMM on the 2-core AVX2 EPYC (~8-10 % at 1,024-2,048 rows; oneDNN ahead below 1,024):
+# docs/benchmarks.md, B5 step profile.
+LARGE_BATCH_ROWS = 1024
 
 
 def resolve_mode(mode: str | None = None) -> str:
@@ -62,7 +67,7 @@ def _packable(module: nn.Module) -> bool:
 
 def _onednn_linear(self: LinearBase, x: torch.Tensor, with_bias: bool = True) -> torch.Tensor:
     bias = self.bias if with_bias else None
-    if x.dtype != torch.float32 or x.device.type != "cpu":
+    if x.dtype != torch.float32 or x.device.type != "cpu" or x.numel() >= LARGE_BATCH_ROWS * x.shape[-1]:
         return F.linear(x, self.weight, bias)
     packed = self.__dict__.get("packed_weight")
     if packed is None:  # packed at first use, so weights loaded after the pass are seen
