@@ -211,49 +211,59 @@ inline float max_of(const float* s, int64_t n) {
 
 constexpr int64_t kAhead = 2;  // blocks prefetched ahead of the one in use
 
-// One query token against every key it sees, for the `group` query heads of kv head
-// it.kv_head, or for all heads when it.kv_head is kAllHeads (then each K/V block is read as one
-// contiguous run of memory instead of one head's slice of every row). Two passes instead of an
-// online softmax per block: all scores first (a K block is read from memory once and reused from
-// L1 by the heads of its group), one softmax per head, then the V rows weighted into per-head
-// accumulators held in registers per block (8 AVX registers for head_size 64). Blocks are
-// prefetched kAhead ahead, V during the first pass. fp32 cache, head_size = 8 * NV.
+// One work item in two passes instead of an online softmax per block: every score first (a K
+// block is read from memory once and reused from L1 by all the item's rows), one softmax per
+// row, then the V rows weighted into per-row accumulators held in registers per block (8 AVX
+// registers for head_size 64). The item's rows are tokens x heads x group: a tile of query
+// tokens of one kv head, or one token over every kv head (it.kv_head == kAllHeads: each K/V
+// block is then read as one contiguous run of memory). Causal: a row sees keys [0, its
+// position]. Blocks are prefetched kAhead ahead, V during the first pass. fp32, head = 8 * NV.
 template <int NV>
-void attend_decode_avx2(const Item& it, float* out, const float* query, const float* cache,
-                        const int32_t* tables, const int32_t* seq_lens, const int32_t* starts,
-                        float scale, const Layout& L, Scratch& w) {
+void attend_two_pass(const Item& it, float* out, const float* query, const float* cache,
+                     const int32_t* tables, const int32_t* seq_lens, const int32_t* starts,
+                     float scale, const Layout& L, Scratch& w) {
   constexpr int64_t dim = NV * 8;
-  const int64_t group = L.group, token = starts[it.seq] + it.first;
+  const int64_t group = L.group, tokens = it.last - it.first;
   const int64_t h0 = it.kv_head == kAllHeads ? 0 : it.kv_head;
   const int64_t heads = it.kv_head == kAllHeads ? L.kv_heads : 1;
-  const int64_t rows = heads * group;  // row r: query head h0 * group + r, kv head h0 + r / group
+  const int64_t per_token = heads * group, rows = tokens * per_token;
   const int64_t q_len = starts[it.seq + 1] - starts[it.seq];
-  const int64_t keys = seq_lens[it.seq] - q_len + it.first + 1;  // causal: keys [0, keys)
-  const int64_t nblocks = (keys + L.block_size - 1) / L.block_size;
+  const int64_t first_keys = seq_lens[it.seq] - q_len + it.first + 1;  // the first token's
+  const int64_t max_keys = first_keys + tokens - 1;
+  const int64_t nblocks = (max_keys + L.block_size - 1) / L.block_size;
   const int64_t ts = L.token_stride(), bs = L.block_stride(), base = h0 * dim;
   const int32_t* table = tables + it.seq * L.table_width;
   const float* v_cache = cache + L.num_blocks * bs;
+  auto keys_of = [&](int64_t r) { return first_keys + r / per_token; };
+  auto kv_of = [&](int64_t r) { return ((r % per_token) / group) * dim; };  // offset from base
   auto prefetch_block = [&](int64_t blk) {
     prefetch_rows(cache + table[blk] * bs + base, L.block_size, ts, heads * dim);
     prefetch_rows(v_cache + table[blk] * bs + base, L.block_size, ts, heads * dim);
   };
   for (int64_t blk = 0; blk < std::min(kAhead, nblocks); ++blk) prefetch_block(blk);
   w.q.resize(rows * dim);
-  w.s.resize(rows * keys);
+  w.s.resize(rows * max_keys);
   w.acc.assign(rows * dim, 0.f);
   w.l.resize(rows);
-  const float* q_src = query + token * L.q_token_stride + h0 * group * dim;
-  for (int64_t i = 0; i < rows * dim; ++i) w.q[i] = q_src[i] * scale;
+  const int64_t token0 = starts[it.seq] + it.first;
+  for (int64_t t = 0; t < tokens; ++t) {
+    const float* src = query + (token0 + t) * L.q_token_stride + h0 * group * dim;
+    float* dst = w.q.data() + t * per_token * dim;
+    for (int64_t i = 0; i < per_token * dim; ++i) dst[i] = src[i] * scale;
+  }
   for (int64_t blk = 0; blk < nblocks; ++blk) {  // pass 1: scores; V comes into L2 meanwhile
     if (blk + kAhead < nblocks) prefetch_block(blk + kAhead);
     const float* k = cache + table[blk] * bs + base;
-    const int64_t first = blk * L.block_size, n = std::min(L.block_size, keys - first);
-    for (int64_t r = 0; r < rows; ++r)
-      key_scores(w.q.data() + r * dim, k + (r / group) * dim, ts, dim, n,
-                 w.s.data() + r * keys + first);
+    const int64_t first = blk * L.block_size;
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t n = std::min(L.block_size, keys_of(r) - first);
+      if (n > 0)
+        key_scores(w.q.data() + r * dim, k + kv_of(r), ts, dim, n, w.s.data() + r * max_keys + first);
+    }
   }
   for (int64_t r = 0; r < rows; ++r) {  // softmax numerators; 1 / denominator kept
-    float* s = w.s.data() + r * keys;
+    float* s = w.s.data() + r * max_keys;
+    const int64_t keys = keys_of(r);
     exp_shifted(s, keys, max_of(s, keys));
     __m256 sum8 = _mm256_setzero_ps();
     int64_t j = 0;
@@ -267,10 +277,12 @@ void attend_decode_avx2(const Item& it, float* out, const float* query, const fl
   }
   for (int64_t blk = 0; blk < nblocks; ++blk) {  // pass 2: weighted V rows
     const float* v = v_cache + table[blk] * bs + base;
-    const int64_t first = blk * L.block_size, n = std::min(L.block_size, keys - first);
+    const int64_t first = blk * L.block_size;
     for (int64_t r = 0; r < rows; ++r) {
-      const float* p = w.s.data() + r * keys + first;
-      const float* vr = v + (r / group) * dim;
+      const int64_t n = std::min(L.block_size, keys_of(r) - first);
+      if (n <= 0) continue;
+      const float* p = w.s.data() + r * max_keys + first;
+      const float* vr = v + kv_of(r);
       float* acc_mem = w.acc.data() + r * dim;
       __m256 acc[NV];
       for (int c = 0; c < NV; ++c) acc[c] = _mm256_loadu_ps(acc_mem + 8 * c);
@@ -282,35 +294,35 @@ void attend_decode_avx2(const Item& it, float* out, const float* query, const fl
       for (int c = 0; c < NV; ++c) _mm256_storeu_ps(acc_mem + 8 * c, acc[c]);
     }
   }
-  float* dst = out + token * L.out_token_stride + h0 * group * dim;
   for (int64_t r = 0; r < rows; ++r) {
+    float* dst = out + (token0 + r / per_token) * L.out_token_stride + h0 * group * dim +
+                 (r % per_token) * dim;
     const __m256 inv = _mm256_set1_ps(w.l[r]);
     for (int c = 0; c < NV; ++c)
-      _mm256_storeu_ps(dst + r * dim + 8 * c,
-                       _mm256_mul_ps(_mm256_loadu_ps(w.acc.data() + r * dim + 8 * c), inv));
+      _mm256_storeu_ps(dst + 8 * c, _mm256_mul_ps(_mm256_loadu_ps(w.acc.data() + r * dim + 8 * c), inv));
   }
 }
 #endif
 
 #ifdef LIGHTVLLM_AVX2
-inline bool has_decode_path(const Layout& L) { return L.head_size == 64 || L.head_size == 128; }
+inline bool has_two_pass(const Layout& L) { return L.head_size == 64 || L.head_size == 128; }
 #else
-inline bool has_decode_path(const Layout&) { return false; }
+inline bool has_two_pass(const Layout&) { return false; }
 #endif
 
-// The two-pass AVX2 path for single-token items of an fp32 cache with head_size 64 or 128
-// (decode, and the last token of a prefill tile); the general online-softmax path otherwise.
+// The two-pass AVX2 path for an fp32 cache with head_size 64 or 128; the general online-softmax
+// path otherwise (other dtypes and head sizes, no AVX2).
 template <typename T>
 void attend(const Item& it, T* out, const T* query, const T* cache, const int32_t* tables,
             const int32_t* seq_lens, const int32_t* starts, float scale, const Layout& L,
             Scratch& w) {
 #ifdef LIGHTVLLM_AVX2
   if constexpr (std::is_same_v<T, float>) {
-    if (it.last - it.first == 1 && has_decode_path(L)) {
+    if (has_two_pass(L)) {
       if (L.head_size == 64)
-        attend_decode_avx2<8>(it, out, query, cache, tables, seq_lens, starts, scale, L, w);
+        attend_two_pass<8>(it, out, query, cache, tables, seq_lens, starts, scale, L, w);
       else
-        attend_decode_avx2<16>(it, out, query, cache, tables, seq_lens, starts, scale, L, w);
+        attend_two_pass<16>(it, out, query, cache, tables, seq_lens, starts, scale, L, w);
       return;
     }
   }
@@ -399,7 +411,7 @@ void paged_attention(at::Tensor& out, const at::Tensor& query, const at::Tensor&
   const int32_t* tables = block_tables.const_data_ptr<int32_t>();
   TORCH_CHECK(starts[0] == 0, "query_start_loc must start at 0, got ", starts[0]);
   check_tables(tables, lens, starts, num_seqs, query.size(0), L);
-  const bool fast = query.scalar_type() == at::kFloat && has_decode_path(L);
+  const bool fast = query.scalar_type() == at::kFloat && has_two_pass(L);
   const std::vector<Item> items =
       make_items(starts, num_seqs, L.kv_heads, fast && num_seqs >= 4 * at::get_num_threads());
   const float s = static_cast<float>(scale);
