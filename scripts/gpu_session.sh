@@ -23,6 +23,8 @@
 #            with --no-async-scheduling (the same-run baseline); b2hf: B2 next to HF generate
 #   b2nomixed b3nomixed b4nomixed: the same with --mixed-cuda-graph-max-tokens 0 (mixed
 #            prefill+decode steps eager: the piecewise graphs' same-run baseline)
+#   gaps     replay_gaps.py: GPU idle between decode steps, sync vs async (batch 1 with traces, 32)
+#   b4cap    B4 with the prompt cap --max-prefill-tokens-while-decoding 256 (vs b4, the default)
 #   b4       online serving (phase5_server/benchmarks/run_b4.py --preset h200); b4nocap: the same
 #            with --max-prefill-tokens-while-decoding 0 (the prompt cap's same-run baseline)
 #   b2fa4    B2 with the flash_attn backend (FA4) at block 128; b2cublas: B2 with every GEMM on
@@ -204,6 +206,11 @@ section() {  # the command of one section (run under timeout by run_sections)
           --server-log "$R/b4_server.log" ;;
     b4nomixed) $PY phase5_server/benchmarks/run_b4.py --preset h200 --out "$R/b4nomixed.json" \
           --serve-args "--mixed-cuda-graph-max-tokens 0" --server-log "$R/b4nomixed_server.log" ;;
+    b4cap) $PY phase5_server/benchmarks/run_b4.py --preset h200 --out "$R/b4cap.json" \
+          --serve-args "--max-prefill-tokens-while-decoding 256" --server-log "$R/b4cap_server.log" ;;
+    gaps) $PY phase3_scheduling/benchmarks/replay_gaps.py --batch 1 --out "$R/gaps_b1.json" \
+          --trace-dir "$R/traces" && $PY phase3_scheduling/benchmarks/replay_gaps.py --batch 32 \
+          --out "$R/gaps_b32.json" ;;
     b4nocap) $PY phase5_server/benchmarks/run_b4.py --preset h200 --out "$R/b4nocap.json" \
           --serve-args "--max-prefill-tokens-while-decoding 0" --server-log "$R/b4nocap_server.log" ;;
     fa4) timeout 150 $PY scripts/h200_fa4/smoke.py; $PYTEST $FA4_TESTS ;;
@@ -218,7 +225,7 @@ section() {  # the command of one section (run under timeout by run_sections)
 }
 
 declare -A LIMIT=([tests]=420 [b1]=150 [b2]=150 [b2sync]=150 [b2hf]=150 [b3]=150 [b3sync]=150
-                  [b3hf]=240 [b4]=330 [b4nocap]=330 [b4nomixed]=330 [b2nomixed]=150 [b3nomixed]=150 [b2fa4]=150 [b2cublas]=150 [quick]=180 [fa4]=360
+                  [b3hf]=240 [b4]=330 [b4nocap]=330 [b4nomixed]=330 [b4cap]=330 [gaps]=200 [b2nomixed]=150 [b3nomixed]=150 [b2fa4]=150 [b2cublas]=150 [quick]=180 [fa4]=360
                   [profile]=180 [profile_fa4]=180 [parity]=240 [engine]=180)
 
 run_sections() {
