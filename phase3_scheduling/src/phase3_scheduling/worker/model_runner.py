@@ -122,10 +122,12 @@ class ModelRunner:
         else:
             logger.info("backend %s is not CUDA-graph safe: decode steps run eagerly",
                         self.backend.name)
-        # attention runs eagerly between the pieces, so any backend may use them
+        # attention runs eagerly between the pieces, so any backend may use them; a pipeline
+        # stage's forward sends and receives, and its stages must not capture apart
         sched = self.config.scheduler_config
-        self.mixed.capture(mixed_graph_sizes(self.config.mixed_cuda_graph_max_tokens,
-                                             sched.max_num_batched_tokens))
+        if self.config.parallel_config.pipeline_parallel_size == 1:
+            self.mixed.capture(mixed_graph_sizes(self.config.mixed_cuda_graph_max_tokens,
+                                                 sched.max_num_batched_tokens))
         capture = self.mixed.timings.get("mixed_graph_capture", 0.0)
         self.graphs.timings["graph_capture"] = self.graphs.timings.get("graph_capture", 0.0) + capture
 

@@ -83,8 +83,7 @@ class MixedGraphs(PaddedSizes):
                          unit="graph"):
             pieces = self._capture_size(size)
             if pieces is None:
-                logger.info("the model returns no hidden states (pipeline stage): mixed steps "
-                            "run eagerly")
+                logger.info("the model returns no hidden states: mixed steps run eagerly")
                 return
             self.pieces[size] = pieces
         self._sizes = sorted(self.pieces)
