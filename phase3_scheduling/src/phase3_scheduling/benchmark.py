@@ -230,7 +230,7 @@ def step_profile(llm) -> str:
     parts = [f"{core['steps']:.0f} steps, per step (ms): schedule {1e3 * core['schedule'] / steps:.2f}, "
              f"execute {1e3 * core['execute'] / steps:.2f}, update {1e3 * core['update'] / steps:.2f}, "
              f"outputs {1e3 * eng['output_processing'] / steps:.2f}"]
-    for kind in ("decode", "eager"):
+    for kind in ("decode", "mixed", "eager"):
         n = run.get(kind + "_steps", 0)
         if n:
             parts.append(f"{kind} steps {n:.0f}: prepare {1e3 * run[kind + '_prepare'] / n:.2f} ms, "
