@@ -71,3 +71,20 @@ def test_cuda_graph_sizes_must_be_positive_integers():
             vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, head_dim=16,
             max_position_embeddings=2048), device="cpu", cuda_graph_sizes=[0, 4]))
+
+
+def test_mixed_graph_token_limit_reaches_the_config_and_picks_the_sizes():
+    """``--mixed-cuda-graph-max-tokens`` travels in the (encoded) engine config; the captured
+    token counts stop at it and at the step's token budget; a negative limit is refused."""
+    from phase3_scheduling.engine_config import decode_config, encode_config, resolve_engine_config
+    from phase3_scheduling.worker.piecewise_graphs import mixed_graph_sizes
+
+    base = ["--load-format", "dummy", "--hf-config", "llama-3.1-8b", "--device", "cpu"]
+    config = resolve_engine_config(_parse(base + ["--mixed-cuda-graph-max-tokens", "300"]))
+    assert decode_config(encode_config(config)).mixed_cuda_graph_max_tokens == 300
+    assert mixed_graph_sizes(300, 8192) == [16, 32, 64, 128, 192, 256]
+    assert mixed_graph_sizes(1024, 512)[-1] == 512 and mixed_graph_sizes(1024, 8192)[-1] == 1024
+    assert mixed_graph_sizes(0, 8192) == []
+    assert resolve_engine_config(_parse(base)).mixed_cuda_graph_max_tokens == 1024
+    with pytest.raises(ValueError, match="mixed_cuda_graph_max_tokens must be >= 0"):
+        resolve_engine_config(_parse(base + ["--mixed-cuda-graph-max-tokens", "-1"]))
