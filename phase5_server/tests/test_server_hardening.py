@@ -209,9 +209,14 @@ def test_health_answers_fast_while_a_4mb_prompt_is_tokenized(server, reference):
     error = _error(result["response"], 400)
     assert error["code"] == "context_length_exceeded"
     assert "max_model_len is 1024" in error["message"]
+    # tokenizing on the event loop would hold every /health until it ended (one or two answers
+    # in seconds); off the loop they keep coming. The bounds leave room for a busy 2-core CI
+    # machine (one answer of 169 ms was seen there while the others took 44-61 ms).
     assert len(latencies) >= 5, "the big prompt finished too fast to measure anything"
     ordered = sorted(latencies)
-    assert ordered[-1] < 0.1, f"/health took up to {ordered[-1] * 1e3:.0f} ms: {ordered[-5:]}"
+    median = ordered[len(ordered) // 2]
+    assert median < 0.1 and ordered[-1] < 0.5, (
+        f"/health took {median * 1e3:.0f} ms (median), up to {ordered[-1] * 1e3:.0f} ms: {ordered[-5:]}")
     _assert_healthy(server, reference)
 
 
