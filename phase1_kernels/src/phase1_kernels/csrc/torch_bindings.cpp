@@ -33,6 +33,11 @@ TORCH_LIBRARY(lightvllm, m) {
       "Tensor seq_lens, Tensor query_start_loc, float scale) -> ()");
   // kv_cache[0|1] at slot_mapping[t] (block_id * block_size + offset) = key|value[t]; -1 skips.
   m.def("store_kv_cache(Tensor key, Tensor value, Tensor! kv_cache, Tensor slot_mapping) -> ()");
+  // The weight [N, K] of a linear layer in panels of 16 output columns, [ceil(N/16), K, 16]
+  // (zero-padded): packed once after loading, for packed_linear. CPU, float32.
+  m.def("pack_linear_weight(Tensor weight) -> Tensor");
+  // out [M, N] = input [M, K] @ weight^T from pack_linear_weight's panels. CPU, float32.
+  m.def("packed_linear(Tensor! out, Tensor input, Tensor packed) -> ()");
   // Pin intra-op thread i to cpus[i] (no tensors: one kernel for every backend). Returns them.
   m.def("bind_threads(int[] cpus) -> int[]", &lightvllm::bind_threads);
   // The first exercise: c = a + b.

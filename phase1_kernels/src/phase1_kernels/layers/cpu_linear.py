@@ -2,10 +2,11 @@
 
 ``F.linear`` hands every call to MKL's ``sgemm``, which re-packs the weight into its blocked
 layout on every call; at decode sizes (64 rows) and wide outputs (gate|up: 3072, lm_head: 49152)
-that costs up to half the time (measured in docs/benchmarks.md, B5 step profile). oneDNN can
-reorder the weight into its blocked layout *once* (``torch.ops.mkldnn._reorder_linear_weight``)
-and then run ``torch.ops.mkldnn._linear_pointwise`` on it, as vLLM-CPU and inductor's freezing
-pass do.
+that costs up to half the time (measured in docs/benchmarks.md, B5 step profile). Packing the
+weight *once* removes that: our own AVX2 kernel (``torch.ops.lightvllm.packed_linear``, panels of
+16 output columns, ``csrc/cpu/gemm_cpu.cpp``) or oneDNN's blocked layout
+(``torch.ops.mkldnn._reorder_linear_weight`` + ``_linear_pointwise``, as vLLM-CPU and inductor's
+freezing pass do).
 
 ``process_weights_after_loading(model)`` walks the model and gives each linear layer a
 packed copy of its weight and an ``apply_linear`` (the matmul step of ``LinearBase``) that uses
@@ -14,12 +15,14 @@ tensor-parallel loaders read it). Phase 4's parallel layers override ``forward``
 all-reduce or a gather around ``apply_linear``, so their shard's GEMM is packed too; a class
 that overrides ``apply_linear`` itself is left alone. Choose with env ``LIGHTVLLM_CPU_LINEAR`` or ``mode``:
 
-- ``onednn`` (default on CPU when oneDNN is present): prepacked oneDNN weights for inputs of
-  fewer than ``LARGE_BATCH_ROWS`` rows (decode), MKL's ``F.linear`` from there (prefill chunks).
+- ``packed`` (default where our C++ extension builds): our kernel below ``LARGE_BATCH_ROWS[mode]``
+  rows, MKL's ``F.linear`` from there. In a 30-layer loop of B5's shapes on the 2-core EPYC it
+  ran 159 GFLOP/s at 64 rows against oneDNN's 121 (docs/benchmarks.md).
+- ``onednn`` (the default where the extension is missing and oneDNN is present): oneDNN's pack
+  below ``LARGE_BATCH_ROWS[mode]`` rows, ``F.linear`` from there.
 - ``native``: ``F.linear`` (MKL), the reference.
 
-fp32 only: the bf16 oneDNN path needs AVX-512 (BW/VL/DQ) or AVX-NE-CONVERT; where the CPU has
-neither, bf16 layers stay native.
+fp32 only: bf16 layers stay native.
 """
 
 from __future__ import annotations
@@ -37,23 +40,37 @@ from .linear import LinearBase, set_weight_loader
 logger = logging.getLogger(__name__)
 
 ENV_VAR = "LIGHTVLLM_CPU_LINEAR"
-MODES = ("onednn", "native")
+MODES = ("packed", "onednn", "native")
 PACK_BATCH_HINT = 64  # the row count oneDNN picks its blocking for (B5's decode batch)
-# From this many rows on (prefill chunks), MKL's F.linear on the dense weight beat the packed
-# oneDNN GEMM on the 2-core AVX2 EPYC (~8-10 % at 1,024-2,048 rows; oneDNN ahead below 1,024):
-# docs/benchmarks.md, B5 step profile.
-LARGE_BATCH_ROWS = 1024
+# From this many rows on (prefill chunks), MKL's F.linear on the dense weight is as fast or
+# faster (2-core AVX2 EPYC: oneDNN behind MKL by ~8-10 % from 1,024 rows; our kernel ahead of
+# MKL up to 1,024 rows, level at 2,048): docs/benchmarks.md, B5 step profile.
+LARGE_BATCH_ROWS = {"packed": 2048, "onednn": 1024}
+
+
+def _extension_ready() -> bool:
+    from ..ops import extension
+
+    return extension.is_available("cpu")
 
 
 def resolve_mode(mode: str | None = None) -> str:
-    """``mode``, else env ``LIGHTVLLM_CPU_LINEAR``, else ``onednn`` where oneDNN exists."""
+    """``mode``, else env ``LIGHTVLLM_CPU_LINEAR``, else ``packed`` where our C++ extension
+    builds, else ``onednn`` where oneDNN exists, else ``native``."""
     choice = (mode or os.environ.get(ENV_VAR) or "auto").lower()
     if choice == "auto":
+        if _extension_ready():
+            return "packed"
         return "onednn" if torch.backends.mkldnn.is_available() else "native"
     if choice not in MODES:
         raise ValueError(f"{ENV_VAR}/mode={choice!r} is not one of {('auto',) + MODES}")
     if choice == "onednn" and not torch.backends.mkldnn.is_available():
         raise RuntimeError("LIGHTVLLM_CPU_LINEAR=onednn but this torch was built without oneDNN")
+    if choice == "packed" and not _extension_ready():
+        from ..ops import extension
+
+        raise RuntimeError(f"LIGHTVLLM_CPU_LINEAR=packed needs the C++ extension: "
+                           f"{extension.why_unavailable('cpu')}")
     return choice
 
 
@@ -65,16 +82,49 @@ def _packable(module: nn.Module) -> bool:
             and weight.dtype == torch.float32 and weight.dim() == 2)
 
 
-def _onednn_linear(self: LinearBase, x: torch.Tensor, with_bias: bool = True) -> torch.Tensor:
+def _pack_onednn(weight: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._reorder_linear_weight(weight, PACK_BATCH_HINT)
+
+
+def _run_onednn(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
+def _pack_ours(weight: torch.Tensor) -> torch.Tensor:
+    return torch.ops.lightvllm.pack_linear_weight(weight)
+
+
+def _run_ours(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None,
+              out_features: int) -> torch.Tensor:
+    rows = x.reshape(-1, x.shape[-1])
+    if rows.stride(-1) != 1:
+        rows = rows.contiguous()
+    out = torch.empty(rows.shape[0], out_features, dtype=x.dtype)
+    torch.ops.lightvllm.packed_linear(out, rows, packed)
+    if bias is not None:
+        out += bias
+    return out.view(*x.shape[:-1], out_features)
+
+
+_PACKERS = {"packed": _pack_ours, "onednn": _pack_onednn}
+
+
+def _packed_linear(self: LinearBase, x: torch.Tensor, with_bias: bool = True) -> torch.Tensor:
+    """``apply_linear`` on the layer's packed weight (packed at first use, so weights loaded
+    after the pass are seen); large inputs and other dtypes/devices take ``F.linear``."""
     bias = self.bias if with_bias else None
-    if x.dtype != torch.float32 or x.device.type != "cpu" or x.numel() >= LARGE_BATCH_ROWS * x.shape[-1]:
+    mode = self.__dict__["packed_mode"]
+    if x.dtype != torch.float32 or x.device.type != "cpu" \
+            or x.numel() >= LARGE_BATCH_ROWS[mode] * x.shape[-1]:
         return F.linear(x, self.weight, bias)
     packed = self.__dict__.get("packed_weight")
-    if packed is None:  # packed at first use, so weights loaded after the pass are seen
+    if packed is None:
         with torch.inference_mode():
-            packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), PACK_BATCH_HINT)
+            packed = _PACKERS[mode](self.weight.detach())
         self.__dict__["packed_weight"] = packed
-    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+    if mode == "onednn":
+        return _run_onednn(x, packed, bias)
+    return _run_ours(x, packed, bias, self.weight.shape[0])
 
 
 def _drop_pack_on_load(module: LinearBase, param: torch.Tensor) -> None:
@@ -91,20 +141,25 @@ def _drop_pack_on_load(module: LinearBase, param: torch.Tensor) -> None:
     set_weight_loader(param, load_and_drop)
 
 
-def pack_linear(module: LinearBase) -> None:
-    """Give ``module`` an ``apply_linear`` on a oneDNN-packed copy of its weight (packed now,
-    and again at first use after any ``weight_loader`` call)."""
+def pack_linear(module: LinearBase, mode: str = "packed") -> None:
+    """Give ``module`` an ``apply_linear`` on a packed copy of its weight (``mode`` ``packed``:
+    ours, ``onednn``: oneDNN's; packed now, and again at first use after any ``weight_loader``
+    call)."""
+    if mode not in _PACKERS:
+        raise ValueError(f"pack_linear mode must be one of {tuple(_PACKERS)}, got {mode!r}")
     module.__dict__["packed_weight"] = None
-    module.__dict__["apply_linear"] = types.MethodType(_onednn_linear, module)  # popped by unpack
+    module.__dict__["packed_mode"] = mode
+    module.__dict__["apply_linear"] = types.MethodType(_packed_linear, module)  # popped by unpack
     for param in module.parameters(recurse=False):
         _drop_pack_on_load(module, param)
-    _onednn_linear(module, torch.zeros(1, module.weight.shape[1]))
+    _packed_linear(module, torch.zeros(1, module.weight.shape[1]))
 
 
 def unpack_linear(module: LinearBase) -> None:
     """Back to ``F.linear`` (drops the packed copy)."""
     module.__dict__.pop("apply_linear", None)
     module.__dict__.pop("packed_weight", None)
+    module.__dict__.pop("packed_mode", None)
 
 
 @torch.inference_mode()
@@ -116,9 +171,9 @@ def process_weights_after_loading(model: nn.Module, mode: str | None = None) -> 
         if not isinstance(module, LinearBase):
             continue
         unpack_linear(module)
-        if mode == "onednn" and _packable(module):
-            pack_linear(module)
+        if mode in _PACKERS and _packable(module):
+            pack_linear(module, mode)
             packed += 1
     if packed:
-        logger.info("prepacked %d linear layers for oneDNN", packed)
+        logger.info("prepacked %d linear layers (%s)", packed, mode)
     return packed

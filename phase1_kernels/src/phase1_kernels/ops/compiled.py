@@ -55,6 +55,14 @@ def register_fakes() -> None:
     def _store_kv_cache_fake(key, value, kv_cache, slot_mapping):
         return None
 
+    @torch.library.register_fake("lightvllm::pack_linear_weight")
+    def _pack_linear_weight_fake(weight):
+        return weight.new_empty((-(-weight.shape[0] // 16), weight.shape[1], 16))
+
+    @torch.library.register_fake("lightvllm::packed_linear")
+    def _packed_linear_fake(out, input, packed):
+        return None
+
     @torch.library.register_fake("lightvllm::vector_add")
     def _vector_add_fake(a, b):
         return torch.empty_like(a, memory_format=torch.contiguous_format)
