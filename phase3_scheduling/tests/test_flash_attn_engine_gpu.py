@@ -1,7 +1,10 @@
 """The engine with ``attention_backend="flash_attn"`` (FlashAttention 4) gives the Triton
-backend's greedy tokens on the B2 prompt (128 random tokens, the bench-latency workload) with
-Llama-3.1-8B's attention shape (32 q / 8 kv heads, head 128), random bf16 weights, CUDA graphs
-on; and says why it cannot run float32."""
+backend's greedy tokens on the B2 prompt (128 random tokens, the bench-latency workload, 256
+out), CUDA graphs on, at block size 16 (FA4's non-TMA paged path) and 128 (its TMA path):
+exactly, with the embedded SmolLM2-135M's real weights in bf16 (9 q / 3 kv heads, head 64);
+with Llama-3.1-8B's attention shape (32 q / 8 kv heads, head 128) on random bf16 weights,
+wherever Triton's two best tokens are not a rounding apart. And it says why it cannot run
+float32."""
 
 import pytest
 import torch
@@ -19,12 +22,14 @@ OUTPUT_LEN = 64
 NEAR_TIE = 0.05  # nats between the top two logprobs
 
 
-def greedy(backend: str, block_size: int, prompt: list[int]) -> tuple[list[int], list]:
-    llm = LLM(load_format="dummy", hf_config=SHAPE, dtype="bfloat16", seed=0,
+def greedy(backend: str, block_size: int, prompt: list[int], model: str | None = None,
+           output_len: int = OUTPUT_LEN) -> tuple[list[int], list]:
+    weights = {"model": model} if model else {"load_format": "dummy", "hf_config": SHAPE}
+    llm = LLM(**weights, dtype="bfloat16", seed=0,
               attention_backend=backend, block_size=block_size, max_num_seqs=8,
               max_model_len=1024, gpu_memory_utilization=0.5)
     assert llm.engine.info["backend"] == backend and llm.engine.info["graph_sizes"]
-    params = SamplingParams(temperature=0, max_tokens=OUTPUT_LEN, ignore_eos=True, logprobs=2)
+    params = SamplingParams(temperature=0, max_tokens=output_len, ignore_eos=True, logprobs=2)
     out = llm.generate([prompt], params, use_tqdm=False)[0].outputs[0]
     del llm
     torch.cuda.empty_cache()
@@ -47,6 +52,19 @@ def test_flash_attn_engine_matches_triton_on_b2_prompt():
         # rounding of each other, either kernel may pick either; anywhere else must agree.
         assert got == expected or (gap is not None and gap < NEAR_TIE), \
             f"block {block_size}: first differs at {first}, top-2 gap {gap}"
+
+
+def test_flash_attn_engine_gives_triton_tokens_with_real_weights(smollm2_dir):
+    """Real weights have peaked logits: every one of B2's 256 greedy tokens must agree."""
+    vocab = 49152  # SmolLM2's
+    prompt = make_workload(1, (128, 128), (256, 256), vocab, 1).prompts[0]
+    expected, _ = greedy("triton_paged", 16, prompt, model=str(smollm2_dir), output_len=256)
+    for block_size in (16, 128):
+        got, _ = greedy("flash_attn", block_size, prompt, model=str(smollm2_dir), output_len=256)
+        first = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), None)
+        print(f"SmolLM2 bf16, flash_attn block {block_size}: 256 tokens, first difference from "
+              f"triton_paged at {first}")
+        assert got == expected, f"block {block_size}: first differs at {first}"
 
 
 def test_flash_attn_engine_refuses_float32():
