@@ -125,3 +125,12 @@ def test_packed_linear_refuses_a_mismatched_pack():
         torch.ops.lightvllm.packed_linear(torch.empty(2, 32), torch.randn(2, 9), packed)
     with pytest.raises(RuntimeError, match="panels of 16"):
         torch.ops.lightvllm.packed_linear(torch.empty(2, 48), torch.randn(2, 8), packed)
+
+
+def test_auto_picks_our_kernel_only_on_avx2(monkeypatch):
+    monkeypatch.delenv(cpu_linear.ENV_VAR, raising=False)
+    monkeypatch.setattr(cpu_linear, "_extension_ready", lambda: True)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert cpu_linear.resolve_mode() == "packed"
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
+    assert cpu_linear.resolve_mode() == ("onednn" if torch.backends.mkldnn.is_available() else "native")

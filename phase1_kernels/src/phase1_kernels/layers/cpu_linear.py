@@ -15,7 +15,7 @@ tensor-parallel loaders read it). Phase 4's parallel layers override ``forward``
 all-reduce or a gather around ``apply_linear``, so their shard's GEMM is packed too; a class
 that overrides ``apply_linear`` itself is left alone. Choose with env ``LIGHTVLLM_CPU_LINEAR`` or ``mode``:
 
-- ``packed`` (default where our C++ extension builds): our kernel below ``LARGE_BATCH_ROWS[mode]``
+- ``packed`` (default where our C++ extension builds and the CPU has AVX2): our kernel below ``LARGE_BATCH_ROWS[mode]``
   rows, MKL's ``F.linear`` from there. In a 30-layer loop of B5's shapes on the 2-core EPYC it
   ran 159 GFLOP/s at 64 rows against oneDNN's 121 (docs/benchmarks.md).
 - ``onednn`` (the default where the extension is missing and oneDNN is present): oneDNN's pack
@@ -54,12 +54,17 @@ def _extension_ready() -> bool:
     return extension.is_available("cpu")
 
 
+def _has_avx2() -> bool:
+    """Our kernel's tile is AVX2 + FMA (elsewhere it compiles to a plain loop, correct but slow)."""
+    return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+
+
 def resolve_mode(mode: str | None = None) -> str:
     """``mode``, else env ``LIGHTVLLM_CPU_LINEAR``, else ``packed`` where our C++ extension
-    builds, else ``onednn`` where oneDNN exists, else ``native``."""
+    builds on an AVX2 CPU, else ``onednn`` where oneDNN exists, else ``native``."""
     choice = (mode or os.environ.get(ENV_VAR) or "auto").lower()
     if choice == "auto":
-        if _extension_ready():
+        if _has_avx2() and _extension_ready():
             return "packed"
         return "onednn" if torch.backends.mkldnn.is_available() else "native"
     if choice not in MODES:
