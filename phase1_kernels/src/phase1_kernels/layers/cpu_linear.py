@@ -15,9 +15,10 @@ tensor-parallel loaders read it). Phase 4's parallel layers override ``forward``
 all-reduce or a gather around ``apply_linear``, so their shard's GEMM is packed too; a class
 that overrides ``apply_linear`` itself is left alone. Choose with env ``LIGHTVLLM_CPU_LINEAR`` or ``mode``:
 
-- ``packed`` (default where our C++ extension builds and the CPU has AVX2): our kernel below ``LARGE_BATCH_ROWS[mode]``
-  rows, MKL's ``F.linear`` from there. In a 30-layer loop of B5's shapes on the 2-core EPYC it
-  ran 159 GFLOP/s at 64 rows against oneDNN's 121 (docs/benchmarks.md).
+- ``packed`` (default where our C++ extension builds and the CPU has AVX2): our kernel below
+  ``LARGE_BATCH_ROWS[mode]`` rows, MKL's ``F.linear`` from there. B5's 30 layers at 64 rows on
+  the 2-core EPYC: 163 GFLOP/s against oneDNN's 129 and MKL's 112
+  (``benchmarks/bench_cpu_gemm.py``, docs/benchmarks.md).
 - ``onednn`` (the default where the extension is missing and oneDNN is present): oneDNN's pack
   below ``LARGE_BATCH_ROWS[mode]`` rows, ``F.linear`` from there.
 - ``native``: ``F.linear`` (MKL), the reference.
