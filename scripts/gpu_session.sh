@@ -35,7 +35,7 @@
 #            with --max-prefill-tokens-while-decoding 0 (the prompt cap's same-run baseline)
 #   b2fa4    B2 with the flash_attn backend (FA4) at block 128; b2cublas: B2 with every GEMM on
 #            cuBLAS (LIGHTVLLM_GPU_LINEAR=cublas), the baseline of the small-batch GEMM choice
-#   quick    the small-batch GEMM and engine GPU tests alone
+#   quick    the small-batch GEMM and engine GPU tests alone; kernels: phase 1's kernel tests alone
 #   b3hf     B3-sized 128x128 throughput next to HF generate
 #   fa4      FA4 smoke (versions, one call vs SDPA), its GPU tests, the engine FA4-vs-Triton test
 #   profile  b2_step_profile.py: per-kernel-family time of an 8B decode step vs the copy floor
@@ -231,6 +231,7 @@ section() {  # the command of one section (run under timeout by run_sections)
           --max-num-seqs 8 $(sync_flag $1) --workload B2 --out "$R/$1.json" ;;
     b2cublas) LIGHTVLLM_GPU_LINEAR=cublas $BENCH latency $DUMMY8B --input-len 128 --output-len 256 \
           --num-iters 3 --max-num-seqs 8 --workload B2 --out "$R/b2cublas.json" ;;
+    kernels) $PYTEST -m gpu phase1_kernels/tests/test_kernels.py ;;
     quick) $PYTEST -m gpu phase1_kernels/tests/test_skinny_gemm.py \
           phase3_scheduling/tests/test_engine_gpu.py ;;
     b2fa4) $BENCH latency $DUMMY8B --input-len 128 --output-len 256 --num-iters 3 \
@@ -265,7 +266,7 @@ section() {  # the command of one section (run under timeout by run_sections)
 }
 
 declare -A LIMIT=([tests]=420 [b1]=150 [b2]=150 [b2sync]=150 [b2hf]=150 [b3]=150 [b3sync]=150
-                  [b3hf]=240 [b4]=330 [b4nocap]=330 [b4nomixed]=330 [b4cap]=330 [gaps]=200 [b2nomixed]=150 [b3nomixed]=150 [b2fa4]=150 [b2cublas]=150 [quick]=180 [fa4]=360
+                  [b3hf]=240 [b4]=330 [b4nocap]=330 [b4nomixed]=330 [b4cap]=330 [gaps]=200 [b2nomixed]=150 [b3nomixed]=150 [b2fa4]=150 [b2cublas]=150 [quick]=180 [kernels]=150 [fa4]=360
                   [profile]=180 [profile_fa4]=180 [parity]=240 [engine]=180)
 
 run_sections() {
