@@ -134,3 +134,17 @@ def test_auto_picks_our_kernel_only_on_avx2(monkeypatch):
     assert cpu_linear.resolve_mode() == "packed"
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
     assert cpu_linear.resolve_mode() == ("onednn" if torch.backends.mkldnn.is_available() else "native")
+
+
+@pytest.mark.skipif(not extension.is_available("cpu"), reason="needs the C++ extension")
+def test_packed_linear_reads_a_pack_at_any_address():
+    """A pack that is a view 4 bytes into a larger buffer (not 32-byte aligned) still works."""
+    torch.manual_seed(2)
+    weight, x = torch.randn(40, 24), torch.randn(7, 24)
+    packed = torch.ops.lightvllm.pack_linear_weight(weight)
+    buffer = torch.empty(packed.numel() + 1)
+    shifted = buffer[1:].view_as(packed)
+    shifted.copy_(packed)
+    out = torch.empty(7, 40)
+    torch.ops.lightvllm.packed_linear(out, x, shifted)
+    torch.testing.assert_close(out.double(), x.double() @ weight.double().t(), rtol=1e-5, atol=1e-4)

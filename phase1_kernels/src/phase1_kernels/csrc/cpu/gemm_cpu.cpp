@@ -40,7 +40,7 @@ inline void tile(const float* A, int64_t lda, const float* B, float* C, int64_t 
   const float *a0 = A, *a1 = A + lda, *a2 = A + 2 * lda, *a3 = A + 3 * lda, *a4 = A + 4 * lda,
               *a5 = A + 5 * lda;
   for (int64_t k = 0; k < K; ++k) {
-    const __m256 b0 = _mm256_load_ps(B + k * kPanel), b1 = _mm256_load_ps(B + k * kPanel + 8);
+    const __m256 b0 = _mm256_loadu_ps(B + k * kPanel), b1 = _mm256_loadu_ps(B + k * kPanel + 8);
     _mm_prefetch(reinterpret_cast<const char*>(next + k * kPanel), _MM_HINT_T1);
     __m256 a;
 #define LIGHTVLLM_ROW(r)                                \
