@@ -72,6 +72,53 @@ def test_paged_backend_matches_float64(backend, case, dtype):
     torch.testing.assert_close(out.double(), expected, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("backend", ["torch_paged", "sdpa", "triton_paged", "triton_unfused",
+                                     "cpu_paged"])
+@pytest.mark.parametrize("case", ["decode-only", "mixed-with-context"])
+def test_attention_layer_rotates_before_or_inside_the_store(backend, case):
+    """Given the rotary layer, the attention layer gives every backend's forward rotated q and k
+    (triton_paged rotates inside its store kernel): the output and the cached keys equal a
+    float64 rotation followed by float64 attention."""
+    from phase1_kernels.layers.rotary_embedding import RotaryEmbedding
+    from phase1_kernels.ops import native
+
+    from phase2_attention.backends.triton_paged import TritonPagedBackend
+
+    if backend.startswith("triton"):
+        from phase2_attention.ops import triton_paged
+
+        if not triton_paged.is_available("cpu"):
+            pytest.skip("Triton interpreter unavailable")
+    if backend == "cpu_paged":
+        from phase2_attention.ops import cpu_paged
+
+        if not cpu_paged.is_available():
+            pytest.skip(cpu_paged.why_unavailable())
+    impl = (TritonPagedBackend(fuse_rotary=False) if backend == "triton_unfused"
+            else get_backend(backend))
+    q_lens, s_lens = CASES[case]
+    torch.manual_seed(1)
+    hq, hk, d, bs = 4, 2, 32, 16
+    tables = [[1 + 3 * i, 2 + 3 * i, 3 + 3 * i] for i in range(len(s_lens))]
+    md = PagedAttentionMetadata.build_paged(q_lens, s_lens, tables, bs)
+    cache = torch.randn(2, 3 * len(s_lens) + 1, bs, hk, d)
+    T = sum(q_lens)
+    q, k, v = (torch.randn(T, h * d) for h in (hq, hk, hk))
+    positions = torch.cat([torch.arange(s - n, s) for n, s in zip(q_lens, s_lens)])
+    rotary = RotaryEmbedding(d, d, 64, 10000.0, impl="native")
+    assert impl.fuses_rotary(rotary) == (backend == "triton_paged")
+    layer = Attention(hq, d, d**-0.5, hk, impl)
+    layer.kv_cache = cache
+    out = layer(q.clone(), k.clone(), v, md, positions, rotary).view(T, hq, d)
+    rq, rk = native.rotary_embedding(positions, q.double(), k.double(), d,
+                                     rotary.cos_sin_cache.double(), True)
+    flat = cache.view(2, -1, hk, d)
+    torch.testing.assert_close(flat[0, md.slot_mapping].double(), rk.view(T, hk, d),
+                               rtol=1e-5, atol=1e-5)
+    expected = reference(rq.view(T, hq, d), cache, tables, q_lens, s_lens, d**-0.5)
+    torch.testing.assert_close(out.double(), expected, rtol=2e-5, atol=2e-5)
+
+
 def test_store_skips_slot_minus_one():
     from phase2_attention.backends.paged_common import store_kv
 

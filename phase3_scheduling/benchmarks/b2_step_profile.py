@@ -166,7 +166,8 @@ def install_ranges(llm: LLM) -> list:
 
 
 GEMM_NAMES = ("nvjet", "gemm", "cutlass", "_skinny_kernel", "sm90_xmma")
-KERNEL_FAMILY = (("splitKreduce", None), ("rms_norm", "rms_norm"), ("rotary", "rope"),
+KERNEL_FAMILY = (("splitKreduce", None), ("rope_store", "store_kvcache"),  # fused rope + store
+                 ("rms_norm", "rms_norm"), ("rotary", "rope"),
                  ("silu", "silu_and_mul"), ("store_kv", "store_kvcache"),
                  ("decode", "attention"), ("prefill", "attention"), ("flash", "attention"),
                  ("fmha", "attention"), ("attn", "attention"))
@@ -205,7 +206,7 @@ def family_of(event, leaf_name: str) -> str:
     while node is not None:
         names.append(node.name)
         node = node.cpu_parent
-    if any("store_kv" in n for n in names):
+    if any("store_kv" in n or "rope_store" in n for n in names):  # rope_store: fused with rope
         return "store_kvcache"
     for n in names[1:]:
         if n.startswith(RANGE):

@@ -96,6 +96,17 @@ class AttentionBackend(ABC):
         share (split sizes, scheduling tables). The default needs nothing."""
         return metadata
 
+    def fuses_rotary(self, rotary: nn.Module) -> bool:
+        """Whether ``forward_rotary`` applies this rotary layer itself (fused into the K/V-cache
+        store, say). The default: no, the attention layer rotates q and k first."""
+        return False
+
+    def forward_rotary(self, layer: "Attention", query: torch.Tensor, key: torch.Tensor,
+                       value: torch.Tensor, metadata: AttentionMetadata, positions: torch.Tensor,
+                       rotary: nn.Module) -> torch.Tensor:
+        """``forward`` on q and k not yet rotated: called only where ``fuses_rotary(rotary)``."""
+        raise NotImplementedError(f"{self.name} does not fuse the rotary embedding")
+
     @abstractmethod
     def forward(
         self,
@@ -227,17 +238,23 @@ class Attention(nn.Module):
         self.layer_idx = layer_idx
         self.kv_cache: torch.Tensor | None = None  # bound by whoever owns the cache memory
 
-    def forward(self, query, key, value, metadata: AttentionMetadata) -> torch.Tensor:
-        """q [T, Hq*D], k/v [T, Hk*D] -> [T, Hq*D]."""
+    def forward(self, query, key, value, metadata: AttentionMetadata,
+                positions: torch.Tensor | None = None, rotary: nn.Module | None = None) -> torch.Tensor:
+        """q [T, Hq*D], k/v [T, Hk*D] -> [T, Hq*D]. With ``rotary`` (and ``positions``), q and k
+        are not rotated yet: the backend rotates them inside its cache store where it can
+        (``fuses_rotary``), else they are rotated here first."""
+        override = _OVERRIDE.get()
+        fused = rotary is not None and override is None and self.backend.fuses_rotary(rotary)
+        if rotary is not None and not fused:
+            query, key = rotary(positions, query, key)
         tokens = query.shape[0]
-        call = _OVERRIDE.get() or self.backend.forward
-        out = call(
-            self,
-            query.reshape(tokens, self.num_heads, self.head_size),
-            key.reshape(tokens, self.num_kv_heads, self.head_size),
-            value.reshape(tokens, self.num_kv_heads, self.head_size),
-            metadata,
-        )
+        q = query.reshape(tokens, self.num_heads, self.head_size)
+        k = key.reshape(tokens, self.num_kv_heads, self.head_size)
+        v = value.reshape(tokens, self.num_kv_heads, self.head_size)
+        if fused:
+            out = self.backend.forward_rotary(self, q, k, v, metadata, positions, rotary)
+        else:
+            out = (override or self.backend.forward)(self, q, k, v, metadata)
         return out.reshape(tokens, self.num_heads * self.head_size)
 
     def extra_repr(self) -> str:

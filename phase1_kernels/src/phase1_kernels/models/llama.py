@@ -77,8 +77,8 @@ class LlamaAttention(nn.Module):
                 attn_metadata: AttentionMetadata) -> torch.Tensor:
         qkv = self.qkv_proj(hidden_states)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q, k = self.rotary_emb(positions, q, k)
-        return self.o_proj(self.attn(q, k, v, attn_metadata))
+        # the rotation happens in the attention layer: a paged backend fuses it into its store
+        return self.o_proj(self.attn(q, k, v, attn_metadata, positions, self.rotary_emb))
 
 
 class LlamaDecoderLayer(nn.Module):
