@@ -20,13 +20,15 @@ import logging
 import torch
 
 from .triton_paged import (HAS_TRITON, _cache_strides, _check_cache, _next_pow2,
-                           _rowmajor_last)
+                           _rowmajor_last, pdl_launch)
 
 logger = logging.getLogger(__name__)
 
 if HAS_TRITON:
     import triton
     import triton.language as tl
+
+    from .triton_paged import _pdl_enter
 
     @triton.jit
     def _rotate_halves(x1, x2, cos, sin):
@@ -40,8 +42,9 @@ if HAS_TRITON:
         c_stride_kv, c_stride_block, c_stride_off, c_stride_h,
         NUM_Q_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HALF: tl.constexpr,
         HQ_PAD: tl.constexpr, HK_PAD: tl.constexpr, HALF_PAD: tl.constexpr,
-        BLOCK_SIZE: tl.constexpr,
+        BLOCK_SIZE: tl.constexpr, USE_PDL: tl.constexpr,
     ):
+        _pdl_enter(USE_PDL)  # q, k, v come from the GEMM before
         t = tl.program_id(0).to(tl.int64)
         pos = tl.load(pos_ptr + t).to(tl.int64)
         d = tl.arange(0, HALF_PAD)
@@ -125,7 +128,7 @@ def rope_store_kvcache(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
         NUM_Q_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads, HALF=head_size // 2,
         HQ_PAD=_next_pow2(num_heads), HK_PAD=_next_pow2(num_kv_heads),
         HALF_PAD=_next_pow2(head_size // 2), BLOCK_SIZE=block_size,
-        num_warps=4 if num_heads * head_size >= 2048 else 1,
+        num_warps=4 if num_heads * head_size >= 2048 else 1, **pdl_launch(query.device),
     )
 
 

@@ -59,6 +59,25 @@ def _interpreting(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
+PDL_ENV_VAR = "LIGHTVLLM_TRITON_PDL"
+
+
+@functools.lru_cache(maxsize=None)
+def _pdl_on(index: int) -> bool:
+    return torch.cuda.get_device_capability(index)[0] >= 9
+
+
+def pdl_launch(device: torch.device) -> dict:
+    """Programmatic dependent launch (Hopper): with env ``LIGHTVLLM_TRITON_PDL=1``, the decode
+    path's kernels are launched so that each may start while the kernel before it drains; they
+    wait (``gdc_wait``) before reading anything it wrote. Off by default (an A/B knob until a
+    measurement says otherwise); never on the interpreter or before sm90. Returns the launch
+    keywords (``USE_PDL`` and, when on, ``launch_pdl``)."""
+    on = (os.environ.get(PDL_ENV_VAR) == "1" and device.type == "cuda"
+          and _pdl_on(device.index if device.index is not None else torch.cuda.current_device()))
+    return {"USE_PDL": True, "launch_pdl": True} if on else {"USE_PDL": False}
+
+
 @functools.lru_cache(maxsize=None)
 def _num_sms(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
@@ -72,6 +91,14 @@ def _next_pow2(x: int) -> int:
 # Kernels
 # --------------------------------------------------------------------------------------------
 if HAS_TRITON:
+
+    @triton.jit
+    def _pdl_enter(USE_PDL: tl.constexpr):
+        """Under programmatic dependent launch: wait until the kernel before has finished and
+        its writes are visible, then let the next kernel be scheduled early (it waits too)."""
+        if USE_PDL:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
 
     @triton.jit
     def _load_rows(ptrs, row_mask, d_mask, PAD_D: tl.constexpr):
@@ -123,10 +150,11 @@ if HAS_TRITON:
         num_splits,
         G: tl.constexpr, G_PAD: tl.constexpr, HEAD_SIZE: tl.constexpr, D_PAD: tl.constexpr,
         BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
-        SINGLE: tl.constexpr, IEEE: tl.constexpr,
+        SINGLE: tl.constexpr, IEEE: tl.constexpr, USE_PDL: tl.constexpr,
     ):
         """One (kv head, sequence, split): the G query heads of the group against the split's
         slice of the context. SINGLE: the split is the whole context, write the final output."""
+        _pdl_enter(USE_PDL)
         kvh = tl.program_id(0)
         b = tl.program_id(1)
         split = tl.program_id(2)
@@ -191,9 +219,11 @@ if HAS_TRITON:
         part_o_ptr, part_lse_ptr, out_ptr,
         o_stride_b, o_stride_h, num_heads, num_splits,
         HEAD_SIZE: tl.constexpr, D_PAD: tl.constexpr, S_PAD: tl.constexpr,
+        USE_PDL: tl.constexpr,
     ):
         """Merge the splits of one (sequence, head): out = sum_s w_s o_s / sum_s w_s with
         w_s = 2^(lse_s - max lse)."""
+        _pdl_enter(USE_PDL)
         h = tl.program_id(0)
         b = tl.program_id(1)
         s = tl.arange(0, S_PAD)
@@ -422,6 +452,7 @@ def paged_decode_attention(query: torch.Tensor, kv_cache: torch.Tensor,
     group = num_heads // num_kv_heads
     d_pad = _next_pow2(head_size)
     single = num_splits == 1
+    pdl = pdl_launch(query.device)
     if single:
         part_o = part_lse = out  # unused
     else:
@@ -439,13 +470,13 @@ def paged_decode_attention(query: torch.Tensor, kv_cache: torch.Tensor,
         G=group, G_PAD=max(16, _next_pow2(group)), HEAD_SIZE=head_size, D_PAD=d_pad,
         BLOCK_SIZE=block_size, BLOCK_N=cfg["BLOCK_N"], SINGLE=single,
         IEEE=kv_cache.dtype == torch.float32,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl,
     )
     if not single:
         _decode_reduce_kernel[(num_heads, batch)](
             part_o, part_lse, out, out.stride(0), out.stride(1), num_heads, num_splits,
             HEAD_SIZE=head_size, D_PAD=d_pad, S_PAD=max(2, _next_pow2(num_splits)),
-            num_warps=1 if _interpreting(query.device) else 4,
+            num_warps=1 if _interpreting(query.device) else 4, **pdl,
         )
     return out
 
