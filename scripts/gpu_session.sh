@@ -234,14 +234,15 @@ section() {  # the command of one section (run under timeout by run_sections)
           --max-num-seqs 8 $(sync_flag $1) --workload B2 --out "$R/$1.json" ;;
     b2nofuse) LIGHTVLLM_FUSE_ROPE_STORE=0 $BENCH latency $DUMMY8B --input-len 128 --output-len 256 \
           --num-iters 3 --max-num-seqs 8 --workload B2 --out "$R/b2nofuse.json" ;;
-    b2pdl) LIGHTVLLM_TRITON_PDL=1 $BENCH latency $DUMMY8B --input-len 128 --output-len 256 \
+    b2pdl) LIGHTVLLM_PDL=1 $BENCH latency $DUMMY8B --input-len 128 --output-len 256 \
           --num-iters 3 --max-num-seqs 8 --workload B2 --out "$R/b2pdl.json" ;;
     b2auto) LIGHTVLLM_GPU_LINEAR=auto $BENCH latency $DUMMY8B --input-len 128 --output-len 256 \
           --num-iters 3 --max-num-seqs 8 --workload B2 --out "$R/b2auto.json" ;;
     b2cublas) LIGHTVLLM_GPU_LINEAR=cublas $BENCH latency $DUMMY8B --input-len 128 --output-len 256 \
           --num-iters 3 --max-num-seqs 8 --workload B2 --out "$R/b2cublas.json" ;;
     kernels) $PYTEST -m gpu phase1_kernels/tests/test_kernels.py ;;
-    quick) $PYTEST -m gpu phase1_kernels/tests/test_skinny_gemm.py phase2_attention/tests/test_rope_store.py \
+    quick) $PYTEST -m gpu phase1_kernels/tests/test_skinny_gemm.py phase1_kernels/tests/test_pdl_gpu.py \
+          phase2_attention/tests/test_rope_store.py \
           phase2_attention/tests/test_triton_paged.py \
           phase3_scheduling/tests/test_engine_gpu.py ;;
     b2fa4) $BENCH latency $DUMMY8B --input-len 128 --output-len 256 --num-iters 3 \

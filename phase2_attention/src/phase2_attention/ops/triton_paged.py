@@ -59,7 +59,7 @@ def _interpreting(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
-PDL_ENV_VAR = "LIGHTVLLM_TRITON_PDL"
+PDL_ENV_VAR = "LIGHTVLLM_PDL"
 
 
 @functools.lru_cache(maxsize=None)
@@ -68,7 +68,7 @@ def _pdl_on(index: int) -> bool:
 
 
 def pdl_launch(device: torch.device) -> dict:
-    """Programmatic dependent launch (Hopper): with env ``LIGHTVLLM_TRITON_PDL=1``, the decode
+    """Programmatic dependent launch (Hopper): with env ``LIGHTVLLM_PDL=1``, the decode
     path's kernels are launched so that each may start while the kernel before it drains; they
     wait (``gdc_wait``) before reading anything it wrote. Off by default (an A/B knob until a
     measurement says otherwise); never on the interpreter or before sm90. Returns the launch

@@ -12,6 +12,10 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <string>
+#include <utility>
+
 #include "../common.h"
 
 namespace lightvllm {
@@ -29,6 +33,47 @@ constexpr int vec_width() {
 }
 
 inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// Programmatic dependent launch (Hopper, env LIGHTVLLM_PDL=1; off by default): a kernel launched
+// with it may start while the kernel before it (a GEMM, say) drains its last blocks; it waits in
+// griddepcontrol.wait until that kernel has finished and its writes are visible, so it must call
+// pdl_wait() before it reads anything. Without the launch attribute the wait returns at once.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+bool pdl_requested() {
+  const char* env = std::getenv("LIGHTVLLM_PDL");
+  if (env == nullptr || std::string(env) != "1") return false;
+  int device = 0, major = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  return major >= 9;
+}
+
+// kernel<<<grid, block, 0, stream>>>(args...), with the programmatic-serialisation attribute
+// when PDL is requested.
+template <typename... KernelArgs, typename... Args>
+void launch(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, cudaStream_t stream,
+            Args&&... args) {
+  if (!pdl_requested()) {
+    kernel<<<grid, block, 0, stream>>>(std::forward<Args>(args)...);
+    return;
+  }
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = 0;
+  config.stream = stream;
+  config.attrs = attr;
+  config.numAttrs = 1;
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
+}
 
 // Sum of `v` over the whole block (blockDim.x a multiple of 32): shuffle within each warp, then
 // one shared-memory slot per warp, then shuffle again in warp 0. Every thread gets the result.
@@ -62,6 +107,7 @@ template <typename T, int VEC, int CACHE>
 __global__ void __launch_bounds__(1024) rms_norm_kernel(T* __restrict__ out, const T* __restrict__ in,
                                 const T* __restrict__ weight, int64_t row_stride, int hidden,
                                 float eps) {
+  pdl_wait();
   using V = Vec<T, VEC>;
   const int nvec = hidden / VEC;
   const V* x = reinterpret_cast<const V*>(in + blockIdx.x * row_stride);
@@ -130,6 +176,7 @@ template <typename T, int VEC, int CACHE>
 __global__ void __launch_bounds__(1024) fused_add_rms_norm_kernel(T* __restrict__ in, T* __restrict__ residual,
                                           const T* __restrict__ weight, int64_t row_stride,
                                           int hidden, float eps) {
+  pdl_wait();
   using V = Vec<T, VEC>;
   const int nvec = hidden / VEC;
   V* x = reinterpret_cast<V*>(in + blockIdx.x * row_stride);
@@ -258,10 +305,10 @@ void rms_norm(at::Tensor& out, const at::Tensor& input, const at::Tensor& weight
     const NormLaunch l = norm_launch<T>(r.hidden, r.row_stride,
                                         {input.const_data_ptr(), out.const_data_ptr(), weight.const_data_ptr()});
     with_norm_config<T>(l, [&](auto vec, auto cache) {
-      rms_norm_kernel<T, decltype(vec)::value, decltype(cache)::value>
-          <<<r.num_rows, l.threads, 0, stream>>>(out.data_ptr<T>(), input.const_data_ptr<T>(),
-                                                  weight.const_data_ptr<T>(), r.row_stride,
-                                                  static_cast<int>(r.hidden), static_cast<float>(eps));
+      launch(rms_norm_kernel<T, decltype(vec)::value, decltype(cache)::value>,
+             dim3(static_cast<unsigned>(r.num_rows)), dim3(l.threads), stream, out.data_ptr<T>(),
+             input.const_data_ptr<T>(), weight.const_data_ptr<T>(), r.row_stride,
+             static_cast<int>(r.hidden), static_cast<float>(eps));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
@@ -280,10 +327,11 @@ void fused_add_rms_norm(at::Tensor& input, at::Tensor& residual, const at::Tenso
         r.hidden, r.row_stride,
         {input.const_data_ptr(), residual.const_data_ptr(), weight.const_data_ptr()});
     with_norm_config<T>(l, [&](auto vec, auto cache) {
-      fused_add_rms_norm_kernel<T, decltype(vec)::value, decltype(cache)::value>
-          <<<r.num_rows, l.threads, 0, stream>>>(input.data_ptr<T>(), residual.data_ptr<T>(),
-                                                  weight.const_data_ptr<T>(), r.row_stride,
-                                                  static_cast<int>(r.hidden), static_cast<float>(eps));
+      launch(fused_add_rms_norm_kernel<T, decltype(vec)::value, decltype(cache)::value>,
+             dim3(static_cast<unsigned>(r.num_rows)), dim3(l.threads), stream,
+             input.data_ptr<T>(), residual.data_ptr<T>(),
+             weight.const_data_ptr<T>(), r.row_stride, static_cast<int>(r.hidden),
+             static_cast<float>(eps));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
@@ -416,6 +464,7 @@ void rotary_embedding(const at::Tensor& positions, at::Tensor& query, at::Tensor
 template <typename T, int VEC>
 __global__ void silu_and_mul_kernel(T* __restrict__ out, const T* __restrict__ in, int64_t rows,
                                     int64_t d) {
+  pdl_wait();
   using V = Vec<T, VEC>;
   const int64_t c = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
   if (c >= d) return;
@@ -449,9 +498,11 @@ void silu_and_mul(at::Tensor& out, const at::Tensor& input) {
     const dim3 grid(static_cast<unsigned>((d / vec + threads - 1) / threads),
                     static_cast<unsigned>(std::min<int64_t>(rows, 65535)));
     if (vec_ok)
-      silu_and_mul_kernel<T, W><<<grid, threads, 0, stream>>>(out.data_ptr<T>(), input.const_data_ptr<T>(), rows, d);
+      launch(silu_and_mul_kernel<T, W>, grid, dim3(threads), stream, out.data_ptr<T>(),
+             input.const_data_ptr<T>(), rows, d);
     else
-      silu_and_mul_kernel<T, 1><<<grid, threads, 0, stream>>>(out.data_ptr<T>(), input.const_data_ptr<T>(), rows, d);
+      launch(silu_and_mul_kernel<T, 1>, grid, dim3(threads), stream, out.data_ptr<T>(),
+             input.const_data_ptr<T>(), rows, d);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
