@@ -35,7 +35,7 @@
 #            with --max-prefill-tokens-while-decoding 0 (the prompt cap's same-run baseline)
 #   b2nofuse B2 with rotary and K/V store as two kernels (LIGHTVLLM_FUSE_ROPE_STORE=0): the fused
 #            kernel's same-run baseline; b2auto: B2 with the measured small-batch GEMM choice;
-#            b2pdl: B2 with programmatic dependent launch of the Triton decode kernels
+#            b2nopdl: B2 without programmatic dependent launch (LIGHTVLLM_PDL=0), its baseline
 #   b2fa4    B2 with the flash_attn backend (FA4) at block 128; b2cublas: B2 with every GEMM on
 #            cuBLAS (LIGHTVLLM_GPU_LINEAR=cublas), the baseline of the small-batch GEMM choice
 #   quick    the small-batch GEMM and engine GPU tests alone; kernels: phase 1's kernel tests alone
@@ -234,8 +234,8 @@ section() {  # the command of one section (run under timeout by run_sections)
           --max-num-seqs 8 $(sync_flag $1) --workload B2 --out "$R/$1.json" ;;
     b2nofuse) LIGHTVLLM_FUSE_ROPE_STORE=0 $BENCH latency $DUMMY8B --input-len 128 --output-len 256 \
           --num-iters 3 --max-num-seqs 8 --workload B2 --out "$R/b2nofuse.json" ;;
-    b2pdl) LIGHTVLLM_PDL=1 $BENCH latency $DUMMY8B --input-len 128 --output-len 256 \
-          --num-iters 3 --max-num-seqs 8 --workload B2 --out "$R/b2pdl.json" ;;
+    b2nopdl) LIGHTVLLM_PDL=0 $BENCH latency $DUMMY8B --input-len 128 --output-len 256 \
+          --num-iters 3 --max-num-seqs 8 --workload B2 --out "$R/b2nopdl.json" ;;
     b2auto) LIGHTVLLM_GPU_LINEAR=auto $BENCH latency $DUMMY8B --input-len 128 --output-len 256 \
           --num-iters 3 --max-num-seqs 8 --workload B2 --out "$R/b2auto.json" ;;
     b2cublas) LIGHTVLLM_GPU_LINEAR=cublas $BENCH latency $DUMMY8B --input-len 128 --output-len 256 \
@@ -277,7 +277,7 @@ section() {  # the command of one section (run under timeout by run_sections)
 }
 
 declare -A LIMIT=([tests]=420 [b1]=150 [b2]=150 [b2sync]=150 [b2hf]=150 [b3]=150 [b3sync]=150
-                  [b3hf]=240 [b4]=330 [b4nocap]=330 [b4nomixed]=330 [b4cap]=330 [gaps]=200 [b2nomixed]=150 [b3nomixed]=150 [b2fa4]=150 [b2cublas]=150 [b2nofuse]=150 [b2auto]=150 [b2pdl]=150 [quick]=180 [kernels]=150 [fa4]=360
+                  [b3hf]=240 [b4]=330 [b4nocap]=330 [b4nomixed]=330 [b4cap]=330 [gaps]=200 [b2nomixed]=150 [b3nomixed]=150 [b2fa4]=150 [b2cublas]=150 [b2nofuse]=150 [b2auto]=150 [b2nopdl]=150 [quick]=180 [kernels]=150 [fa4]=360
                   [profile]=180 [profile_fa4]=180 [parity]=240 [engine]=180)
 
 run_sections() {

@@ -1,5 +1,5 @@
-"""Programmatic dependent launch (``LIGHTVLLM_PDL=1``, Hopper) of the CUDA norm and activation
-kernels: behind a GEMM whose output they read, captured in a CUDA graph and replayed, they give
+"""Programmatic dependent launch (Hopper; on by default, ``LIGHTVLLM_PDL=0`` turns it off) of
+the CUDA norm and activation kernels: behind a GEMM whose output they read, captured in a CUDA graph and replayed, they give
 the bit-identical results of the ordinary launch (each waits for the GEMM's writes)."""
 
 from __future__ import annotations

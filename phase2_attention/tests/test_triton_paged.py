@@ -367,7 +367,7 @@ def test_store_kvcache_gpu():
 
 @pytest.mark.gpu
 def test_decode_chain_with_pdl_in_a_cuda_graph_gpu(monkeypatch):
-    """LIGHTVLLM_PDL=1 on Hopper: a GEMM, then rope+store, split and merge kernels each
+    """PDL (the default on Hopper): a GEMM, then rope+store, split and merge kernels each
     launched to overlap the one before, captured in a CUDA graph and replayed: the same output
     as without PDL, bit for bit (each kernel waits for its predecessor's writes)."""
     from phase2_attention.ops.rope_store import rope_store_kvcache

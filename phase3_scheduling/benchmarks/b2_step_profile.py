@@ -180,7 +180,9 @@ def attribute_kernels_by_order(prof, num_layers: int) -> dict[str, float]:
     named by their kernel."""
     from torch.autograd import DeviceType
 
-    kernels = sorted((e for e in prof.events() if e.device_type == DeviceType.CUDA),
+    # the family ranges also appear on the device side (gpu_user_annotation): not kernels
+    kernels = sorted((e for e in prof.events()
+                      if e.device_type == DeviceType.CUDA and not e.name.startswith(RANGE)),
                      key=lambda e: e.time_range.start)
     per_step = 4 * num_layers + 1
     totals: dict[str, float] = defaultdict(float)

@@ -34,7 +34,8 @@ constexpr int vec_width() {
 
 inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-// Programmatic dependent launch (Hopper, env LIGHTVLLM_PDL=1; off by default): a kernel launched
+// Programmatic dependent launch (Hopper; on by default, env LIGHTVLLM_PDL=0 turns it off; B2 on
+// an H100 +1.3%, docs/benchmarks.md): a kernel launched
 // with it may start while the kernel before it (a GEMM, say) drains its last blocks; it waits in
 // griddepcontrol.wait until that kernel has finished and its writes are visible, so it must call
 // pdl_wait() before it reads anything. Without the launch attribute the wait returns at once.
@@ -46,7 +47,7 @@ __device__ __forceinline__ void pdl_wait() {
 
 bool pdl_requested() {
   const char* env = std::getenv("LIGHTVLLM_PDL");
-  if (env == nullptr || std::string(env) != "1") return false;
+  if (env != nullptr && std::string(env) == "0") return false;
   int device = 0, major = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
