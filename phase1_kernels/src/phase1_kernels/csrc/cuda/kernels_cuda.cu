@@ -48,10 +48,13 @@ __device__ __forceinline__ void pdl_wait() {
 bool pdl_requested() {
   const char* env = std::getenv("LIGHTVLLM_PDL");
   if (env != nullptr && std::string(env) == "0") return false;
-  int device = 0, major = 0;
+  static int major_of[64] = {};  // compute capability per device, 0 = not asked yet
+  int device = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  return major >= 9;
+  if (device >= 64) return false;
+  if (major_of[device] == 0)
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&major_of[device], cudaDevAttrComputeCapabilityMajor, device));
+  return major_of[device] >= 9;
 }
 
 // kernel<<<grid, block, 0, stream>>>(args...), with the programmatic-serialisation attribute
