@@ -252,6 +252,7 @@ class Attention(nn.Module):
         k = key.reshape(tokens, self.num_kv_heads, self.head_size)
         v = value.reshape(tokens, self.num_kv_heads, self.head_size)
         if fused:
+            assert positions is not None and rotary is not None
             out = self.backend.forward_rotary(self, q, k, v, metadata, positions, rotary)
         else:
             out = (override or self.backend.forward)(self, q, k, v, metadata)
