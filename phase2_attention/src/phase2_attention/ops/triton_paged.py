@@ -64,6 +64,11 @@ PDL_ENV_VAR = "LIGHTVLLM_PDL"
 
 @functools.lru_cache(maxsize=None)
 def _pdl_on(index: int) -> bool:
+    """sm90+ and a Triton that has grid dependency control (``launch_pdl``, 3.3 and later)."""
+    try:
+        from triton.language.extra.cuda import gdc_wait  # noqa: F401
+    except ImportError:
+        return False
     return torch.cuda.get_device_capability(index)[0] >= 9
 
 
