@@ -62,6 +62,7 @@ bool pdl_requested() {
 template <typename... KernelArgs, typename... Args>
 void launch(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, cudaStream_t stream,
             Args&&... args) {
+#if defined(CUDART_VERSION) && CUDART_VERSION >= 12000
   if (!pdl_requested()) {
     kernel<<<grid, block, 0, stream>>>(std::forward<Args>(args)...);
     return;
@@ -77,6 +78,9 @@ void launch(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, cudaStream_t s
   config.attrs = attr;
   config.numAttrs = 1;
   C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
+#else  // no launch attributes before CUDA 12: always the plain launch
+  kernel<<<grid, block, 0, stream>>>(std::forward<Args>(args)...);
+#endif
 }
 
 // Sum of `v` over the whole block (blockDim.x a multiple of 32): shuffle within each warp, then
