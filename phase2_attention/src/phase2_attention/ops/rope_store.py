@@ -19,7 +19,7 @@ import logging
 
 import torch
 
-from .triton_paged import (HAS_TRITON, _cache_strides, _check_cache, _next_pow2,
+from .triton_paged import (HAS_TRITON, _cache_strides, _check_cache, _check_new_kv, _next_pow2,
                            _rowmajor_last, pdl_launch)
 
 logger = logging.getLogger(__name__)
@@ -89,13 +89,9 @@ def rotary_fusable(rotary: object) -> bool:
             and getattr(rotary, "head_size", 1) % 2 == 0)
 
 
-def _check_rope_inputs(query, key, value, positions, cos_sin_cache, num_kv_heads, head_size):
-    tokens = query.shape[0]
-    if query.dim() != 3 or query.shape[2] != head_size:
-        raise ValueError(f"query must be [T, Hq, {head_size}], got {tuple(query.shape)}")
-    if key.shape != value.shape or key.shape != (tokens, num_kv_heads, head_size):
-        raise ValueError(f"key/value must be [{tokens}, {num_kv_heads}, {head_size}], got "
-                         f"{tuple(key.shape)} and {tuple(value.shape)}")
+def _check_rope_inputs(query, positions, cos_sin_cache, tokens, head_size):
+    if query.dim() != 3 or query.shape[0] != tokens or query.shape[2] != head_size:
+        raise ValueError(f"query must be [{tokens}, Hq, {head_size}], got {tuple(query.shape)}")
     if positions.shape != (tokens,):
         raise ValueError(f"positions must be [{tokens}], got {tuple(positions.shape)}")
     if cos_sin_cache.dim() != 2 or cos_sin_cache.shape[1] != head_size:
@@ -111,10 +107,8 @@ def rope_store_kvcache(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
     """Rotate ``query`` [T, Hq, D] in place and store the rotated ``key`` and ``value``
     [T, Hk, D] (row-strided views allowed) at ``slot_mapping`` in ``kv_cache``."""
     _, block_size, num_kv_heads, head_size = _check_cache(kv_cache)
-    _check_rope_inputs(query, key, value, positions, cos_sin_cache, num_kv_heads, head_size)
-    tokens = query.shape[0]
-    if slot_mapping.shape != (tokens,):
-        raise ValueError(f"slot_mapping must be [{tokens}], got {tuple(slot_mapping.shape)}")
+    tokens = _check_new_kv(key, value, slot_mapping, num_kv_heads, head_size)
+    _check_rope_inputs(query, positions, cos_sin_cache, tokens, head_size)
     if tokens == 0:
         return
     key, value = _rowmajor_last(key), _rowmajor_last(value)

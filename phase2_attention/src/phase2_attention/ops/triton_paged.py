@@ -363,6 +363,18 @@ def _cache_strides(kv_cache: torch.Tensor) -> tuple[int, int, int, int]:
     return kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), kv_cache.stride(3)
 
 
+def _check_new_kv(key: torch.Tensor, value: torch.Tensor, slot_mapping: torch.Tensor,
+                  num_kv_heads: int, head_size: int) -> int:
+    """The step's new ``key``/``value`` [T, Hk, D] and their slots [T]; returns T."""
+    if key.shape != value.shape or key.dim() != 3 or key.shape[1:] != (num_kv_heads, head_size):
+        raise ValueError(f"key/value must be [T, {num_kv_heads}, {head_size}], got "
+                         f"{tuple(key.shape)} and {tuple(value.shape)}")
+    num_tokens = key.shape[0]
+    if slot_mapping.shape != (num_tokens,):
+        raise ValueError(f"slot_mapping must be [{num_tokens}], got {tuple(slot_mapping.shape)}")
+    return num_tokens
+
+
 def _rowmajor_last(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
@@ -375,12 +387,7 @@ def store_kvcache(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor
     """Write ``key``/``value`` ``[T, Hk, D]`` (row-strided views allowed) into ``kv_cache`` at
     ``slot_mapping[t]``; a slot of ``-1`` leaves the cache untouched for that token."""
     _, block_size, num_kv_heads, head_size = _check_cache(kv_cache)
-    if key.shape != value.shape or key.dim() != 3 or key.shape[1:] != (num_kv_heads, head_size):
-        raise ValueError(f"key/value must be [T, {num_kv_heads}, {head_size}], got "
-                         f"{tuple(key.shape)} and {tuple(value.shape)}")
-    num_tokens = key.shape[0]
-    if slot_mapping.shape != (num_tokens,):
-        raise ValueError(f"slot_mapping must be [{num_tokens}], got {tuple(slot_mapping.shape)}")
+    num_tokens = _check_new_kv(key, value, slot_mapping, num_kv_heads, head_size)
     if num_tokens == 0:
         return
     key, value = _rowmajor_last(key), _rowmajor_last(value)
