@@ -36,6 +36,10 @@
 #   b2nofuse B2 with rotary and K/V store as two kernels (LIGHTVLLM_FUSE_ROPE_STORE=0): the fused
 #            kernel's same-run baseline; b2auto: B2 with the measured small-batch GEMM choice;
 #            b2nopdl: B2 without programmatic dependent launch (LIGHTVLLM_PDL=0), its baseline
+#   b2tuned b3tuned  B2/B3 with the decode GEMMs chosen by measurement between cuBLAS and our
+#            CUDA weight-streaming kernel (LIGHTVLLM_GPU_LINEAR=tuned); profiletuned: its step profile
+#   gemm     bench_decode_gemm.py: the 8B decode GEMMs at 1-8 rows in CUDA graphs, cuBLAS vs ours
+#   b1norm   B1's two norms (compile vs ours) with 1, 4 and 2 vectors per thread (LIGHTVLLM_NORM_VPT)
 #   b2fa4    B2 with the flash_attn backend (FA4) at block 128; b2cublas: B2 with every GEMM on
 #            cuBLAS (LIGHTVLLM_GPU_LINEAR=cublas), the baseline of the small-batch GEMM choice
 #   quick    the small-batch GEMM and engine GPU tests alone; kernels: phase 1's kernel tests alone
@@ -238,10 +242,21 @@ section() {  # the command of one section (run under timeout by run_sections)
           --num-iters 3 --max-num-seqs 8 --workload B2 --out "$R/b2nopdl.json" ;;
     b2auto) LIGHTVLLM_GPU_LINEAR=auto $BENCH latency $DUMMY8B --input-len 128 --output-len 256 \
           --num-iters 3 --max-num-seqs 8 --workload B2 --out "$R/b2auto.json" ;;
+    b2tuned) LIGHTVLLM_GPU_LINEAR=tuned $BENCH latency $DUMMY8B --input-len 128 --output-len 256 \
+          --num-iters 3 --max-num-seqs 8 --workload B2 --out "$R/b2tuned.json" ;;
+    b3tuned) LIGHTVLLM_GPU_LINEAR=tuned $BENCH throughput $DUMMY8B --num-prompts 256 --input-len 100 \
+          1024 --output-len 100 1024 --max-num-batched-tokens 8192 --workload B3 --out "$R/b3tuned.json" ;;
+    gemm) $PY phase1_kernels/benchmarks/bench_decode_gemm.py --out "$R/gemm.json" ;;
+    b1norm) for v in 1 4 2; do echo "LIGHTVLLM_NORM_VPT=$v"; LIGHTVLLM_NORM_VPT=$v $PY \
+          phase1_kernels/benchmarks/bench_kernels.py --ops rms_norm,fused_add_rms_norm \
+          --impls compile,cpp --out "$R/b1norm_vpt$v.json" || return 1; done ;;
+    profiletuned) LIGHTVLLM_GPU_LINEAR=tuned $PY phase3_scheduling/benchmarks/b2_step_profile.py \
+          --out "$R/profiletuned.json" ;;
     b2cublas) LIGHTVLLM_GPU_LINEAR=cublas $BENCH latency $DUMMY8B --input-len 128 --output-len 256 \
           --num-iters 3 --max-num-seqs 8 --workload B2 --out "$R/b2cublas.json" ;;
     kernels) $PYTEST -m gpu phase1_kernels/tests/test_kernels.py ;;
     quick) $PYTEST -m gpu phase1_kernels/tests/test_skinny_gemm.py phase1_kernels/tests/test_pdl_gpu.py \
+          phase1_kernels/tests/test_small_batch_linear.py \
           phase2_attention/tests/test_rope_store.py \
           phase2_attention/tests/test_triton_paged.py \
           phase3_scheduling/tests/test_engine_gpu.py ;;
@@ -277,7 +292,7 @@ section() {  # the command of one section (run under timeout by run_sections)
 }
 
 declare -A LIMIT=([tests]=420 [b1]=150 [b2]=150 [b2sync]=150 [b2hf]=150 [b3]=150 [b3sync]=150
-                  [b3hf]=240 [b4]=330 [b4nocap]=330 [b4nomixed]=330 [b4cap]=330 [gaps]=200 [b2nomixed]=150 [b3nomixed]=150 [b2fa4]=150 [b2cublas]=150 [b2nofuse]=150 [b2auto]=150 [b2nopdl]=150 [quick]=180 [kernels]=150 [fa4]=360
+                  [b3hf]=240 [b4]=330 [b4nocap]=330 [b4nomixed]=330 [b4cap]=330 [gaps]=200 [b2nomixed]=150 [b3nomixed]=150 [b2fa4]=150 [b2cublas]=150 [b2nofuse]=150 [b2auto]=150 [b2nopdl]=150 [b2tuned]=150 [b3tuned]=150 [gemm]=150 [b1norm]=200 [profiletuned]=180 [quick]=180 [kernels]=150 [fa4]=360
                   [profile]=180 [profile_fa4]=180 [parity]=240 [engine]=180)
 
 run_sections() {

@@ -165,7 +165,7 @@ def install_ranges(llm: LLM) -> list:
     return handles
 
 
-GEMM_NAMES = ("nvjet", "gemm", "cutlass", "_skinny_kernel", "sm90_xmma")
+GEMM_NAMES = ("nvjet", "gemm", "cutlass", "_skinny_kernel", "sm90_xmma", "small_batch_linear")
 KERNEL_FAMILY = (("splitKreduce", None), ("rope_store", "store_kvcache"),  # fused rope + store
                  ("rms_norm", "rms_norm"), ("rotary", "rope"),
                  ("silu", "silu_and_mul"), ("store_kv", "store_kvcache"),

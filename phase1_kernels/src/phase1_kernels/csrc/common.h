@@ -140,6 +140,29 @@ inline void check_rope(const at::Tensor& positions, const at::Tensor& query, con
   check_same_device(query, cache, "query", "cos_sin_cache");
 }
 
+inline void check_small_batch_linear(const at::Tensor& out, const at::Tensor& input,
+                                     const at::Tensor& weight, int64_t cols_per_warp) {
+  TORCH_CHECK(input.scalar_type() == at::kHalf || input.scalar_type() == at::kBFloat16,
+              "small_batch_linear takes float16 or bfloat16, got ", input.scalar_type());
+  TORCH_CHECK(weight.scalar_type() == input.scalar_type() && out.scalar_type() == input.scalar_type(),
+              "input, weight and out must share one dtype");
+  TORCH_CHECK(input.dim() == 2 && weight.dim() == 2 && out.dim() == 2,
+              "input [M, K], weight [N, K] and out [M, N] must be 2-D");
+  TORCH_CHECK(input.size(0) <= 8, "small_batch_linear takes at most 8 rows, got ", input.size(0));
+  TORCH_CHECK(weight.size(1) == input.size(1), "weight is [", weight.size(0), ", ", weight.size(1),
+              "] but input has ", input.size(1), " columns");
+  TORCH_CHECK(out.size(0) == input.size(0) && out.size(1) == weight.size(0), "out must be [",
+              input.size(0), ", ", weight.size(0), "], got ", out.sizes());
+  TORCH_CHECK(input.stride(1) == 1 && out.stride(1) == 1 && weight.is_contiguous(),
+              "input and out need contiguous rows and weight must be contiguous");
+  TORCH_CHECK(weight.size(0) < (int64_t(1) << 31) && weight.size(1) < (int64_t(1) << 31),
+              "weight dims must fit in 32 bits");
+  TORCH_CHECK(cols_per_warp == 1 || cols_per_warp == 2 || cols_per_warp == 4,
+              "cols_per_warp must be 1, 2 or 4, got ", cols_per_warp);
+  check_same_device(out, input, "out", "input");
+  check_same_device(input, weight, "input", "weight");
+}
+
 inline void check_vector_add(const at::Tensor& a, const at::Tensor& b) {
   TORCH_CHECK(a.sizes() == b.sizes(), "a and b shapes differ: ", a.sizes(), " vs ", b.sizes());
   TORCH_CHECK(a.scalar_type() == b.scalar_type(), "a and b dtypes differ");

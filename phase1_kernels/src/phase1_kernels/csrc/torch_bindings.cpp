@@ -38,6 +38,9 @@ TORCH_LIBRARY(lightvllm, m) {
   m.def("pack_linear_weight(Tensor weight) -> Tensor");
   // out [M, N] = input [M, K] @ weight^T from pack_linear_weight's panels. CPU, float32.
   m.def("packed_linear(Tensor! out, Tensor input, Tensor packed) -> ()");
+  // out [M, N] = input [M <= 8, K] @ weight [N, K]^T, one warp per cols_per_warp (1, 2, 4) output
+  // columns streaming the weight: decode-size GEMMs. CUDA only, float16/bfloat16.
+  m.def("small_batch_linear(Tensor! out, Tensor input, Tensor weight, int cols_per_warp) -> ()");
   // Pin intra-op thread i to cpus[i] (no tensors: one kernel for every backend). Returns them.
   m.def("bind_threads(int[] cpus) -> int[]", &lightvllm::bind_threads);
   // The first exercise: c = a + b.

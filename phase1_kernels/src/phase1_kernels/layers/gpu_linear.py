@@ -1,18 +1,25 @@
-"""Small-batch GEMMs on the GPU: cuBLAS or our skinny Triton kernel, chosen by measurement.
+"""Small-batch GEMMs on the GPU: cuBLAS or one of our kernels, chosen by measurement.
 
 A decode step of 1-16 sequences streams every weight once; how close a linear layer gets to
 the copy bandwidth depends on the GEMM's tiling for that exact shape (``ops/skinny_gemm.py``
 says why cuBLAS leaves SMs idle for some). So, like vLLM's tuned kernels and
 ``torch.compile``'s max-autotune, the choice is measured: ``tune_small_batch_linears`` times
-cuBLAS (``F.linear``) and each skinny config on the model's own weights, for each weight shape
-and each row count of 1, 2, 4, ..., 16 (the decode graph sizes), cycling through every layer
-of that shape so the weights come from memory as in a real step (not from L2), and gives the
-layers of a shape an ``apply_linear`` that takes the winner. Rows above 16, prefill and the
-CPU keep ``F.linear``. Env ``LIGHTVLLM_GPU_LINEAR``: ``cublas`` (the default: never the skinny
-kernel, no tuning), ``auto`` (measure and pick) or ``skinny`` (always, for tests and
-comparisons). Measured on an H100 in one run (docs/benchmarks.md): B2 163.5 tok/s with ``auto``
-against 163.2 with ``cublas`` — no gain inside the CUDA graph, and ~6 s more start-up on a cold
-Triton cache — so it is off unless asked for.
+cuBLAS (``F.linear``) and each candidate kernel on the model's own weights, for each weight
+shape and each row count of 1, 2, 4, ..., 16 (the decode graph sizes), cycling through every
+layer of that shape so the weights come from memory as in a real step (not from L2), and gives
+the layers of a shape an ``apply_linear`` that takes the winner. Rows above 16, prefill and the
+CPU keep ``F.linear``. The candidates: our CUDA weight-streaming kernel
+(``small_batch_linear``, one warp per 1/2/4 output columns, up to 8 rows) and the Triton skinny
+GEMM (up to 16 rows). Env ``LIGHTVLLM_GPU_LINEAR``:
+
+* ``cublas`` — never ours, no tuning;
+* ``tuned`` — cuBLAS against the CUDA kernel (compiled with the extension, so tuning costs
+  milliseconds, no Triton compile);
+* ``auto`` — cuBLAS against both of ours (the Triton one adds ~6 s of start-up on a cold cache);
+* ``skinny`` / ``gemv`` — always the Triton / CUDA kernel where it applies (tests, comparisons).
+
+Measured on an H100 (docs/benchmarks.md): the Triton kernel alone gave no B2 gain inside the
+CUDA graph (163.5 vs 163.2 tok/s), so it is not in the default.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import os
 import types
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -29,23 +37,56 @@ from torch import nn
 
 from shared.bench import cuda_seconds_per_call
 
-from ..ops import skinny_gemm
+from ..ops import extension, skinny_gemm
 from ..ops.skinny_gemm import MAX_ROWS, SkinnyConfig
 from .linear import LinearBase
 
 logger = logging.getLogger(__name__)
 
 ENV_VAR = "LIGHTVLLM_GPU_LINEAR"
-MODES = ("auto", "cublas", "skinny")
-DEFAULT_MODE = "cublas"  # measured: no B2 gain on the H100 (see the module docstring)
+MODES = ("auto", "tuned", "cublas", "skinny", "gemv")
+DEFAULT_MODE = "cublas"
 ROW_BUCKETS = (1, 2, 4, 8, 16)
+GEMV_MAX_ROWS = 8  # the CUDA kernel's limit (one accumulator per row and column per lane)
+GEMV_COLS = (1, 2, 4)  # output columns per warp
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One kernel that can replace ``F.linear`` for ``max_rows`` rows or fewer."""
+
+    label: str
+    max_rows: int
+    run: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+    def fits(self, x: torch.Tensor, weight: torch.Tensor) -> bool:
+        return 0 < x.shape[0] <= self.max_rows
+
+
+def _gemv(cols: int) -> Candidate:
+    from ..ops import compiled
+
+    return Candidate(f"gemv{cols}", GEMV_MAX_ROWS,
+                     lambda x, w: compiled.small_batch_linear(x, w, cols))
+
+
+def _skinny(config: SkinnyConfig) -> Candidate:
+    return Candidate(f"skinny{config.block_n}x{config.block_k}", MAX_ROWS,
+                     lambda x, w: skinny_gemm.skinny_linear(x, w, config))
+
+
+def candidates(mode: str) -> list[Candidate]:
+    """The kernels ``mode`` measures against cuBLAS (or forces, for skinny/gemv)."""
+    gemv = [_gemv(c) for c in GEMV_COLS] if not extension.why_unavailable("cuda") else []
+    skinny = [_skinny(c) for c in skinny_gemm.CONFIGS] if not skinny_gemm.why_unavailable("cuda") else []
+    return {"tuned": gemv, "gemv": gemv, "skinny": skinny, "auto": gemv + skinny}.get(mode, [])
 
 
 @dataclass
 class ShapeChoice:
-    """Per row bucket, the skinny config that beat cuBLAS (absent: cuBLAS), and the timings."""
+    """Per row bucket, the candidate that beat cuBLAS (absent: cuBLAS), and the timings."""
 
-    configs: dict[int, SkinnyConfig] = field(default_factory=dict)
+    configs: dict[int, Candidate] = field(default_factory=dict)
     timings_us: dict[int, dict[str, float]] = field(default_factory=dict)
 
 
@@ -60,12 +101,19 @@ def row_bucket(rows: int) -> int:
     return next(b for b in ROW_BUCKETS if b >= rows)
 
 
+def _gemv_addressable(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """What the CUDA kernel needs: K and the row stride multiples of 8, 16-byte alignment."""
+    return (x.shape[1] % 8 == 0 and x.stride(0) % 8 == 0 and x.data_ptr() % 16 == 0
+            and weight.data_ptr() % 16 == 0 and weight.is_contiguous())
+
+
 def _small_batch_linear(self: LinearBase, x: torch.Tensor, with_bias: bool = True) -> torch.Tensor:
     bias = self.bias if with_bias else None
     if x.dim() == 2 and 0 < x.shape[0] <= MAX_ROWS and x.stride(1) == 1:
-        config = self.__dict__["skinny_choice"].configs.get(row_bucket(x.shape[0]))
-        if config is not None:
-            out = skinny_gemm.skinny_linear(x, self.weight, config)
+        kernel = self.__dict__["skinny_choice"].configs.get(row_bucket(x.shape[0]))
+        if kernel is not None and kernel.fits(x, self.weight) and (
+                kernel.max_rows == MAX_ROWS or _gemv_addressable(x, self.weight)):
+            out = kernel.run(x, self.weight)
             return out if bias is None else out.add_(bias)
     return F.linear(x, self.weight, bias)
 
@@ -92,18 +140,21 @@ def _time_us(run, weights: list[torch.Tensor], reps: int = 3) -> float:
     return 1e6 * cuda_seconds_per_call(every_layer, reps) / len(weights)
 
 
-def _measure_shape(weights: list[torch.Tensor], buckets: list[int], mode: str) -> ShapeChoice:
+def _measure_shape(weights: list[torch.Tensor], buckets: list[int], mode: str,
+                   kernels: list[Candidate]) -> ShapeChoice:
     choice = ShapeChoice()
     k = weights[0].shape[1]
     for rows in buckets:
         x = torch.randn(rows, k, dtype=weights[0].dtype, device=weights[0].device)
+        fitting = [c for c in kernels if c.fits(x, weights[0])
+                   and (c.max_rows == MAX_ROWS or _gemv_addressable(x, weights[0]))]
         times = {"cublas": _time_us(lambda w: F.linear(x, w), weights)}
-        for config in skinny_gemm.CONFIGS:
-            times[str(config)] = _time_us(lambda w: skinny_gemm.skinny_linear(x, w, config),
-                                          weights)
-        best = min(skinny_gemm.CONFIGS, key=lambda c: times[str(c)])
-        if mode == "skinny" or times[str(best)] < times["cublas"]:
-            choice.configs[rows] = best
+        for kernel in fitting:
+            times[kernel.label] = _time_us(lambda w, kernel=kernel: kernel.run(x, w), weights)
+        if fitting:
+            best = min(fitting, key=lambda c: times[c.label])
+            if mode in ("skinny", "gemv") or times[best.label] < times["cublas"]:
+                choice.configs[rows] = best
         choice.timings_us[rows] = times
     return choice
 
@@ -119,12 +170,13 @@ def tune_small_batch_linears(model: nn.Module, max_rows: int = MAX_ROWS,
         if isinstance(module, LinearBase) and _eligible(module):
             n, k = module.weight.shape
             layers[(n, k)].append(module)
-    if mode == "cublas" or not layers or skinny_gemm.why_unavailable("cuda"):
+    kernels = candidates(mode)
+    if not kernels or not layers:
         return {}
     buckets = [b for b in ROW_BUCKETS if b <= max(1, min(max_rows, MAX_ROWS))]
     choices = {}
     for shape, modules in layers.items():
-        choice = _measure_shape([m.weight for m in modules], buckets, mode)
+        choice = _measure_shape([m.weight for m in modules], buckets, mode, kernels)
         choices[shape] = choice
         for module in modules:
             module.__dict__["skinny_choice"] = choice
@@ -141,7 +193,7 @@ def describe(choices: dict[tuple[int, int], ShapeChoice]) -> str:
         cells = []
         for rows, times in choice.timings_us.items():
             config = choice.configs.get(rows)
-            picked = f"skinny {times[str(config)]:.1f}" if config else "cublas"
+            picked = f"{config.label} {times[config.label]:.1f}" if config else "cublas"
             cells.append(f"M={rows}: cublas {times['cublas']:.1f} -> {picked}")
         parts.append(f"[{n}x{k}] " + ", ".join(cells))
     return "; ".join(parts)

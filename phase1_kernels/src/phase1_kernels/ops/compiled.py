@@ -63,6 +63,10 @@ def register_fakes() -> None:
     def _packed_linear_fake(out, input, packed):
         return None
 
+    @torch.library.register_fake("lightvllm::small_batch_linear")
+    def _small_batch_linear_fake(out, input, weight, cols_per_warp):
+        return None
+
     @torch.library.register_fake("lightvllm::vector_add")
     def _vector_add_fake(a, b):
         return torch.empty_like(a, memory_format=torch.contiguous_format)
@@ -136,3 +140,11 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
 def vector_add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a + b`` through the roadmap's first kernel (CPU loop or CUDA grid-stride kernel)."""
     return _ops().vector_add(a, b)
+
+
+def small_batch_linear(x: torch.Tensor, weight: torch.Tensor, cols_per_warp: int = 2) -> torch.Tensor:
+    """``x`` [M <= 8, K] @ ``weight`` [N, K].T on CUDA by the weight-streaming kernel (fp16/bf16;
+    K a multiple of 8, ``x`` rows contiguous and 16-byte aligned, ``weight`` contiguous)."""
+    out = torch.empty(x.shape[0], weight.shape[0], dtype=x.dtype, device=x.device)
+    _ops().small_batch_linear(out, x, weight, int(cols_per_warp))
+    return out

@@ -28,7 +28,7 @@ struct alignas(sizeof(T) * N) Vec {
 };
 
 template <typename T>
-constexpr int vec_width() {
+__host__ __device__ constexpr int vec_width() {
   return 16 / sizeof(T);
 }
 
@@ -107,12 +107,17 @@ __device__ float block_sum(float v) {
   return total;
 }
 
+// Threads per block of the norms: a 1024-thread block leaves each thread 64 registers, too few
+// to hold four 16-byte vectors of x, the residual and the weight in bf16 (ptxas spills), so the
+// CACHE == 4 variants run at most 512 threads and get 128.
+__host__ __device__ constexpr int norm_max_threads(int cache) { return cache == 4 ? 512 : 1024; }
+
 // ------------------------------------------------------------------ rms_norm
 // One block per token. CACHE > 0: each thread keeps its CACHE vectors of the row in registers
 // between the two phases (sum of squares, then scale), so the row is read from memory once.
 // CACHE == 0 (very wide rows): the second phase reads the row again.
 template <typename T, int VEC, int CACHE>
-__global__ void __launch_bounds__(1024) rms_norm_kernel(T* __restrict__ out, const T* __restrict__ in,
+__global__ void __launch_bounds__(norm_max_threads(CACHE)) rms_norm_kernel(T* __restrict__ out, const T* __restrict__ in,
                                 const T* __restrict__ weight, int64_t row_stride, int hidden,
                                 float eps) {
   pdl_wait();
@@ -123,11 +128,14 @@ __global__ void __launch_bounds__(1024) rms_norm_kernel(T* __restrict__ out, con
   V* y = reinterpret_cast<V*>(out + blockIdx.x * static_cast<int64_t>(hidden));
   float ss = 0.f;
   if constexpr (CACHE > 0) {
-    V regs[CACHE];
+    V regs[CACHE], wr[CACHE];
 #pragma unroll
     for (int j = 0; j < CACHE; ++j) {
       const int i = threadIdx.x + j * blockDim.x;
-      if (i < nvec) regs[j] = x[i];
+      if (i < nvec) {
+        regs[j] = x[i];
+        wr[j] = w[i];  // loaded before the reduction, so its latency hides behind it
+      }
     }
 #pragma unroll
     for (int j = 0; j < CACHE; ++j) {
@@ -145,12 +153,11 @@ __global__ void __launch_bounds__(1024) rms_norm_kernel(T* __restrict__ out, con
     for (int j = 0; j < CACHE; ++j) {
       const int i = threadIdx.x + j * blockDim.x;
       if (i < nvec) {
-        const V wv = w[i];
         V o;
 #pragma unroll
         for (int k = 0; k < VEC; ++k)
           o.v[k] = static_cast<T>(static_cast<float>(regs[j].v[k]) * inv_rms *
-                                  static_cast<float>(wv.v[k]));
+                                  static_cast<float>(wr[j].v[k]));
         y[i] = o;
       }
     }
@@ -181,7 +188,7 @@ __global__ void __launch_bounds__(1024) rms_norm_kernel(T* __restrict__ out, con
 // a row). Fused, x and residual are read once and written once (4 passes), and the norm uses the
 // fp32 sum held in registers instead of its rounded copy.
 template <typename T, int VEC, int CACHE>
-__global__ void __launch_bounds__(1024) fused_add_rms_norm_kernel(T* __restrict__ in, T* __restrict__ residual,
+__global__ void __launch_bounds__(norm_max_threads(CACHE)) fused_add_rms_norm_kernel(T* __restrict__ in, T* __restrict__ residual,
                                           const T* __restrict__ weight, int64_t row_stride,
                                           int hidden, float eps) {
   pdl_wait();
@@ -192,14 +199,14 @@ __global__ void __launch_bounds__(1024) fused_add_rms_norm_kernel(T* __restrict_
   const V* w = reinterpret_cast<const V*>(weight);
   float ss = 0.f;
   if constexpr (CACHE > 0) {
-    float sum[CACHE][VEC];
-    V xr[CACHE], rr[CACHE];
+    V xr[CACHE], rr[CACHE], wr[CACHE];  // the fp32 sums are recomputed (bit-identical) below
 #pragma unroll
     for (int j = 0; j < CACHE; ++j) {
       const int i = threadIdx.x + j * blockDim.x;
       if (i < nvec) {
         xr[j] = x[i];
         rr[j] = r[i];
+        wr[j] = w[i];  // before the reduction, as in rms_norm
       }
     }
 #pragma unroll
@@ -210,7 +217,6 @@ __global__ void __launch_bounds__(1024) fused_add_rms_norm_kernel(T* __restrict_
 #pragma unroll
         for (int k = 0; k < VEC; ++k) {
           const float s = static_cast<float>(xr[j].v[k]) + static_cast<float>(rr[j].v[k]);
-          sum[j][k] = s;
           ss += s * s;
           h.v[k] = static_cast<T>(s);
         }
@@ -222,11 +228,11 @@ __global__ void __launch_bounds__(1024) fused_add_rms_norm_kernel(T* __restrict_
     for (int j = 0; j < CACHE; ++j) {
       const int i = threadIdx.x + j * blockDim.x;
       if (i < nvec) {
-        const V wv = w[i];
         V o;
 #pragma unroll
         for (int k = 0; k < VEC; ++k)
-          o.v[k] = static_cast<T>(sum[j][k] * inv_rms * static_cast<float>(wv.v[k]));
+          o.v[k] = static_cast<T>((static_cast<float>(xr[j].v[k]) + static_cast<float>(rr[j].v[k])) *
+                                  inv_rms * static_cast<float>(wr[j].v[k]));
         x[i] = o;
       }
     }
@@ -258,12 +264,23 @@ __global__ void __launch_bounds__(1024) fused_add_rms_norm_kernel(T* __restrict_
 }
 
 // Launch shape for the norms: VEC-wide accesses when the row allows them, enough threads that
-// each holds two vectors (up to 1024 threads), CACHE = vectors per thread rounded up to 2 or 4;
-// wider rows (more than 4096 vectors) re-read (CACHE = 0). CACHE = 8 would need 80-95 registers
-// per thread, more than the 64 a 1024-thread block can have (the launch fails).
+// each holds norm_vectors_per_thread() vectors (up to 1024 threads), CACHE = vectors per thread
+// rounded up to 2 or 4 (4 only within norm_max_threads); wider rows re-read (CACHE = 0).
 struct NormLaunch {
   int vec, threads, cache;
 };
+
+// Vectors each thread holds (1, 2 or 4; env LIGHTVLLM_NORM_VPT, read once, default 2): fewer
+// threads per row means fewer to synchronise in the block reduction and more loads in flight per
+// thread; more means more threads to hide latency. B1 measures the choice (docs/benchmarks.md).
+int norm_vectors_per_thread() {
+  static const int per = [] {
+    const char* env = std::getenv("LIGHTVLLM_NORM_VPT");
+    const int v = env == nullptr ? 2 : std::atoi(env);
+    return v == 1 || v == 4 ? v : 2;
+  }();
+  return per;
+}
 
 template <typename T>
 NormLaunch norm_launch(int64_t hidden, int64_t row_stride, std::initializer_list<const void*> ptrs) {
@@ -272,15 +289,12 @@ NormLaunch norm_launch(int64_t hidden, int64_t row_stride, std::initializer_list
   for (const void* p : ptrs) ok = ok && aligned16(p);
   if (!ok) vec = 1;
   const int64_t nvec = hidden / vec;
-  const int64_t want = (nvec + 1) / 2;  // two vectors per thread
+  const int per = norm_vectors_per_thread();
+  const int64_t want = (nvec + per - 1) / per;
   const int threads = static_cast<int>(std::min<int64_t>(1024, std::max<int64_t>(32, (want + 31) / 32 * 32)));
   const int64_t per_thread = (nvec + threads - 1) / threads;
-  int cache = 0;
-  for (int c : {2, 4})
-    if (per_thread <= c) {
-      cache = c;
-      break;
-    }
+  int cache = per_thread <= 2 ? 2 : per_thread <= 4 ? 4 : 0;
+  if (threads > norm_max_threads(cache)) cache = 0;  // very wide rows: re-read rather than spill
   return {vec, threads, cache};
 }
 
@@ -515,6 +529,132 @@ void silu_and_mul(at::Tensor& out, const at::Tensor& input) {
   });
 }
 
+// ------------------------------------------------------------------ small_batch_linear
+// out[m, n] = sum_k x[m, k] * weight[n, k] for M <= 8 rows (decode steps of 1-8 sequences).
+// At so few rows a linear layer is a weight stream: each byte of the weight is read once and
+// feeds M multiply-adds, so the kernel is a memory copy with arithmetic on the side. cuBLAS's
+// tiles for some shapes (Llama-8B's 4096 x 4096 o_proj, 6144 x 4096 qkv) leave it at 70-80% of
+// the copy bandwidth (docs/benchmarks.md). Here one warp owns COLS output columns: its lanes walk
+// those weight rows 16 bytes at a time (a warp reads 512 contiguous bytes per instruction),
+// keep U * COLS loads in flight per lane (U unrolled steps), multiply each against the M rows of
+// x (small, from L1), and sum the lanes with shuffles at the end: no shared memory, no split-K
+// partials, no second kernel. The weight loads are marked streaming (evict first): read once,
+// they should not push x out of the caches.
+constexpr int kLinearWarps = 4;
+
+template <typename V>
+__device__ __forceinline__ V load_streaming(const V* p) {
+  static_assert(sizeof(V) == 16, "16-byte vectors");
+  const uint4 u = __ldcs(reinterpret_cast<const uint4*>(p));
+  return *reinterpret_cast<const V*>(&u);
+}
+
+template <typename T, int ROWS, int COLS>
+__global__ void __launch_bounds__(kLinearWarps * 32) small_batch_linear_kernel(
+    T* __restrict__ out, const T* __restrict__ x, const T* __restrict__ weight, int n_cols,
+    int k_vecs, int64_t x_stride, int64_t out_stride) {
+  constexpr int VEC = vec_width<T>();
+  constexpr int U = COLS >= 8 ? 1 : 8 / COLS;  // 8 loads of 16 bytes in flight per lane
+  using V = Vec<T, VEC>;
+  pdl_wait();
+  const int lane = threadIdx.x & 31;
+  const int col0 = (blockIdx.x * kLinearWarps + (threadIdx.x >> 5)) * COLS;
+  if (col0 >= n_cols) return;  // no block-wide synchronisation below: a warp may leave
+  const V* w[COLS];
+#pragma unroll
+  for (int c = 0; c < COLS; ++c)  // columns past the end re-read the last one, never stored
+    w[c] = reinterpret_cast<const V*>(weight) + static_cast<int64_t>(min(col0 + c, n_cols - 1)) * k_vecs;
+  float acc[ROWS][COLS] = {};
+  for (int base = lane; base < k_vecs; base += 32 * U) {
+    V wv[U][COLS];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+      for (int c = 0; c < COLS; ++c)
+        if (base + u * 32 < k_vecs) wv[u][c] = load_streaming(w[c] + base + u * 32);
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (base + u * 32 >= k_vecs) break;
+#pragma unroll
+      for (int r = 0; r < ROWS; ++r) {
+        const V xv = reinterpret_cast<const V*>(x + r * x_stride)[base + u * 32];
+#pragma unroll
+        for (int c = 0; c < COLS; ++c)
+#pragma unroll
+          for (int k = 0; k < VEC; ++k)
+            acc[r][c] += static_cast<float>(xv.v[k]) * static_cast<float>(wv[u][c].v[k]);
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+    for (int c = 0; c < COLS; ++c) acc[r][c] = warp_sum(acc[r][c]);
+  if (lane < COLS * ROWS) {  // lane (r, c) writes one output
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+      for (int c = 0; c < COLS; ++c)
+        if (lane == r * COLS + c && col0 + c < n_cols)
+          out[r * out_stride + col0 + c] = static_cast<T>(acc[r][c]);
+  }
+}
+
+// Calls f(std::integral_constant<int, ROWS>{}) for ROWS = rows (1..8).
+template <typename F>
+void with_rows(int64_t rows, F&& f) {
+  switch (rows) {
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 5: return f(std::integral_constant<int, 5>{});
+    case 6: return f(std::integral_constant<int, 6>{});
+    case 7: return f(std::integral_constant<int, 7>{});
+    default: return f(std::integral_constant<int, 8>{});
+  }
+}
+
+
+template <typename T>
+void small_batch_linear_typed(at::Tensor& out, const at::Tensor& input, const at::Tensor& weight,
+                              int64_t cols_per_warp, cudaStream_t stream) {
+  const int64_t rows = input.size(0), n = weight.size(0), k = weight.size(1);
+  const int k_vecs = static_cast<int>(k / vec_width<T>());
+  with_rows(rows, [&](auto r) {
+    constexpr int ROWS = decltype(r)::value;
+    auto go = [&](auto cols) {
+      constexpr int COLS = decltype(cols)::value;
+      const int64_t per_block = kLinearWarps * COLS;
+      launch(small_batch_linear_kernel<T, ROWS, COLS>,
+             dim3(static_cast<unsigned>((n + per_block - 1) / per_block)), dim3(kLinearWarps * 32),
+             stream, out.data_ptr<T>(), input.const_data_ptr<T>(), weight.const_data_ptr<T>(),
+             static_cast<int>(n), k_vecs, input.stride(0), out.stride(0));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    switch (cols_per_warp) {
+      case 1: return go(std::integral_constant<int, 1>{});
+      case 2: return go(std::integral_constant<int, 2>{});
+      default: return go(std::integral_constant<int, 4>{});
+    }
+  });
+}
+
+void small_batch_linear(at::Tensor& out, const at::Tensor& input, const at::Tensor& weight,
+                        int64_t cols_per_warp) {
+  check_small_batch_linear(out, input, weight, cols_per_warp);
+  const int64_t rows = input.size(0), n = weight.size(0), k = weight.size(1);
+  if (rows == 0 || n == 0) return;
+  TORCH_CHECK(k % 8 == 0 && input.stride(0) % 8 == 0 && aligned16(input.const_data_ptr()) && aligned16(weight.const_data_ptr()),
+              "small_batch_linear needs K and the input's row stride to be multiples of 8 and "
+              "16-byte aligned input and weight");
+  const c10::cuda::OptionalCUDAGuard guard(device_of(input));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_SWITCH(input.scalar_type(), "small_batch_linear_cuda",
+    AT_DISPATCH_CASE(at::ScalarType::Half, [&] { small_batch_linear_typed<scalar_t>(out, input, weight, cols_per_warp, stream); })
+    AT_DISPATCH_CASE(at::ScalarType::BFloat16, [&] { small_batch_linear_typed<scalar_t>(out, input, weight, cols_per_warp, stream); }));
+}
+
 // ------------------------------------------------------------------ vector_add
 // The first CUDA exercise: c[i] = a[i] + b[i], grid-stride loop over 16-byte chunks plus a
 // scalar tail.
@@ -568,6 +708,7 @@ TORCH_LIBRARY_IMPL(lightvllm, CUDA, m) {
   m.impl("fused_add_rms_norm", &fused_add_rms_norm);
   m.impl("rotary_embedding", &rotary_embedding);
   m.impl("silu_and_mul", &silu_and_mul);
+  m.impl("small_batch_linear", &small_batch_linear);
   m.impl("vector_add", &vector_add);
 }
 

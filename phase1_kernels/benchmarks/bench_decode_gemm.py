@@ -1,0 +1,101 @@
+"""The decode step's GEMMs at 1-8 rows: cuBLAS against our CUDA weight-streaming kernel.
+
+For each weight shape of the Llama-3.1-8B decode step (qkv, o_proj, gate_up, down, lm_head), bf16,
+a stack of distinct weights of that shape (together larger than the L2 cache, so every call reads
+its weight from memory as in a real step) is multiplied in turn by an x of M rows inside one CUDA
+graph, as the engine replays them; µs per call is the replay time over the number of weights.
+GB/s counts the weight bytes (x and the output are negligible), next to the device's copy
+bandwidth measured in the same run: the weights' floor. Kernels: ``cublas`` (``F.linear``) and
+``gemv1/2/4`` (``small_batch_linear`` with 1, 2, 4 output columns per warp).
+
+    python phase1_kernels/benchmarks/bench_decode_gemm.py --out decode_gemm.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[2]
+for p in (ROOT / "shared" / "src", ROOT / "phase1_kernels" / "src"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+from phase1_kernels.layers.gpu_linear import GEMV_COLS  # noqa: E402
+from phase1_kernels.ops import compiled  # noqa: E402
+from shared.bench import copy_bandwidth_gbs, hardware, markdown_table  # noqa: E402
+
+SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096),
+          "down": (4096, 14336), "lm_head": (128256, 4096)}
+L2_MARGIN_BYTES = 4 * 50 * 2**20  # the stack of weights is at least 4x an H100/H200 L2
+
+
+def kernels() -> dict:
+    runs = {"cublas": lambda x, w: F.linear(x, w)}
+    for cols in GEMV_COLS:
+        runs[f"gemv{cols}"] = lambda x, w, cols=cols: compiled.small_batch_linear(x, w, cols)
+    return runs
+
+
+def graph_us_per_call(run, x: torch.Tensor, weights: list[torch.Tensor], replays: int) -> float:
+    """µs per GEMM of a CUDA graph that multiplies ``x`` by every weight in turn."""
+    for w in weights[:2]:
+        run(x, w)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for w in weights:
+            run(x, w)
+    graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(replays):
+        graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) * 1e3 / replays / len(weights)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default=",".join(SHAPES))
+    ap.add_argument("--rows", default="1,2,4,8")
+    ap.add_argument("--replays", type=int, default=20)
+    ap.add_argument("--out")
+    args = ap.parse_args(argv)
+    device = torch.device("cuda")
+    copy_gbs = copy_bandwidth_gbs(device)
+    print(f"{hardware()}; device copy bandwidth {copy_gbs:,.0f} GB/s (read + write)")
+    results = []
+    for name in args.shapes.split(","):
+        n, k = SHAPES[name]
+        nbytes = n * k * 2
+        count = max(2, -(-L2_MARGIN_BYTES // nbytes))
+        weights = [torch.randn(n, k, device=device).mul_(0.02).bfloat16() for _ in range(count)]
+        for rows in (int(r) for r in args.rows.split(",")):
+            x = torch.randn(rows, k, device=device).bfloat16()
+            for label, run in kernels().items():
+                us = graph_us_per_call(run, x, weights, args.replays)
+                gbs = nbytes / us / 1e3
+                results.append({"shape": name, "n": n, "k": k, "rows": rows, "kernel": label,
+                                "us": round(us, 2), "gbs": round(gbs, 1),
+                                "floor_over_time": round(gbs / copy_gbs, 3)})
+        del weights
+        torch.cuda.empty_cache()
+    table = [[r["shape"], f"{r['n']}x{r['k']}", r["rows"], r["kernel"], f"{r['us']:.2f}",
+              f"{r['gbs']:,.0f}", f"{r['floor_over_time']:.3f}"] for r in results]
+    print(markdown_table(["shape", "N x K", "rows", "kernel", "µs", "GB/s", "floor/time"], table))
+    if args.out:
+        Path(args.out).write_text(json.dumps({"hardware": hardware(), "copy_gbs": copy_gbs,
+                                              "rows": results}, indent=1))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""The CUDA weight-streaming GEMM (``small_batch_linear`` in ``csrc/cuda/kernels_cuda.cu``)
+against float64, its refusals, and its place in the measured choice of
+``layers/gpu_linear.py``. The kernel is CUDA only: on the CPU only the mode plumbing runs (conftest skips `gpu`)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from phase1_kernels.layers import gpu_linear
+from phase1_kernels.layers.linear import ReplicatedLinear
+from phase1_kernels.ops import compiled, extension
+
+TOL = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2}  # relative to |x||w|, as test_skinny_gemm
+
+
+def check(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> None:
+    ref = x.double() @ w.double().T
+    scale = (x.double().abs() @ w.double().abs().T).clamp_min(1.0)
+    err = ((out.double() - ref).abs() / scale).max().item()
+    assert out.dtype == x.dtype and out.shape == ref.shape
+    assert err < TOL[x.dtype], f"relative error {err:.2e}"
+
+
+def test_modes_and_their_candidates(monkeypatch):
+    for mode in ("tuned", "gemv", "auto", "skinny", "cublas"):
+        assert gpu_linear.resolve_mode(mode) == mode
+    monkeypatch.setenv(gpu_linear.ENV_VAR, "TUNED")
+    assert gpu_linear.resolve_mode() == "tuned"
+    assert gpu_linear.candidates("cublas") == []
+    has_cuda_kernels = extension.why_unavailable("cuda") == ""
+    labels = [c.label for c in gpu_linear.candidates("tuned")]
+    assert labels == (["gemv1", "gemv2", "gemv4"] if has_cuda_kernels else [])
+    assert all(c.max_rows == gpu_linear.GEMV_MAX_ROWS for c in gpu_linear.candidates("gemv"))
+
+
+def test_a_cpu_model_is_left_alone():
+    layer = ReplicatedLinear(64, 32)
+    assert gpu_linear.tune_small_batch_linears(layer, mode="gemv") == {}
+    assert "apply_linear" not in layer.__dict__
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 6, 7, 8])
+@pytest.mark.parametrize("n,k", [(4096, 4096), (6144, 4096), (4096, 14336), (1000, 776), (13, 8)])
+@pytest.mark.parametrize("cols", [1, 2, 4])
+def test_matches_float64_on_gpu(rows, n, k, dtype, cols):
+    gen = torch.Generator(device="cuda").manual_seed(rows * 7 + n + k)
+    x = torch.randn(rows, k, generator=gen, device="cuda").to(dtype)
+    w = torch.randn(n, k, generator=gen, device="cuda").to(dtype)
+    check(x, w, compiled.small_batch_linear(x, w, cols))
+
+
+@pytest.mark.gpu
+def test_strided_rows_and_the_rows_it_must_not_touch():
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    big = torch.randn(6, 1024 + 64, generator=gen, device="cuda").bfloat16()
+    x = big[::2, :1024]  # row stride 2176 elements: a multiple of 8, 16-byte aligned
+    w = torch.randn(300, 1024, generator=gen, device="cuda").bfloat16()
+    out = torch.full((5, 300), 7.0, device="cuda", dtype=torch.bfloat16)
+    torch.ops.lightvllm.small_batch_linear(out[1:4], x, w, 2)
+    check(x, w, out[1:4])
+    assert bool((out[0] == 7).all()) and bool((out[4] == 7).all())
+
+
+@pytest.mark.gpu
+def test_refuses_what_it_cannot_do():
+    w = torch.randn(32, 64, device="cuda", dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="at most 8 rows"):
+        compiled.small_batch_linear(torch.randn(9, 64, device="cuda", dtype=torch.bfloat16), w)
+    with pytest.raises(RuntimeError, match="float16 or bfloat16"):
+        compiled.small_batch_linear(torch.randn(2, 64, device="cuda"), w.float())
+    with pytest.raises(RuntimeError, match="multiples of 8"):
+        compiled.small_batch_linear(torch.randn(2, 60, device="cuda", dtype=torch.bfloat16),
+                                    w[:, :60].contiguous())
+    with pytest.raises(RuntimeError, match="cols_per_warp"):
+        compiled.small_batch_linear(torch.randn(2, 64, device="cuda", dtype=torch.bfloat16), w, 3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["tuned", "gemv"])
+def test_tuned_layers_give_f_linear_and_replay_in_a_graph(mode):
+    torch.manual_seed(0)
+    layers = torch.nn.Sequential(*[ReplicatedLinear(1024, 2048, bias=b) for b in (False, True)])
+    layers.to("cuda", torch.bfloat16)
+    for p in layers.parameters():
+        p.data.normal_(std=0.02)
+    choices = gpu_linear.tune_small_batch_linears(layers, mode=mode)
+    choice = choices[(2048, 1024)]
+    assert set(choice.timings_us) == set(gpu_linear.ROW_BUCKETS)
+    if mode == "gemv":  # forced where it applies: every bucket of up to 8 rows
+        assert {r: c.label[:4] for r, c in choice.configs.items()} == {1: "gemv", 2: "gemv",
+                                                                         4: "gemv", 8: "gemv"}
+    for rows in (1, 3, 8, 12, 40):
+        x = torch.randn(rows, 1024, device="cuda", dtype=torch.bfloat16)
+        hidden = F.linear(x.double(), layers[0].weight.double()).bfloat16()  # as layer 0 rounds
+        ref = F.linear(hidden.double(), layers[1].weight.double(), layers[1].bias.double())
+        assert (layers(x).double() - ref).abs().max().item() < 0.05
+    x = torch.randn(1, 1024, device="cuda", dtype=torch.bfloat16)
+    eager = layers(x)
+    graph = torch.cuda.CUDAGraph()
+    static_x = x.clone()
+    with torch.cuda.graph(graph):
+        static_out = layers(static_x)
+    static_x.copy_(x)
+    graph.replay()
+    assert torch.equal(static_out, eager)
