@@ -25,7 +25,7 @@ from .async_engine import EngineDeadError, EngineStepError
 from .config import EngineArgs
 from .core_messages import EngineCoreOutputs, SchedulerStats
 from .engine_core_proc import ABORT, ADD, FATAL, OUTPUTS, SHUTDOWN, FatalInfo
-from .engine_start import EngineStart, EngineStartupError
+from .engine_start import EngineNotConnectedError, EngineStart, EngineStartupError, send_nowait
 from .input_processor import InputProcessor
 from .llm_engine import model_limits
 from .output_processor import OutputProcessor
@@ -151,11 +151,11 @@ class AsyncMPClient:
                                  [r.request_id for r in core_requests],
                                  core_requests[0].arrival_time)
         self._collectors[request_id] = collector
-        for request in core_requests:
-            self._send(ADD, _ENCODER.encode(request))
-        self.prompt_tokens += len(ids)
         finished = False
         try:
+            for request in core_requests:
+                self._send(ADD, _ENCODER.encode(request))
+            self.prompt_tokens += len(ids)
             while True:
                 out = await collector.get()
                 yield out
@@ -173,10 +173,27 @@ class AsyncMPClient:
     def _abort_now(self, request_id: str) -> None:
         core_ids = self.outputs.abort_request(request_id)
         if core_ids and self.errored is None:
-            self._send(ABORT, _ENCODER.encode(core_ids))
+            try:
+                self._send(ABORT, _ENCODER.encode(core_ids))
+            except EngineDeadError:
+                pass  # marked dead: every open request gets the error, nothing to abort
 
     def _send(self, kind: bytes, payload: bytes) -> None:
-        self._inbox.send_multipart([kind, payload], copy=False)
+        """Never blocks (``send_nowait``): no core connected means the engine is dead."""
+        try:
+            send_nowait(self._inbox, [kind, payload])
+        except EngineNotConnectedError as exc:
+            error = EngineDeadError(f"the engine process (pid {self.proc.pid}) is not connected")
+            if not self._closing:
+                self._mark_dead(error)
+            raise error from exc
+
+    def _mark_dead(self, error: EngineDeadError) -> None:
+        if self.errored is None:
+            logger.error("%s", error)
+            self.errored = error
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._fail_all, error)
 
     # ---- outputs -------------------------------------------------------------------------------
     def _ensure_output_task(self) -> None:
@@ -208,7 +225,10 @@ class AsyncMPClient:
         self.generation_tokens += sum(len(o.new_token_ids) for o in outputs.outputs)
         processed = self.outputs.process_outputs(outputs.outputs)
         if processed.abort_ids:
-            self._send(ABORT, _ENCODER.encode(processed.abort_ids))
+            try:
+                self._send(ABORT, _ENCODER.encode(processed.abort_ids))
+            except EngineDeadError:
+                return  # marked dead: the open requests are failed
         for out in processed.request_outputs:
             collector = self._collectors.get(out.request_id)
             if collector is not None:
@@ -219,11 +239,8 @@ class AsyncMPClient:
         code = self.proc.wait()
         if self._closing:
             return
-        error = EngineDeadError(f"the engine process (pid {self.proc.pid}) exited with code {code}")
-        logger.error("%s", error)
-        self.errored = error
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._fail_all, error)
+        self._mark_dead(EngineDeadError(f"the engine process (pid {self.proc.pid}) exited with "
+                                        f"code {code}"))
 
     def _fail_all(self, error: BaseException) -> None:
         self.errored = self.errored or error
@@ -238,7 +255,7 @@ class AsyncMPClient:
             try:
                 self._send(SHUTDOWN, b"")
                 self.proc.wait(timeout)
-            except (subprocess.TimeoutExpired, zmq.ZMQError):
+            except (subprocess.TimeoutExpired, zmq.ZMQError, EngineDeadError):
                 self._kill()
         if self._loop is not None and hasattr(self, "_output_task"):
             self._loop.call_soon_threadsafe(self._output_task.cancel)

@@ -30,6 +30,30 @@ STARTUP_TIMEOUT_S = 600.0
 POLL_MS = 200
 
 
+def make_inbox(ctx: zmq.Context, addr: str) -> zmq.Socket:
+    """The API process's PUSH socket to the engine core, bound at ``addr``, with no high-water
+    mark: sends queue however far the core is behind, so ``send_nowait`` is refused only when no
+    core is connected."""
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.bind(addr)
+    return sock
+
+
+def send_nowait(sock: zmq.Socket, frames: list[bytes]) -> None:
+    """Send without ever blocking; raises ``EngineNotConnectedError`` if no core is connected (a
+    blocking PUSH send would wait for one forever: a core gone but not yet exited, stuck in its
+    teardown, would hang the server)."""
+    try:
+        sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+    except zmq.Again as exc:
+        raise EngineNotConnectedError("the engine process is not connected") from exc
+
+
+class EngineNotConnectedError(RuntimeError):
+    """A message for the engine core found no core connected to take it."""
+
+
 class EngineStartupError(RuntimeError):
     """The engine-core process failed to start (its error is in the message)."""
 
@@ -45,8 +69,7 @@ class EngineStart:
         with self.timeline.phase("api_spawn"):  # first: its imports overlap our work below
             self.launch = launch or EngineLaunch.start(log_level)
         self.ctx = zmq.Context()
-        self.inbox = self.ctx.socket(zmq.PUSH)  # to the core: the config, later the requests
-        self.inbox.bind(self.launch.input_addr)
+        self.inbox = make_inbox(self.ctx, self.launch.input_addr)  # the config, later requests
         self._ready_sock = self.ctx.socket(zmq.PULL)
         self._ready_sock.bind(self.launch.output_addr)
         self.config: EngineConfig | None = None
