@@ -68,14 +68,16 @@ def test_strided_rows_and_the_rows_it_must_not_touch():
 @pytest.mark.gpu
 def test_refuses_what_it_cannot_do():
     w = torch.randn(32, 64, device="cuda", dtype=torch.bfloat16)
-    with pytest.raises(RuntimeError, match="at most 8 rows"):
+    with pytest.raises(ValueError, match="one CUDA device"):
+        compiled.small_batch_linear(torch.randn(2, 64, dtype=torch.bfloat16), w.cpu())
+    with pytest.raises(ValueError, match="at most 8 rows"):
         compiled.small_batch_linear(torch.randn(9, 64, device="cuda", dtype=torch.bfloat16), w)
-    with pytest.raises(RuntimeError, match="float16 or bfloat16"):
+    with pytest.raises(ValueError, match="float16 or bfloat16"):
         compiled.small_batch_linear(torch.randn(2, 64, device="cuda"), w.float())
-    with pytest.raises(RuntimeError, match="multiples of 8"):
+    with pytest.raises(ValueError, match="multiples of 8"):
         compiled.small_batch_linear(torch.randn(2, 60, device="cuda", dtype=torch.bfloat16),
                                     w[:, :60].contiguous())
-    with pytest.raises(RuntimeError, match="cols_per_warp"):
+    with pytest.raises(ValueError, match="cols_per_warp"):
         compiled.small_batch_linear(torch.randn(2, 64, device="cuda", dtype=torch.bfloat16), w, 3)
 
 

@@ -34,6 +34,12 @@ PRESETS = {
                "--workload", "B4"],
         runs=[["--num-prompts", "300", "--request-rate", "4"],
               ["--num-prompts", "500", "--request-rate", "16", "inf"]]),
+    "h200-4rps": dict(  # the 4 req/s run of h200 alone (an A/B of the decode step in one call)
+        serve=["--load-format", "dummy", "--hf-config", "llama-3.1-8b", "--dtype", "bfloat16",
+               "--max-num-seqs", "256", "--max-model-len", "2048"],
+        bench=["--input-len", "512", "--output-len", "128", "--vocab-size", "128000",
+               "--workload", "B4"],
+        runs=[["--num-prompts", "300", "--request-rate", "4"]]),
     "cpu": dict(
         serve=["--dtype", "float32", "--max-num-seqs", "64", "--max-model-len", "1024"],
         bench=["--num-prompts", "64", "--input-len", "128", "--output-len", "32",

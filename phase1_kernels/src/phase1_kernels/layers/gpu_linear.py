@@ -12,14 +12,17 @@ CPU keep ``F.linear``. The candidates: our CUDA weight-streaming kernel
 (``small_batch_linear``, one warp per 1/2/4 output columns, up to 8 rows) and the Triton skinny
 GEMM (up to 16 rows). Env ``LIGHTVLLM_GPU_LINEAR``:
 
+* ``tuned`` (the default) — cuBLAS against the CUDA kernel (compiled with the extension, so
+  tuning costs ~0.3 s of start-up, no Triton compile);
 * ``cublas`` — never ours, no tuning;
-* ``tuned`` — cuBLAS against the CUDA kernel (compiled with the extension, so tuning costs
-  milliseconds, no Triton compile);
 * ``auto`` — cuBLAS against both of ours (the Triton one adds ~6 s of start-up on a cold cache);
 * ``skinny`` / ``gemv`` — always the Triton / CUDA kernel where it applies (tests, comparisons).
 
-Measured on an H100 (docs/benchmarks.md): the Triton kernel alone gave no B2 gain inside the
-CUDA graph (163.5 vs 163.2 tok/s), so it is not in the default.
+Measured on an H100 in one run (docs/benchmarks.md): inside CUDA graphs at one row the CUDA
+kernel reads o_proj's weight at 0.82 of the copy bandwidth (cuBLAS 0.71), gate_up 0.99 (0.95),
+lm_head 1.05 (0.89); from 2-4 rows on cuBLAS wins most shapes, and the measurement keeps it there.
+B2 163.2 -> 168.9 tok/s. The Triton kernel alone gave no B2 gain (163.5 vs 163.2), so ``tuned``
+leaves it out.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 ENV_VAR = "LIGHTVLLM_GPU_LINEAR"
 MODES = ("auto", "tuned", "cublas", "skinny", "gemv")
-DEFAULT_MODE = "cublas"
+DEFAULT_MODE = "tuned"  # measured: B2 +3.5% on an H100 (docs/benchmarks.md)
 ROW_BUCKETS = (1, 2, 4, 8, 16)
 GEMV_MAX_ROWS = 8  # the CUDA kernel's limit (one accumulator per row and column per lane)
 GEMV_COLS = (1, 2, 4)  # output columns per warp
