@@ -41,6 +41,7 @@
 #   b3cublas B3 with every GEMM on cuBLAS (the tuned default's same-run baseline); b4low,
 #            b4lowcublas: B4's 4 req/s run alone (preset h200-4rps), tuned and cuBLAS-only
 #   gemm     bench_decode_gemm.py: the 8B decode GEMMs at 1-8 rows in CUDA graphs, cuBLAS vs ours
+#   b1nopdl  B1's two norms without programmatic dependent launch (LIGHTVLLM_PDL=0)
 #   b1norm   B1's two norms (compile vs ours) with 1, 4 and 2 vectors per thread (LIGHTVLLM_NORM_VPT)
 #   b2fa4    B2 with the flash_attn backend (FA4) at block 128; b2cublas: B2 with every GEMM on
 #            cuBLAS (LIGHTVLLM_GPU_LINEAR=cublas), the baseline of the small-batch GEMM choice
@@ -249,6 +250,8 @@ section() {  # the command of one section (run under timeout by run_sections)
     b3tuned) LIGHTVLLM_GPU_LINEAR=tuned $BENCH throughput $DUMMY8B --num-prompts 256 --input-len 100 \
           1024 --output-len 100 1024 --max-num-batched-tokens 8192 --workload B3 --out "$R/b3tuned.json" ;;
     gemm) $PY phase1_kernels/benchmarks/bench_decode_gemm.py --out "$R/gemm.json" ;;
+    b1nopdl) LIGHTVLLM_PDL=0 $PY phase1_kernels/benchmarks/bench_kernels.py \
+          --ops rms_norm,fused_add_rms_norm --impls compile,cpp --out "$R/b1nopdl.json" ;;
     b3cublas) LIGHTVLLM_GPU_LINEAR=cublas $BENCH throughput $DUMMY8B --num-prompts 256 --input-len \
           100 1024 --output-len 100 1024 --max-num-batched-tokens 8192 --workload B3 \
           --out "$R/b3cublas.json" ;;
@@ -301,7 +304,7 @@ section() {  # the command of one section (run under timeout by run_sections)
 }
 
 declare -A LIMIT=([tests]=420 [b1]=150 [b2]=150 [b2sync]=150 [b2hf]=150 [b3]=150 [b3sync]=150
-                  [b3hf]=240 [b4]=330 [b4nocap]=330 [b4nomixed]=330 [b4cap]=330 [gaps]=200 [b2nomixed]=150 [b3nomixed]=150 [b2fa4]=150 [b2cublas]=150 [b2nofuse]=150 [b2auto]=150 [b2nopdl]=150 [b2tuned]=150 [b3tuned]=150 [gemm]=150 [b1norm]=200 [b3cublas]=150 [b4low]=180 [b4lowcublas]=180 [profiletuned]=180 [quick]=180 [kernels]=150 [fa4]=360
+                  [b3hf]=240 [b4]=330 [b4nocap]=330 [b4nomixed]=330 [b4cap]=330 [gaps]=200 [b2nomixed]=150 [b3nomixed]=150 [b2fa4]=150 [b2cublas]=150 [b2nofuse]=150 [b2auto]=150 [b2nopdl]=150 [b2tuned]=150 [b3tuned]=150 [gemm]=150 [b1norm]=200 [b3cublas]=150 [b1nopdl]=120 [b4low]=180 [b4lowcublas]=180 [profiletuned]=180 [quick]=180 [kernels]=150 [fa4]=360
                   [profile]=180 [profile_fa4]=180 [parity]=240 [engine]=180)
 
 run_sections() {
