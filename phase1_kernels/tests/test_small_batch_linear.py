@@ -35,6 +35,21 @@ def test_modes_and_their_candidates(monkeypatch):
     assert all(c.max_rows == gpu_linear.GEMV_MAX_ROWS for c in gpu_linear.candidates("gemv"))
 
 
+def test_what_the_kernel_refuses_is_named_before_any_launch():
+    bf16 = dict(dtype=torch.bfloat16)
+    w = torch.randn(32, 64, **bf16)
+    refusal = compiled.small_batch_linear_refusal
+    assert "one CUDA device" in refusal(torch.randn(2, 64, **bf16), w)  # valid but on the CPU
+    assert "float16 or bfloat16" in refusal(torch.randn(2, 64), w.float())
+    assert "at most 8 rows" in refusal(torch.randn(9, 64, **bf16), w)
+    assert "multiples of 8" in refusal(torch.randn(2, 60, **bf16), w[:, :60].contiguous())
+    assert "multiples of 8" in refusal(torch.randn(4, 70, **bf16)[:, :64], w)  # row stride 70
+    assert r"[M, K]" in refusal(torch.randn(2, 32, **bf16), w)
+    assert "cols_per_warp" in refusal(torch.randn(2, 64, **bf16), w, 3)
+    with pytest.raises(ValueError, match="at most 8 rows"):
+        compiled.small_batch_linear(torch.randn(9, 64, **bf16), w)
+
+
 def test_a_cpu_model_is_left_alone():
     layer = ReplicatedLinear(64, 32)
     assert gpu_linear.tune_small_batch_linears(layer, mode="gemv") == {}

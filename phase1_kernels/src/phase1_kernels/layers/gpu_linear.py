@@ -46,7 +46,7 @@ from torch import nn
 
 from shared.bench import cuda_seconds_per_call
 
-from ..ops import extension, skinny_gemm
+from ..ops import compiled, extension, skinny_gemm
 from ..ops.skinny_gemm import MAX_ROWS, SkinnyConfig
 from .linear import LinearBase
 
@@ -76,8 +76,6 @@ class Candidate:
 
 
 def _gemv(cols: int) -> Candidate:
-    from ..ops import compiled
-
     return Candidate(f"gemv{cols}", GEMV_MAX_ROWS,
                      lambda x, w: compiled.small_batch_linear(x, w, cols))
 
@@ -113,18 +111,17 @@ def row_bucket(rows: int) -> int:
     return next(b for b in ROW_BUCKETS if b >= rows)
 
 
-def _gemv_addressable(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """What the CUDA kernel needs: K and the row stride multiples of 8, 16-byte alignment."""
-    return (x.shape[1] % 8 == 0 and x.stride(0) % 8 == 0 and x.data_ptr() % 16 == 0
-            and weight.data_ptr() % 16 == 0 and weight.is_contiguous())
+def _accepts(kernel: Candidate, x: torch.Tensor, weight: torch.Tensor) -> bool:
+    if not kernel.fits(x, weight):
+        return False
+    return kernel.max_rows == MAX_ROWS or not compiled.small_batch_linear_refusal(x, weight)
 
 
 def _small_batch_linear(self: LinearBase, x: torch.Tensor, with_bias: bool = True) -> torch.Tensor:
     bias = self.bias if with_bias else None
     if x.dim() == 2 and 0 < x.shape[0] <= MAX_ROWS and x.stride(1) == 1:
         kernel = self.__dict__["skinny_choice"].configs.get(row_bucket(x.shape[0]))
-        if kernel is not None and kernel.fits(x, self.weight) and (
-                kernel.max_rows == MAX_ROWS or _gemv_addressable(x, self.weight)):
+        if kernel is not None and _accepts(kernel, x, self.weight):
             out = kernel.run(x, self.weight)
             return out if bias is None else out.add_(bias)
     return F.linear(x, self.weight, bias)
@@ -158,8 +155,7 @@ def _measure_shape(weights: list[torch.Tensor], buckets: list[int], mode: str,
     k = weights[0].shape[1]
     for rows in buckets:
         x = torch.randn(rows, k, dtype=weights[0].dtype, device=weights[0].device)
-        fitting = [c for c in kernels if c.fits(x, weights[0])
-                   and (c.max_rows == MAX_ROWS or _gemv_addressable(x, weights[0]))]
+        fitting = [c for c in kernels if _accepts(c, x, weights[0])]
         times = {"cublas": _time_us(lambda w: F.linear(x, w), weights)}
         for kernel in fitting:
             times[kernel.label] = _time_us(lambda w, kernel=kernel: kernel.run(x, w), weights)

@@ -154,19 +154,27 @@ def small_batch_linear(x: torch.Tensor, weight: torch.Tensor, cols_per_warp: int
 def _check_small_batch_linear(x: torch.Tensor, weight: torch.Tensor, cols_per_warp: int) -> None:
     """The kernel's own checks, as ValueErrors before the call (on the H100 a failed check
     inside this CUDA op crashed the process instead of raising: docs/phase1.md)."""
+    reason = small_batch_linear_refusal(x, weight, cols_per_warp)
+    if reason:
+        raise ValueError(reason)
+
+
+def small_batch_linear_refusal(x: torch.Tensor, weight: torch.Tensor,
+                               cols_per_warp: int = 2) -> str:
+    """Why ``small_batch_linear`` cannot take these inputs, or "" if it can."""
     if x.dtype not in (torch.float16, torch.bfloat16) or weight.dtype != x.dtype:
-        raise ValueError(f"small_batch_linear takes float16 or bfloat16 x and weight of one dtype, "
-                         f"got {x.dtype} and {weight.dtype}")
+        return (f"small_batch_linear takes float16 or bfloat16 x and weight of one dtype, "
+                f"got {x.dtype} and {weight.dtype}")
     if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
-        raise ValueError(f"x must be [M, K] and weight [N, K], got {tuple(x.shape)} and "
-                         f"{tuple(weight.shape)}")
+        return f"x must be [M, K] and weight [N, K], got {tuple(x.shape)} and {tuple(weight.shape)}"
     if x.shape[0] > 8:
-        raise ValueError(f"small_batch_linear takes at most 8 rows, got {x.shape[0]}")
+        return f"small_batch_linear takes at most 8 rows, got {x.shape[0]}"
     if cols_per_warp not in (1, 2, 4):
-        raise ValueError(f"cols_per_warp must be 1, 2 or 4, got {cols_per_warp}")
+        return f"cols_per_warp must be 1, 2 or 4, got {cols_per_warp}"
     if (x.shape[1] % 8 or x.stride(1) != 1 or x.stride(0) % 8 or not weight.is_contiguous()
             or x.data_ptr() % 16 or weight.data_ptr() % 16):
-        raise ValueError("small_batch_linear needs K and x's row stride to be multiples of 8, "
-                         "contiguous rows, a contiguous weight and 16-byte aligned x and weight")
+        return ("small_batch_linear needs K and x's row stride to be multiples of 8, contiguous "
+                "rows, a contiguous weight and 16-byte aligned x and weight")
     if x.device != weight.device or x.device.type != "cuda":
-        raise ValueError(f"x and weight must be on one CUDA device, got {x.device} and {weight.device}")
+        return f"x and weight must be on one CUDA device, got {x.device} and {weight.device}"
+    return ""
