@@ -22,7 +22,9 @@ A choice by timing can flip between runs where two kernels are within noise, and
 kernel sums in a different order: in bf16 greedy tokens may then differ from one engine to the
 next (the H100 engine test that compares an eager and a graphed engine failed that way). So ours
 must win by ``MARGIN`` (3 %), and the choice is measured once per process, device, dtype, mode,
-shape and row bucket and reused by every later model (``_CHOSEN``).
+shape and row bucket and reused by every later model (``_CHOSEN``), and kept on disk for the next
+runs on the machine (``gemm_choice_cache``: delete the file or set
+``LIGHTVLLM_GPU_LINEAR_CACHE=0`` to measure again).
 
 Measured on an H100 (docs/benchmarks.md): inside CUDA graphs at one row the CUDA kernel reads
 o_proj's weight at 0.82 of the copy bandwidth (cuBLAS 0.71), gate_up 0.99 (0.95), lm_head 1.05
@@ -48,6 +50,7 @@ from shared.bench import cuda_seconds_per_call
 
 from ..ops import compiled, extension, skinny_gemm
 from ..ops.skinny_gemm import MAX_ROWS, SkinnyConfig
+from . import gemm_choice_cache
 from .linear import LinearBase
 
 logger = logging.getLogger(__name__)
@@ -167,6 +170,24 @@ def _measure_shape(weights: list[torch.Tensor], buckets: list[int], mode: str,
     return choice
 
 
+def _recall_or_measure(key: tuple, weights: list[torch.Tensor], kernels: list[Candidate]) -> ShapeChoice:
+    """The choice recorded on disk for this machine and shape (``gemm_choice_cache``), else a
+    new measurement, recorded for the next run."""
+    device_name, dtype, mode, shape, buckets = key
+    versions = f"torch {torch.__version__} cuda {torch.version.cuda}"
+    disk_key = gemm_choice_cache.key(device_name, versions, str(dtype), mode, shape, buckets)
+    recorded = gemm_choice_cache.load(disk_key)
+    by_label = {c.label: c for c in kernels}
+    if recorded is not None and set(recorded["picks"].values()) <= set(by_label):
+        return ShapeChoice(
+            configs={int(b): by_label[label] for b, label in recorded["picks"].items()},
+            timings_us={int(b): t for b, t in recorded.get("timings_us", {}).items()})
+    choice = _measure_shape(weights, list(buckets), mode, kernels)
+    gemm_choice_cache.store(disk_key, {b: c.label for b, c in choice.configs.items()},
+                            choice.timings_us)
+    return choice
+
+
 @torch.inference_mode()
 def tune_small_batch_linears(model: nn.Module, max_rows: int = MAX_ROWS,
                              mode: str | None = None) -> dict[tuple[int, int], ShapeChoice]:
@@ -187,7 +208,7 @@ def tune_small_batch_linears(model: nn.Module, max_rows: int = MAX_ROWS,
         weight = modules[0].weight
         key = (torch.cuda.get_device_name(weight.device), weight.dtype, mode, shape, tuple(buckets))
         if key not in _CHOSEN:
-            _CHOSEN[key] = _measure_shape([m.weight for m in modules], buckets, mode, kernels)
+            _CHOSEN[key] = _recall_or_measure(key, [m.weight for m in modules], kernels)
         choice = choices[shape] = _CHOSEN[key]
         for module in modules:
             module.__dict__["skinny_choice"] = choice

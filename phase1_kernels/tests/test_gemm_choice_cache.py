@@ -1,0 +1,71 @@
+"""The small-batch GEMM choice kept on disk (``layers/gemm_choice_cache.py``): a second run reads
+back the first one's picks instead of timing again, keys name what the choice depends on, and a
+missing, corrupt or disabled cache only costs a measurement."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from phase1_kernels.layers import gemm_choice_cache as cache
+from phase1_kernels.layers import gpu_linear
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIGHTVLLM_CACHE", str(tmp_path))
+    monkeypatch.delenv(cache.ENV_VAR, raising=False)
+
+
+def fake_kernels() -> list[gpu_linear.Candidate]:
+    return [gpu_linear.Candidate(f"gemv{c}", 8, lambda x, w: x @ w.T) for c in (1, 2, 4)]
+
+
+def test_round_trip_keeps_other_entries():
+    a = cache.key("H100", "torch x", "torch.bfloat16", "tuned", (4096, 4096), (1, 2, 4))
+    b = cache.key("H100", "torch x", "torch.bfloat16", "tuned", (6144, 4096), (1, 2, 4))
+    cache.store(a, {1: "gemv2"}, {1: {"cublas": 15.7, "gemv2": 13.6}})
+    cache.store(b, {}, {1: {"cublas": 20.6, "gemv4": 20.2}})
+    assert cache.load(a) == {"picks": {"1": "gemv2"},
+                             "timings_us": {"1": {"cublas": 15.7, "gemv2": 13.6}}}
+    assert cache.load(b)["picks"] == {}
+    assert cache.kernels_source_hash() in a and "4096x4096" in a and a != b
+
+
+def test_a_recorded_choice_is_reused_without_timing(monkeypatch):
+    key = ("H100", torch.bfloat16, "tuned", (4096, 4096), (1, 2, 4, 8))
+    versions = f"torch {torch.__version__} cuda {torch.version.cuda}"
+    disk_key = cache.key("H100", versions, str(torch.bfloat16), "tuned", (4096, 4096), (1, 2, 4, 8))
+    cache.store(disk_key, {1: "gemv2", 2: "gemv4"}, {1: {"cublas": 15.7, "gemv2": 13.6}})
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("a recorded choice must not be measured again")
+
+    monkeypatch.setattr(gpu_linear, "_measure_shape", no_timing)
+    choice = gpu_linear._recall_or_measure(key, [], fake_kernels())
+    assert {b: c.label for b, c in choice.configs.items()} == {1: "gemv2", 2: "gemv4"}
+    assert choice.timings_us == {1: {"cublas": 15.7, "gemv2": 13.6}}
+
+
+def test_a_record_naming_an_unknown_kernel_is_measured_again(monkeypatch):
+    key = ("H100", torch.bfloat16, "tuned", (4096, 4096), (1,))
+    versions = f"torch {torch.__version__} cuda {torch.version.cuda}"
+    disk_key = cache.key("H100", versions, str(torch.bfloat16), "tuned", (4096, 4096), (1,))
+    cache.store(disk_key, {1: "gemv8"}, {})
+    fresh = gpu_linear.ShapeChoice(configs={}, timings_us={1: {"cublas": 1.0}})
+    monkeypatch.setattr(gpu_linear, "_measure_shape", lambda *a, **k: fresh)
+    assert gpu_linear._recall_or_measure(key, [], fake_kernels()) is fresh
+    assert cache.load(disk_key)["picks"] == {}  # the new measurement replaced the record
+
+
+def test_corrupt_or_disabled_cache_costs_only_a_measurement(monkeypatch):
+    cache.path().write_text("{not json")
+    assert cache.load("anything") is None
+    cache.store("k", {1: "gemv1"}, {})
+    assert json.loads(cache.path().read_text()) == {"k": {"picks": {"1": "gemv1"}, "timings_us": {}}}
+    monkeypatch.setenv(cache.ENV_VAR, "0")
+    assert cache.load("k") is None
+    cache.store("other", {}, {})
+    assert "other" not in json.loads(cache.path().read_text())
