@@ -8,19 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from shared.fixtures import assert_matmul_matches_float64 as check
+
 from phase1_kernels.layers import gpu_linear
 from phase1_kernels.layers.linear import ReplicatedLinear
 from phase1_kernels.ops import compiled, extension
 
-TOL = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2}  # relative to |x||w|, as test_skinny_gemm
-
-
-def check(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> None:
-    ref = x.double() @ w.double().T
-    scale = (x.double().abs() @ w.double().abs().T).clamp_min(1.0)
-    err = ((out.double() - ref).abs() / scale).max().item()
-    assert out.dtype == x.dtype and out.shape == ref.shape
-    assert err < TOL[x.dtype], f"relative error {err:.2e}"
 
 
 def test_modes_and_their_candidates(monkeypatch):

@@ -70,3 +70,18 @@ def write_random_llama(
         data["rope_scaling"] = None if rope_type == "default" else {"rope_type": rope_type, **params}
         path.write_text(json.dumps(data, indent=2))
     return out_dir
+
+
+# Per-dtype bound on |out - x @ w.T| relative to |x| @ |w|.T (the sum of the products' sizes):
+# about 2**-mantissa_bits times a few, so a wrong sum order or a dropped term fails.
+MATMUL_TOLERANCE = {"float32": 1e-4, "float16": 2e-3, "bfloat16": 1.6e-2}
+
+
+def assert_matmul_matches_float64(x, w, out) -> None:
+    """``out`` is ``x @ w.T`` in ``x``'s dtype, checked against a float64 product."""
+    ref = x.double() @ w.double().T
+    scale = (x.double().abs() @ w.double().abs().T).clamp_min(1.0)
+    err = ((out.double() - ref).abs() / scale).max().item()
+    assert out.dtype == x.dtype and out.shape == ref.shape
+    tol = MATMUL_TOLERANCE[str(x.dtype).removeprefix("torch.")]
+    assert err < tol, f"relative error {err:.2e} (bound {tol:.1e})"
