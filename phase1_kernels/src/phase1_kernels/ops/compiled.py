@@ -142,10 +142,14 @@ def vector_add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return _ops().vector_add(a, b)
 
 
-def small_batch_linear(x: torch.Tensor, weight: torch.Tensor, cols_per_warp: int = 2) -> torch.Tensor:
+def small_batch_linear(x: torch.Tensor, weight: torch.Tensor, cols_per_warp: int = 2, *,
+                       checked: bool = True) -> torch.Tensor:
     """``x`` [M <= 8, K] @ ``weight`` [N, K].T on CUDA by the weight-streaming kernel (fp16/bf16;
-    K a multiple of 8, ``x`` rows contiguous and 16-byte aligned, ``weight`` contiguous)."""
-    _check_small_batch_linear(x, weight, cols_per_warp)
+    K a multiple of 8, ``x`` rows contiguous and 16-byte aligned, ``weight`` contiguous).
+    ``checked=False`` skips the Python checks for a caller that has just made them
+    (``small_batch_linear_refusal``), e.g. the linear layers' per-call dispatch."""
+    if checked:
+        _check_small_batch_linear(x, weight, cols_per_warp)
     out = torch.empty(x.shape[0], weight.shape[0], dtype=x.dtype, device=x.device)
     _ops().small_batch_linear(out, x, weight, int(cols_per_warp))
     return out
