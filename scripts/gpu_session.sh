@@ -181,6 +181,7 @@ setup_env() {
   done
   export PYTHONPATH=$SITE:$SITE/nvidia_cutlass_dsl/dsl_packages$src:$W
   export LIGHTVLLM_CACHE=${LIGHTVLLM_CACHE:-/tmp/lvc} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+  export LIGHTVLLM_LOG_LEVEL=${LIGHTVLLM_LOG_LEVEL:-INFO}  # the benchmarks log their start-up choices
   export FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1 FLASH_ATTENTION_CUTE_DSL_CACHE_DIR=/tmp/fa4cache
   OUT=${OUT:-$W/.out/gpu}
   R=/tmp/gs/$(date -u +%H%M%S)  # this call's section logs and JSON

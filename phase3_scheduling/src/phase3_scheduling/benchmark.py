@@ -8,10 +8,11 @@ also runs HuggingFace ``generate`` on the same requests in the same process, for
 
 from __future__ import annotations
 
-import logging
 import argparse
 import gc
 import json
+import logging
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -60,6 +61,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 def build_llm(args):
     from .llm import LLM
 
+    # LIGHTVLLM_LOG_LEVEL=INFO shows the start-up's choices (e.g. the small-batch GEMM per shape)
+    logging.basicConfig(level=os.environ.get("LIGHTVLLM_LOG_LEVEL", "WARNING").upper(),
+                        format="%(levelname)s %(name)s: %(message)s")
     start = time.perf_counter()
     llm = LLM.from_engine_args(engine_args(args))
     return llm, time.perf_counter() - start
@@ -204,7 +208,8 @@ def latency_main(argv: list[str] | None = None) -> list[dict]:
     rows = [dict(workload=args.workload, engine="LightvLLM", batch=args.batch_size,
                  input_len=args.input_len, output_len=args.output_len, seconds=median,
                  output_tok_s=tokens / median, ms_per_token=1000 * median / args.output_len,
-                 startup_s=startup, cuda_graphs=bool(info["graph_sizes"]))]
+                 startup_s=startup, cuda_graphs=bool(info["graph_sizes"]),
+                 iteration_seconds=times)]
     if args.hf:
         model = _swap_for_hf(llm, args)
         del llm
