@@ -232,7 +232,22 @@ def build_app(config: ServerConfig, engine: AsyncLLMEngine | None = None) -> Gat
                         admission=config.admission)
     state.metrics = ServerMetrics(state.model_name)
     state.engine = engine
-    owns_engine = engine is None
+    app = FastAPI(title="LightvLLM OpenAI-compatible server", version=version(),
+                  lifespan=_lifespan(config, state, owns_engine=engine is None))
+    app.state.server_state = state
+    install_error_handlers(app)
+    _add_status_routes(app, state)
+    _add_generation_routes(app, state)
+    _add_token_routes(app, state)
+    gated = Gate(app, state, config.api_key, config.max_body_bytes)
+    gated.fastapi_app = app
+    gated.state = state
+    return gated
+
+
+def _lifespan(config: ServerConfig, state: ServerState, owns_engine: bool):
+    """Start-up loads the engine in a thread (when the app owns it); shut-down ends the streams,
+    then the engine."""
 
     async def load() -> None:
         try:
@@ -261,9 +276,11 @@ def build_app(config: ServerConfig, engine: AsyncLLMEngine | None = None) -> Gat
             await asyncio.to_thread(state.engine.shutdown)
         state.pool.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="LightvLLM OpenAI-compatible server", version=version(), lifespan=lifespan)
-    app.state.server_state = state
-    install_error_handlers(app)
+    return lifespan
+
+
+def _add_status_routes(app: FastAPI, state: ServerState) -> None:
+    """/health, /startup, /version, /metrics and /v1/models."""
 
     @app.get("/health")
     async def health():
@@ -295,6 +312,10 @@ def build_app(config: ServerConfig, engine: AsyncLLMEngine | None = None) -> Gat
                 "max_model_len": state.max_model_len}
         return JSONResponse({"object": "list", "data": [card]})
 
+
+def _add_generation_routes(app: FastAPI, state: ServerState) -> None:
+    """/v1/completions and /v1/chat/completions, streamed as SSE when asked."""
+
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
         result = await create_completion(state, body, request)
@@ -305,11 +326,18 @@ def build_app(config: ServerConfig, engine: AsyncLLMEngine | None = None) -> Gat
         result = await create_chat_completion(state, body, request)
         return SSEResponse(result) if body.stream else JSONResponse(result)
 
-    @app.post("/tokenize")
-    async def tokenize(body: TokenizeRequest):
-        state.check_model(body.model)
+
+def _add_token_routes(app: FastAPI, state: ServerState) -> None:
+    """/tokenize and /detokenize (vLLM's extra endpoints)."""
+
+    def check_tokenizer(model: str | None) -> None:
+        state.check_model(model)
         if state.tokenizer is None:
             raise APIError("this server has no tokenizer", 400)
+
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeRequest):
+        check_tokenizer(body.model)
         if (body.prompt is None) == (body.messages is None):
             raise APIError("give exactly one of prompt or messages", 400, param="prompt")
         if body.messages is not None:
@@ -322,19 +350,12 @@ def build_app(config: ServerConfig, engine: AsyncLLMEngine | None = None) -> Gat
 
     @app.post("/detokenize")
     async def detokenize(body: DetokenizeRequest):
-        state.check_model(body.model)
-        if state.tokenizer is None:
-            raise APIError("this server has no tokenizer", 400)
+        check_tokenizer(body.model)
         vocab = state.limits.vocab_size
         bad = [t for t in body.tokens if not 0 <= t < vocab]
         if bad:
             raise APIError(f"token id {bad[0]} is out of range [0, {vocab})", 400, param="tokens")
         return JSONResponse({"prompt": await state.off_loop(state.tokenizer.decode, body.tokens)})
-
-    gated = Gate(app, state, config.api_key, config.max_body_bytes)
-    gated.fastapi_app = app
-    gated.state = state
-    return gated
 
 
 class _Server(uvicorn.Server):
