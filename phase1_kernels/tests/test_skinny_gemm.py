@@ -51,10 +51,12 @@ def test_refuses_what_it_cannot_do():
         skinny_linear(torch.randn(32, 2).T, w)
 
 
-def test_cublas_stays_the_default_until_tuned_is_confirmed_on_a_gpu(monkeypatch):
+def test_tuned_is_the_default_and_measures_only_the_cuda_kernel(monkeypatch):
     monkeypatch.delenv(gpu_linear.ENV_VAR, raising=False)
-    assert gpu_linear.resolve_mode() == "cublas"  # docs/phase1.md: why, and what tuned gives
+    assert gpu_linear.resolve_mode() == "tuned"  # docs/phase1.md: what it gives, and why margins
     assert all(c.label.startswith("gemv") for c in gpu_linear.candidates("tuned"))
+    monkeypatch.setenv(gpu_linear.ENV_VAR, "CUBLAS")
+    assert gpu_linear.resolve_mode() == "cublas"
 
 
 def test_the_pass_leaves_cpu_layers_alone():
