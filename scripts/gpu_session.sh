@@ -271,9 +271,9 @@ section() {  # the command of one section (run under timeout by run_sections)
           --out "$R/profiletuned.json" ;;
     b2cublas) LIGHTVLLM_GPU_LINEAR=cublas $BENCH latency $DUMMY8B --input-len 128 --output-len 256 \
           --num-iters 3 --max-num-seqs 8 --workload B2 --out "$R/b2cublas.json" ;;
-    kernels) $PYTEST -m gpu phase1_kernels/tests/test_kernels.py ;;
+    kernels) $PYTEST -m gpu phase1_kernels/tests/test_kernels.py phase1_kernels/tests/test_op_errors.py ;;
     quick) $PYTEST -m gpu phase1_kernels/tests/test_skinny_gemm.py phase1_kernels/tests/test_pdl_gpu.py \
-          phase1_kernels/tests/test_small_batch_linear.py \
+          phase1_kernels/tests/test_small_batch_linear.py phase1_kernels/tests/test_op_errors.py \
           phase2_attention/tests/test_rope_store.py \
           phase2_attention/tests/test_triton_paged.py \
           phase3_scheduling/tests/test_engine_gpu.py ;;
