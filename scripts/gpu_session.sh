@@ -42,6 +42,8 @@
 #            b4lowcublas: B4's 4 req/s run alone (preset h200-4rps), tuned and cuBLAS-only
 #   gemm     bench_decode_gemm.py: the 8B decode GEMMs at 1-8 rows in CUDA graphs, cuBLAS vs ours
 #   b1fused  B1's two norms (compile vs ours), twice
+#   b1inplace B1's fused_add_rms_norm: compile (returns new tensors), compile writing in place as
+#            ours does (compile_inplace), ours; twice
 #   b1nopdl  B1's two norms without programmatic dependent launch (LIGHTVLLM_PDL=0)
 #   b1norm   B1's two norms (compile vs ours) with 1, 4 and 2 vectors per thread (LIGHTVLLM_NORM_VPT)
 #   b2fa4    B2 with the flash_attn backend (FA4) at block 128; b2cublas: B2 with every GEMM on
@@ -267,6 +269,9 @@ section() {  # the command of one section (run under timeout by run_sections)
     b1fused) for i in 1 2; do $PY phase1_kernels/benchmarks/bench_kernels.py \
           --ops rms_norm,fused_add_rms_norm --impls compile,cpp --out "$R/b1fused$i.json" \
           || return 1; done ;;
+    b1inplace) for i in 1 2; do $PY phase1_kernels/benchmarks/bench_kernels.py \
+          --ops fused_add_rms_norm --impls compile,compile_inplace,cpp --out "$R/b1inplace$i.json" \
+          || return 1; done ;;
     profiletuned) LIGHTVLLM_GPU_LINEAR=tuned $PY phase3_scheduling/benchmarks/b2_step_profile.py \
           --out "$R/profiletuned.json" ;;
     b2cublas) LIGHTVLLM_GPU_LINEAR=cublas $BENCH latency $DUMMY8B --input-len 128 --output-len 256 \
@@ -309,7 +314,7 @@ section() {  # the command of one section (run under timeout by run_sections)
 }
 
 declare -A LIMIT=([tests]=420 [b1]=150 [b2]=150 [b2sync]=150 [b2hf]=150 [b3]=150 [b3sync]=150
-                  [b3hf]=240 [b4]=330 [b4nocap]=330 [b4nomixed]=330 [b4cap]=330 [gaps]=200 [b2nomixed]=150 [b3nomixed]=150 [b2fa4]=150 [b2cublas]=150 [b2nofuse]=150 [b2auto]=150 [b2nopdl]=150 [b2tuned]=150 [b3tuned]=150 [gemm]=150 [b1norm]=200 [b1fused]=120 [b3cublas]=150 [b1nopdl]=120 [b4low]=180 [b4lowcublas]=180 [profiletuned]=180 [quick]=180 [kernels]=150 [fa4]=360
+                  [b3hf]=240 [b4]=330 [b4nocap]=330 [b4nomixed]=330 [b4cap]=330 [gaps]=200 [b2nomixed]=150 [b3nomixed]=150 [b2fa4]=150 [b2cublas]=150 [b2nofuse]=150 [b2auto]=150 [b2nopdl]=150 [b2tuned]=150 [b3tuned]=150 [gemm]=150 [b1norm]=200 [b1fused]=120 [b1inplace]=120 [b3cublas]=150 [b1nopdl]=120 [b4low]=180 [b4lowcublas]=180 [profiletuned]=180 [quick]=180 [kernels]=150 [fa4]=360
                   [profile]=180 [profile_fa4]=180 [parity]=240 [engine]=180)
 
 run_sections() {
