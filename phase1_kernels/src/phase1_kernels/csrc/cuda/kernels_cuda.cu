@@ -45,6 +45,16 @@ __device__ __forceinline__ void pdl_wait() {
 #endif
 }
 
+// The other half of PDL: from here on the next kernel in the stream (if launched with PDL) may be
+// scheduled onto free SMs while this one runs; it still waits in its own pdl_wait() for this
+// kernel's completion before reading. Our kernels call it right after their wait, so a GEMM of
+// ours that follows a one-row norm is resident, and fetching its weights, while the norm runs.
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 bool pdl_requested() {
   const char* env = std::getenv("LIGHTVLLM_PDL");
   if (env != nullptr && std::string(env) == "0") return false;
@@ -121,6 +131,7 @@ __global__ void __launch_bounds__(norm_max_threads(CACHE)) rms_norm_kernel(T* __
                                 const T* __restrict__ weight, int64_t row_stride, int hidden,
                                 float eps) {
   pdl_wait();
+  pdl_launch_dependents();
   using V = Vec<T, VEC>;
   const int nvec = hidden / VEC;
   const V* x = reinterpret_cast<const V*>(in + blockIdx.x * row_stride);
@@ -192,6 +203,7 @@ __global__ void __launch_bounds__(norm_max_threads(CACHE)) fused_add_rms_norm_ke
                                           const T* __restrict__ weight, int64_t row_stride,
                                           int hidden, float eps) {
   pdl_wait();
+  pdl_launch_dependents();
   using V = Vec<T, VEC>;
   const int nvec = hidden / VEC;
   V* x = reinterpret_cast<V*>(in + blockIdx.x * row_stride);
@@ -487,6 +499,7 @@ template <typename T, int VEC>
 __global__ void silu_and_mul_kernel(T* __restrict__ out, const T* __restrict__ in, int64_t rows,
                                     int64_t d) {
   pdl_wait();
+  pdl_launch_dependents();
   using V = Vec<T, VEC>;
   const int64_t c = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
   if (c >= d) return;
@@ -549,16 +562,30 @@ __device__ __forceinline__ V load_streaming(const V* p) {
   return *reinterpret_cast<const V*>(&u);
 }
 
+// The weights do not depend on the kernel before (only x does), so a warp may ask L2 for its
+// weight rows before pdl_wait(): while a one-row norm or the attention merge before it runs, the
+// first `prefetch_bytes` of the matrix are already on their way from HBM. A prefetch is a hint
+// (L2 is where every write becomes visible), so it can never return stale data.
+__device__ __forceinline__ void prefetch_to_l2(const char* p, int64_t bytes, int lane) {
+  for (int64_t off = static_cast<int64_t>(lane) * 128; off < bytes; off += 32 * 128)
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(p + off));
+}
+
 template <typename T, int ROWS, int COLS>
 __global__ void __launch_bounds__(kLinearWarps * 32) small_batch_linear_kernel(
     T* __restrict__ out, const T* __restrict__ x, const T* __restrict__ weight, int n_cols,
-    int k_vecs, int64_t x_stride, int64_t out_stride) {
+    int k_vecs, int64_t x_stride, int64_t out_stride, int64_t prefetch_bytes) {
   constexpr int VEC = vec_width<T>();
   constexpr int U = COLS >= 8 ? 1 : 8 / COLS;  // 8 loads of 16 bytes in flight per lane
   using V = Vec<T, VEC>;
-  pdl_wait();
   const int lane = threadIdx.x & 31;
   const int col0 = (blockIdx.x * kLinearWarps + (threadIdx.x >> 5)) * COLS;
+  const int64_t row_bytes = static_cast<int64_t>(k_vecs) * 16, first = col0 * row_bytes;
+  if (col0 < n_cols && first < prefetch_bytes)  // this warp's rows are one contiguous range
+    prefetch_to_l2(reinterpret_cast<const char*>(weight) + first,
+                   min(static_cast<int64_t>(min(COLS, n_cols - col0)) * row_bytes, prefetch_bytes - first), lane);
+  pdl_wait();
+  pdl_launch_dependents();
   if (col0 >= n_cols) return;  // no block-wide synchronisation below: a warp may leave
   const V* w[COLS];
 #pragma unroll
@@ -616,6 +643,18 @@ void with_rows(int64_t rows, F&& f) {
 }
 
 
+// How much of a small-batch GEMM's weight its warps prefetch into L2 before waiting for the
+// kernel before (env LIGHTVLLM_GEMV_PREFETCH_MB, default 16; 0 turns it off, the baseline). The
+// window is that kernel's few microseconds, and L2 (50 MB) must not be flooded: lm_head is 1 GB.
+int64_t linear_prefetch_bytes() {
+  static const int64_t bytes = [] {
+    const char* env = std::getenv("LIGHTVLLM_GEMV_PREFETCH_MB");
+    const int64_t mb = env != nullptr && *env != '\0' ? std::max<int64_t>(0, std::atoll(env)) : 16;
+    return mb << 20;
+  }();
+  return bytes;
+}
+
 template <typename T>
 void small_batch_linear_typed(at::Tensor& out, const at::Tensor& input, const at::Tensor& weight,
                               int64_t cols_per_warp, cudaStream_t stream) {
@@ -629,7 +668,7 @@ void small_batch_linear_typed(at::Tensor& out, const at::Tensor& input, const at
       launch(small_batch_linear_kernel<T, ROWS, COLS>,
              dim3(static_cast<unsigned>((n + per_block - 1) / per_block)), dim3(kLinearWarps * 32),
              stream, out.data_ptr<T>(), input.const_data_ptr<T>(), weight.const_data_ptr<T>(),
-             static_cast<int>(n), k_vecs, input.stride(0), out.stride(0));
+             static_cast<int>(n), k_vecs, input.stride(0), out.stride(0), linear_prefetch_bytes());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     switch (cols_per_warp) {
