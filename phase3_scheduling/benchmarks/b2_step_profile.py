@@ -287,7 +287,7 @@ def table_rows(us: dict[str, float], nbytes: dict[str, float], copy_gbs: float) 
 
 
 # ---- main ----------------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_engine_args(parser)
@@ -308,41 +308,40 @@ def main(argv: list[str] | None = None) -> dict:
         args.steps, args.warm_steps, args.timed_steps = min(args.steps, 4), 2, 4
     if args.num_gpu_blocks_override is None:
         args.num_gpu_blocks_override = -(-16384 // args.block_size) + 1
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    args.device = device.type
+    return args
+
+
+def measure_graphs(args: argparse.Namespace, device: torch.device, budget: int, result: dict) -> None:
+    """B2's engine with CUDA graphs: start-up, the median step, one graph replay."""
+    t0 = time.perf_counter()
+    llm = build(args, enforce_eager=False)
+    result["startup_s"] = time.perf_counter() - t0
+    result["graph_sizes"] = llm.engine.info["graph_sizes"]
+    rid = start_decode(llm, args.prompt_len, budget, seed=0)
+    step_times(llm, device, args.warm_steps)
+    times = step_times(llm, device, args.timed_steps)
+    result["graph_step_ms"] = 1e3 * statistics.median(times)
+    try:
+        result["graph_replay_us"] = graph_replay_us(llm)
+    except Exception as exc:  # the runner's graph interface is internal: report, go on
+        print(f"graph replay not timed: {exc!r}")
+        result["graph_replay_us"] = None
+    llm.engine.abort_request(rid)
+    free(llm, device)
+
+
+def profile_eager(args: argparse.Namespace, device: torch.device, budget: int, copy_gbs: float,
+                  result: dict):
+    """Eager decode steps under torch.profiler, kernel time per family next to its bytes.
+    Returns the profiler (for its own table)."""
     on_cuda = device.type == "cuda"
-    copy_mib = args.copy_mib or (1024 if on_cuda else 64)
-    result: dict = dict(hardware=hardware(), setting={k: v for k, v in vars(args).items()})
-    budget = 1 + args.warm_steps + max(args.timed_steps, args.steps) + 16
-
-    copy_gbs = copy_bandwidth_gbs(device, copy_mib << 20)
-    result["copy_gbs"] = copy_gbs
-
-    if on_cuda:  # B2's engine: decode steps through CUDA graphs
-        t0 = time.perf_counter()
-        llm = build(args, enforce_eager=False)
-        result["startup_s"] = time.perf_counter() - t0
-        result["graph_sizes"] = llm.engine.info["graph_sizes"]
-        rid = start_decode(llm, args.prompt_len, budget, seed=0)
-        step_times(llm, device, args.warm_steps)
-        times = step_times(llm, device, args.timed_steps)
-        result["graph_step_ms"] = 1e3 * statistics.median(times)
-        try:
-            result["graph_replay_us"] = graph_replay_us(llm)
-        except Exception as exc:  # the runner's graph interface is internal: report, go on
-            print(f"graph replay not timed: {exc!r}")
-            result["graph_replay_us"] = None
-        llm.engine.abort_request(rid)
-        free(llm, device)
-        del llm
-
     llm = build(args, enforce_eager=True)
     model = worker_of(llm).model
     rid = start_decode(llm, args.prompt_len, budget, seed=0)
     step_times(llm, device, args.warm_steps)
     eager = step_times(llm, device, max(args.steps, 3))
     result["eager_step_ms"] = 1e3 * statistics.median(eager)
-    context = args.prompt_len + 1 + args.warm_steps + len(eager) + args.steps / 2
+    result["context"] = args.prompt_len + 1 + args.warm_steps + len(eager) + args.steps / 2
     handles = install_ranges(llm)
     activities = [torch.profiler.ProfilerActivity.CPU]
     if on_cuda:
@@ -364,17 +363,19 @@ def main(argv: list[str] | None = None) -> dict:
     if unlinked:
         us["other"] = us.get("other", 0.0) + unlinked / args.steps
     result["unlinked_us_per_step"] = unlinked / args.steps
-    nbytes = family_bytes(model, context)
-    rows = table_rows(us, nbytes, copy_gbs)
-    result["rows"] = rows
+    result["rows"] = table_rows(us, family_bytes(model, result["context"]), copy_gbs)
     llm.engine.abort_request(rid)
     free(llm, device)
+    return prof
 
+
+def report(args: argparse.Namespace, result: dict, prof, on_cuda: bool, copy_mib: int) -> None:
+    rows = result["rows"]
     what = "GPU kernel time" if on_cuda else "CPU self time"
     print(f"\n{result['hardware']}; device copy (same run, {copy_mib} MiB, read + write): "
-          f"{copy_gbs:,.0f} GB/s")
-    print(f"batch 1, prompt {args.prompt_len}, context ~{context:.0f}; per step, {what} of "
-          f"{args.steps} eager decode steps (torch.profiler); floor = bytes at the copy bandwidth")
+          f"{result['copy_gbs']:,.0f} GB/s")
+    print(f"batch 1, prompt {args.prompt_len}, context ~{result['context']:.0f}; per step, {what} "
+          f"of {args.steps} eager decode steps (torch.profiler); floor = bytes at the copy bandwidth")
     print(markdown_table(["family", "µs/step", "MB/step", "GB/s", "floor µs", "floor/time"],
                          [[r["family"], r["us_per_step"], r["mb_per_step"], r["gbs"],
                            r["floor_us"], r["floor_share"]] for r in rows]))
@@ -384,11 +385,27 @@ def main(argv: list[str] | None = None) -> dict:
         line += (f"; with CUDA graphs: step {result['graph_step_ms']:.2f} ms (wall), graph replay "
                  + ("n/a" if replay is None else f"{replay / 1e3:.2f} ms")
                  + f"; floor of the whole step {rows[-1]['floor_us'] / 1e3:.2f} ms")
+        unlinked = result["unlinked_us_per_step"]
         if unlinked:
-            line += f"; {unlinked / args.steps:.0f} µs/step of kernels not linked to an op (in other)"
+            line += f"; {unlinked:.0f} µs/step of kernels not linked to an op (in other)"
     print(line)
     print(prof.key_averages().table(sort_by="device_time_total" if on_cuda else "self_cpu_time_total",
                                     row_limit=15))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    args.device = device.type
+    on_cuda = device.type == "cuda"
+    copy_mib = args.copy_mib or (1024 if on_cuda else 64)
+    result: dict = dict(hardware=hardware(), setting={k: v for k, v in vars(args).items()})
+    budget = 1 + args.warm_steps + max(args.timed_steps, args.steps) + 16
+    result["copy_gbs"] = copy_bandwidth_gbs(device, copy_mib << 20)
+    if on_cuda:  # B2's engine: decode steps through CUDA graphs
+        measure_graphs(args, device, budget, result)
+    prof = profile_eager(args, device, budget, result["copy_gbs"], result)
+    report(args, result, prof, on_cuda, copy_mib)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2, default=str))
     return result
