@@ -51,6 +51,7 @@
 #   b2noprefetch B2 with our small-batch GEMMs not prefetching weights into L2 before their PDL
 #            wait (LIGHTVLLM_GEMV_PREFETCH_MB=0): the prefetch's same-run baseline
 #   quick    the small-batch GEMM and engine GPU tests alone; kernels: phase 1's kernel tests alone
+#            and test_op_errors.py on the CPU and the GPU
 #   b3hf     B3-sized 128x128 throughput next to HF generate
 #   fa4      FA4 smoke (versions, one call vs SDPA), its GPU tests, the engine FA4-vs-Triton test
 #   profile  b2_step_profile.py: per-kernel-family time of an 8B decode step vs the copy floor
@@ -280,7 +281,7 @@ section() {  # the command of one section (run under timeout by run_sections)
       --num-iters 3 --max-num-seqs 8 --workload B2 --out "$R/b2noprefetch.json" ;;
     b2cublas) LIGHTVLLM_GPU_LINEAR=cublas $BENCH latency $DUMMY8B --input-len 128 --output-len 256 \
           --num-iters 3 --max-num-seqs 8 --workload B2 --out "$R/b2cublas.json" ;;
-    kernels) $PYTEST -m gpu phase1_kernels/tests/test_kernels.py phase1_kernels/tests/test_op_errors.py ;;
+    kernels) $PYTEST -m gpu phase1_kernels/tests/test_kernels.py; $PYTEST phase1_kernels/tests/test_op_errors.py ;;
     quick) $PYTEST -m gpu phase1_kernels/tests/test_skinny_gemm.py phase1_kernels/tests/test_pdl_gpu.py \
           phase1_kernels/tests/test_small_batch_linear.py phase1_kernels/tests/test_op_errors.py \
           phase2_attention/tests/test_rope_store.py \

@@ -5,6 +5,8 @@
 #include <ATen/Dispatch.h>
 #include <c10/util/Exception.h>
 
+#include <string>
+
 // Dispatch over the three dtypes the kernels support (float32, float16, bfloat16); `scalar_t`
 // names the type inside the body. Narrower than AT_DISPATCH_FLOATING_TYPES_AND2 (no double):
 // fewer template instances, faster builds.
@@ -15,6 +17,25 @@
                      AT_DISPATCH_CASE(at::ScalarType::BFloat16, __VA_ARGS__))
 
 namespace lightvllm {
+
+namespace detail {
+// The message of a failed check, formatted into this thread's buffer, so that TORCH_CHECK gets a
+// plain `const char*` and no std::string temporary is alive in our frames while c10::Error
+// unwinds through them. Why: on the GPU machine (torch 2.11.0+cu130, g++ 13.3) a failed
+// TORCH_CHECK with a formatted message killed the process (SIGSEGV) in the CPU and the CUDA ops
+// alike, while the one case with a literal message raised (tests/test_op_errors.py). That the
+// temporary's cleanup during unwinding is the cause is a hypothesis, not yet tested on that
+// machine (docs/phase1.md); here it changes nothing but where the message is built.
+template <typename... Args>
+const char* check_message(const Args&... args) {
+  thread_local std::string buffer;
+  buffer = c10::str(args...);
+  return buffer.c_str();
+}
+}  // namespace detail
+
+// TORCH_CHECK for our ops: same semantics, message formatted by detail::check_message.
+#define LIGHTVLLM_CHECK(cond, ...) TORCH_CHECK(cond, ::lightvllm::detail::check_message(__VA_ARGS__))
 
 inline bool is_float_type(at::ScalarType t) {
   return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
@@ -30,8 +51,8 @@ struct Rows {
 // Views `t` as rows without copying: the last dim must be contiguous and the leading dims must
 // collapse into one (true for contiguous tensors and for slices such as x[:, :H]).
 inline Rows as_rows(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.dim() >= 1, name, " must have at least one dim");
-  TORCH_CHECK(t.stride(-1) == 1 || t.size(-1) == 1, name,
+  LIGHTVLLM_CHECK(t.dim() >= 1, name, " must have at least one dim");
+  LIGHTVLLM_CHECK(t.stride(-1) == 1 || t.size(-1) == 1, name,
               " must be contiguous in its last dim, got strides ", t.strides());
   const int64_t hidden = t.size(-1);
   int64_t num_rows = 1;
@@ -41,7 +62,7 @@ inline Rows as_rows(const at::Tensor& t, const char* name) {
     row_stride = t.stride(-2);
     // Leading dims must collapse: stride[d] == stride[d+1] * size[d+1] (ignoring size-1 dims).
     for (int64_t d = t.dim() - 3; d >= 0; --d) {
-      TORCH_CHECK(t.size(d) == 1 || t.stride(d) == t.stride(d + 1) * t.size(d + 1), name,
+      LIGHTVLLM_CHECK(t.size(d) == 1 || t.stride(d) == t.stride(d + 1) * t.size(d + 1), name,
                   " has leading dims that cannot be viewed as rows (strides ", t.strides(), ")");
     }
     if (num_rows <= 1) row_stride = hidden;
@@ -51,72 +72,72 @@ inline Rows as_rows(const at::Tensor& t, const char* name) {
 
 inline void check_same_device(const at::Tensor& a, const at::Tensor& b, const char* an,
                               const char* bn) {
-  TORCH_CHECK(a.device() == b.device(), an, " is on ", a.device(), " but ", bn, " is on ",
+  LIGHTVLLM_CHECK(a.device() == b.device(), an, " is on ", a.device(), " but ", bn, " is on ",
               b.device());
 }
 
 inline void check_norm_args(const at::Tensor& input, const at::Tensor& weight) {
-  TORCH_CHECK(is_float_type(input.scalar_type()), "input must be float32, float16 or bfloat16, got ",
+  LIGHTVLLM_CHECK(is_float_type(input.scalar_type()), "input must be float32, float16 or bfloat16, got ",
               input.scalar_type());
-  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == input.size(-1), "weight must be [",
+  LIGHTVLLM_CHECK(weight.dim() == 1 && weight.size(0) == input.size(-1), "weight must be [",
               input.size(-1), "], got ", weight.sizes());
-  TORCH_CHECK(weight.scalar_type() == input.scalar_type(), "weight dtype ", weight.scalar_type(),
+  LIGHTVLLM_CHECK(weight.scalar_type() == input.scalar_type(), "weight dtype ", weight.scalar_type(),
               " differs from input dtype ", input.scalar_type());
-  TORCH_CHECK(weight.is_contiguous(), "weight must be contiguous");
+  LIGHTVLLM_CHECK(weight.is_contiguous(), "weight must be contiguous");
   check_same_device(input, weight, "input", "weight");
 }
 
 inline void check_rms_norm(const at::Tensor& out, const at::Tensor& input,
                            const at::Tensor& weight) {
   check_norm_args(input, weight);
-  TORCH_CHECK(out.sizes() == input.sizes(), "out shape ", out.sizes(), " differs from input shape ",
+  LIGHTVLLM_CHECK(out.sizes() == input.sizes(), "out shape ", out.sizes(), " differs from input shape ",
               input.sizes());
-  TORCH_CHECK(out.scalar_type() == input.scalar_type(), "out dtype differs from input dtype");
-  TORCH_CHECK(out.is_contiguous(), "out must be contiguous");
+  LIGHTVLLM_CHECK(out.scalar_type() == input.scalar_type(), "out dtype differs from input dtype");
+  LIGHTVLLM_CHECK(out.is_contiguous(), "out must be contiguous");
   check_same_device(out, input, "out", "input");
 }
 
 inline void check_fused_add_rms_norm(const at::Tensor& input, const at::Tensor& residual,
                                      const at::Tensor& weight) {
   check_norm_args(input, weight);
-  TORCH_CHECK(residual.sizes() == input.sizes(), "residual shape ", residual.sizes(),
+  LIGHTVLLM_CHECK(residual.sizes() == input.sizes(), "residual shape ", residual.sizes(),
               " differs from input shape ", input.sizes());
-  TORCH_CHECK(residual.scalar_type() == input.scalar_type(),
+  LIGHTVLLM_CHECK(residual.scalar_type() == input.scalar_type(),
               "residual dtype differs from input dtype");
-  TORCH_CHECK(residual.is_contiguous(), "residual must be contiguous");
+  LIGHTVLLM_CHECK(residual.is_contiguous(), "residual must be contiguous");
   check_same_device(input, residual, "input", "residual");
 }
 
 inline void check_silu_and_mul(const at::Tensor& out, const at::Tensor& input) {
-  TORCH_CHECK(is_float_type(input.scalar_type()), "input must be float32, float16 or bfloat16, got ",
+  LIGHTVLLM_CHECK(is_float_type(input.scalar_type()), "input must be float32, float16 or bfloat16, got ",
               input.scalar_type());
-  TORCH_CHECK(input.size(-1) % 2 == 0, "input's last dim must be even, got ", input.size(-1));
-  TORCH_CHECK(input.is_contiguous(), "input must be contiguous");
-  TORCH_CHECK(out.is_contiguous(), "out must be contiguous");
-  TORCH_CHECK(out.dim() == input.dim(), "out must have the input's rank");
+  LIGHTVLLM_CHECK(input.size(-1) % 2 == 0, "input's last dim must be even, got ", input.size(-1));
+  LIGHTVLLM_CHECK(input.is_contiguous(), "input must be contiguous");
+  LIGHTVLLM_CHECK(out.is_contiguous(), "out must be contiguous");
+  LIGHTVLLM_CHECK(out.dim() == input.dim(), "out must have the input's rank");
   for (int64_t d = 0; d + 1 < input.dim(); ++d)
-    TORCH_CHECK(out.size(d) == input.size(d), "out shape ", out.sizes(), " does not match input ",
+    LIGHTVLLM_CHECK(out.size(d) == input.size(d), "out shape ", out.sizes(), " does not match input ",
                 input.sizes());
-  TORCH_CHECK(out.size(-1) * 2 == input.size(-1), "out's last dim must be half the input's");
-  TORCH_CHECK(out.scalar_type() == input.scalar_type(), "out dtype differs from input dtype");
+  LIGHTVLLM_CHECK(out.size(-1) * 2 == input.size(-1), "out's last dim must be half the input's");
+  LIGHTVLLM_CHECK(out.scalar_type() == input.scalar_type(), "out dtype differs from input dtype");
   check_same_device(out, input, "out", "input");
 }
 
 // Query or key as [T, heads, head_size] with any token stride; returns (heads, token_stride).
 inline std::pair<int64_t, int64_t> rope_layout(const at::Tensor& t, int64_t num_tokens,
                                                int64_t head_size, const char* name) {
-  TORCH_CHECK(t.dim() == 2 || t.dim() == 3, name, " must be [T, H*head_size] or [T, H, head_size]");
-  TORCH_CHECK(t.size(0) == num_tokens, name, " has ", t.size(0), " tokens but positions has ",
+  LIGHTVLLM_CHECK(t.dim() == 2 || t.dim() == 3, name, " must be [T, H*head_size] or [T, H, head_size]");
+  LIGHTVLLM_CHECK(t.size(0) == num_tokens, name, " has ", t.size(0), " tokens but positions has ",
               num_tokens);
   int64_t heads;
   if (t.dim() == 2) {
-    TORCH_CHECK(t.size(1) % head_size == 0, name, " width ", t.size(1),
+    LIGHTVLLM_CHECK(t.size(1) % head_size == 0, name, " width ", t.size(1),
                 " is not a multiple of head_size ", head_size);
-    TORCH_CHECK(t.stride(1) == 1, name, " must be contiguous within a token");
+    LIGHTVLLM_CHECK(t.stride(1) == 1, name, " must be contiguous within a token");
     heads = t.size(1) / head_size;
   } else {
-    TORCH_CHECK(t.size(2) == head_size, name, " last dim ", t.size(2), " != head_size ", head_size);
-    TORCH_CHECK(t.stride(2) == 1 && (t.size(1) == 1 || t.stride(1) == head_size), name,
+    LIGHTVLLM_CHECK(t.size(2) == head_size, name, " last dim ", t.size(2), " != head_size ", head_size);
+    LIGHTVLLM_CHECK(t.stride(2) == 1 && (t.size(1) == 1 || t.stride(1) == head_size), name,
                 " must be contiguous within a token");
     heads = t.size(1);
   }
@@ -125,16 +146,16 @@ inline std::pair<int64_t, int64_t> rope_layout(const at::Tensor& t, int64_t num_
 
 inline void check_rope(const at::Tensor& positions, const at::Tensor& query, const at::Tensor& key,
                        int64_t head_size, const at::Tensor& cache) {
-  TORCH_CHECK(positions.scalar_type() == at::kLong || positions.scalar_type() == at::kInt,
+  LIGHTVLLM_CHECK(positions.scalar_type() == at::kLong || positions.scalar_type() == at::kInt,
               "positions must be int64 or int32");
-  TORCH_CHECK(is_float_type(query.scalar_type()), "query must be float32, float16 or bfloat16");
-  TORCH_CHECK(key.scalar_type() == query.scalar_type(), "key dtype differs from query dtype");
-  TORCH_CHECK(is_float_type(cache.scalar_type()), "cos_sin_cache must be a float tensor");
-  TORCH_CHECK(cache.dim() == 2 && cache.is_contiguous(), "cos_sin_cache must be a contiguous 2-D tensor");
-  TORCH_CHECK(cache.size(1) % 2 == 0 && cache.size(1) <= head_size && cache.size(1) > 0,
+  LIGHTVLLM_CHECK(is_float_type(query.scalar_type()), "query must be float32, float16 or bfloat16");
+  LIGHTVLLM_CHECK(key.scalar_type() == query.scalar_type(), "key dtype differs from query dtype");
+  LIGHTVLLM_CHECK(is_float_type(cache.scalar_type()), "cos_sin_cache must be a float tensor");
+  LIGHTVLLM_CHECK(cache.dim() == 2 && cache.is_contiguous(), "cos_sin_cache must be a contiguous 2-D tensor");
+  LIGHTVLLM_CHECK(cache.size(1) % 2 == 0 && cache.size(1) <= head_size && cache.size(1) > 0,
               "cos_sin_cache width (rot_dim) ", cache.size(1), " must be even and <= head_size ",
               head_size);
-  TORCH_CHECK(head_size > 0, "head_size must be positive");
+  LIGHTVLLM_CHECK(head_size > 0, "head_size must be positive");
   check_same_device(positions, query, "positions", "query");
   check_same_device(query, key, "query", "key");
   check_same_device(query, cache, "query", "cos_sin_cache");
@@ -142,31 +163,31 @@ inline void check_rope(const at::Tensor& positions, const at::Tensor& query, con
 
 inline void check_small_batch_linear(const at::Tensor& out, const at::Tensor& input,
                                      const at::Tensor& weight, int64_t cols_per_warp) {
-  TORCH_CHECK(input.scalar_type() == at::kHalf || input.scalar_type() == at::kBFloat16,
+  LIGHTVLLM_CHECK(input.scalar_type() == at::kHalf || input.scalar_type() == at::kBFloat16,
               "small_batch_linear takes float16 or bfloat16, got ", input.scalar_type());
-  TORCH_CHECK(weight.scalar_type() == input.scalar_type() && out.scalar_type() == input.scalar_type(),
+  LIGHTVLLM_CHECK(weight.scalar_type() == input.scalar_type() && out.scalar_type() == input.scalar_type(),
               "input, weight and out must share one dtype");
-  TORCH_CHECK(input.dim() == 2 && weight.dim() == 2 && out.dim() == 2,
+  LIGHTVLLM_CHECK(input.dim() == 2 && weight.dim() == 2 && out.dim() == 2,
               "input [M, K], weight [N, K] and out [M, N] must be 2-D");
-  TORCH_CHECK(input.size(0) <= 8, "small_batch_linear takes at most 8 rows, got ", input.size(0));
-  TORCH_CHECK(weight.size(1) == input.size(1), "weight is [", weight.size(0), ", ", weight.size(1),
+  LIGHTVLLM_CHECK(input.size(0) <= 8, "small_batch_linear takes at most 8 rows, got ", input.size(0));
+  LIGHTVLLM_CHECK(weight.size(1) == input.size(1), "weight is [", weight.size(0), ", ", weight.size(1),
               "] but input has ", input.size(1), " columns");
-  TORCH_CHECK(out.size(0) == input.size(0) && out.size(1) == weight.size(0), "out must be [",
+  LIGHTVLLM_CHECK(out.size(0) == input.size(0) && out.size(1) == weight.size(0), "out must be [",
               input.size(0), ", ", weight.size(0), "], got ", out.sizes());
-  TORCH_CHECK(input.stride(1) == 1 && out.stride(1) == 1 && weight.is_contiguous(),
+  LIGHTVLLM_CHECK(input.stride(1) == 1 && out.stride(1) == 1 && weight.is_contiguous(),
               "input and out need contiguous rows and weight must be contiguous");
-  TORCH_CHECK(weight.size(0) < (int64_t(1) << 31) && weight.size(1) < (int64_t(1) << 31),
+  LIGHTVLLM_CHECK(weight.size(0) < (int64_t(1) << 31) && weight.size(1) < (int64_t(1) << 31),
               "weight dims must fit in 32 bits");
-  TORCH_CHECK(cols_per_warp == 1 || cols_per_warp == 2 || cols_per_warp == 4,
+  LIGHTVLLM_CHECK(cols_per_warp == 1 || cols_per_warp == 2 || cols_per_warp == 4,
               "cols_per_warp must be 1, 2 or 4, got ", cols_per_warp);
   check_same_device(out, input, "out", "input");
   check_same_device(input, weight, "input", "weight");
 }
 
 inline void check_vector_add(const at::Tensor& a, const at::Tensor& b) {
-  TORCH_CHECK(a.sizes() == b.sizes(), "a and b shapes differ: ", a.sizes(), " vs ", b.sizes());
-  TORCH_CHECK(a.scalar_type() == b.scalar_type(), "a and b dtypes differ");
-  TORCH_CHECK(is_float_type(a.scalar_type()), "vector_add supports float32, float16, bfloat16");
+  LIGHTVLLM_CHECK(a.sizes() == b.sizes(), "a and b shapes differ: ", a.sizes(), " vs ", b.sizes());
+  LIGHTVLLM_CHECK(a.scalar_type() == b.scalar_type(), "a and b dtypes differ");
+  LIGHTVLLM_CHECK(is_float_type(a.scalar_type()), "vector_add supports float32, float16, bfloat16");
   check_same_device(a, b, "a", "b");
 }
 

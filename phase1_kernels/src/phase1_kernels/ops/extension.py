@@ -146,8 +146,10 @@ def _load(cpp_extension, sources: list[Path], build_dir: Path, cpu_flags: str, c
         build_directory=str(build_dir),
         # -fopenmp: at::parallel_for is an inline OpenMP region; without it every CPU kernel
         # runs on one thread. Compile-only: the runtime is torch's own libgomp, already loaded.
-        extra_cflags=["-O3", "-std=c++17", "-fopenmp", *cpu_flags.split()],
-        extra_cuda_cflags=["-O3", "-std=c++17", *cuda_flags.split()],
+        # No -std here: cpp_extension passes the standard its own headers need (C++17 in torch
+        # 2.11, C++20 in 2.13, whose headers use C++20 features).
+        extra_cflags=["-O3", "-fopenmp", *cpu_flags.split()],
+        extra_cuda_cflags=["-O3", *cuda_flags.split()],
         extra_include_paths=[str(CSRC)],
         with_cuda=with_cuda,
         is_python_module=False,

@@ -108,7 +108,7 @@ void run_panel(int64_t p, int64_t num_panels, const float* A, int64_t lda, int64
 }
 
 at::Tensor pack_linear_weight(const at::Tensor& weight) {
-  TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kFloat,
+  LIGHTVLLM_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kFloat,
               "pack_linear_weight takes a float32 [N, K] weight, got ", weight.scalar_type(), " ",
               weight.sizes());
   const at::Tensor w = weight.contiguous();
@@ -125,17 +125,17 @@ at::Tensor pack_linear_weight(const at::Tensor& weight) {
 }
 
 void packed_linear(at::Tensor& out, const at::Tensor& input, const at::Tensor& packed) {
-  TORCH_CHECK(input.scalar_type() == at::kFloat && out.scalar_type() == at::kFloat &&
+  LIGHTVLLM_CHECK(input.scalar_type() == at::kFloat && out.scalar_type() == at::kFloat &&
                   packed.scalar_type() == at::kFloat,
               "packed_linear is float32 only");
-  TORCH_CHECK(input.dim() == 2 && input.stride(1) == 1, "input must be [M, K] with contiguous "
+  LIGHTVLLM_CHECK(input.dim() == 2 && input.stride(1) == 1, "input must be [M, K] with contiguous "
               "rows, got ", input.sizes(), " strides ", input.strides());
-  TORCH_CHECK(packed.dim() == 3 && packed.size(2) == kPanel && packed.is_contiguous() &&
+  LIGHTVLLM_CHECK(packed.dim() == 3 && packed.size(2) == kPanel && packed.is_contiguous() &&
                   packed.size(1) == input.size(1),
               "packed must come from pack_linear_weight for K = ", input.size(1), ", got ",
               packed.sizes());
   const int64_t M = input.size(0), K = input.size(1), N = out.size(1);
-  TORCH_CHECK(out.dim() == 2 && out.is_contiguous() && out.size(0) == M &&
+  LIGHTVLLM_CHECK(out.dim() == 2 && out.is_contiguous() && out.size(0) == M &&
                   (N + kPanel - 1) / kPanel == packed.size(0),
               "out must be a contiguous [", M, ", N] with N in the packed weight's ",
               packed.size(0), " panels of ", kPanel, ", got ", out.sizes());

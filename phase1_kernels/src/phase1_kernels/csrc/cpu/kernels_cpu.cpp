@@ -121,7 +121,7 @@ void rotary_embedding(const at::Tensor& positions, at::Tensor& query, at::Tensor
   const int64_t* p = pos.const_data_ptr<int64_t>();
   const int64_t rot_dim = cache.size(1), half = rot_dim / 2, max_pos = cache.size(0);
   for (int64_t t = 0; t < num_tokens; ++t)
-    TORCH_CHECK(p[t] >= 0 && p[t] < max_pos, "position ", p[t], " outside cos_sin_cache of ",
+    LIGHTVLLM_CHECK(p[t] >= 0 && p[t] < max_pos, "position ", p[t], " outside cos_sin_cache of ",
                 max_pos, " rows");
   LIGHTVLLM_DISPATCH_FLOATING_TYPES(query.scalar_type(), "rope_cpu", [&] {
     using T = scalar_t;

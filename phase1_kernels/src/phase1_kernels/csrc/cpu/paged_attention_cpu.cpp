@@ -351,25 +351,25 @@ std::vector<Item> make_items(const int32_t* starts, int64_t num_seqs, int64_t kv
 void check_paged_args(const at::Tensor& out, const at::Tensor& query, const at::Tensor& cache,
                       const at::Tensor& tables, const at::Tensor& seq_lens,
                       const at::Tensor& starts) {
-  TORCH_CHECK(is_float_type(query.scalar_type()), "query must be float32, float16 or bfloat16");
-  TORCH_CHECK(query.dim() == 3 && out.sizes() == query.sizes(), "query and out must be [T, Hq, D] "
+  LIGHTVLLM_CHECK(is_float_type(query.scalar_type()), "query must be float32, float16 or bfloat16");
+  LIGHTVLLM_CHECK(query.dim() == 3 && out.sizes() == query.sizes(), "query and out must be [T, Hq, D] "
               "of one shape, got ", query.sizes(), " and ", out.sizes());
   for (const at::Tensor* t : {&query, &out})
-    TORCH_CHECK(t->stride(2) == 1 && (t->size(1) == 1 || t->stride(1) == t->size(2)),
+    LIGHTVLLM_CHECK(t->stride(2) == 1 && (t->size(1) == 1 || t->stride(1) == t->size(2)),
                 "query and out must be contiguous within a token, got strides ", t->strides());
-  TORCH_CHECK(cache.dim() == 5 && cache.size(0) == 2 && cache.is_contiguous(),
+  LIGHTVLLM_CHECK(cache.dim() == 5 && cache.size(0) == 2 && cache.is_contiguous(),
               "kv_cache must be a contiguous [2, num_blocks, block_size, Hk, D] tensor, got ",
               cache.sizes());
-  TORCH_CHECK(cache.scalar_type() == query.scalar_type() && out.scalar_type() == query.scalar_type(),
+  LIGHTVLLM_CHECK(cache.scalar_type() == query.scalar_type() && out.scalar_type() == query.scalar_type(),
               "query, out and kv_cache must share a dtype");
-  TORCH_CHECK(cache.size(4) == query.size(2), "kv_cache head_size ", cache.size(4),
+  LIGHTVLLM_CHECK(cache.size(4) == query.size(2), "kv_cache head_size ", cache.size(4),
               " differs from query's ", query.size(2));
-  TORCH_CHECK(query.size(1) % cache.size(3) == 0, "query heads ", query.size(1),
+  LIGHTVLLM_CHECK(query.size(1) % cache.size(3) == 0, "query heads ", query.size(1),
               " are not a multiple of kv heads ", cache.size(3));
   for (const at::Tensor* t : {&tables, &seq_lens, &starts})
-    TORCH_CHECK(t->scalar_type() == at::kInt && t->is_contiguous(),
+    LIGHTVLLM_CHECK(t->scalar_type() == at::kInt && t->is_contiguous(),
                 "block_tables, seq_lens and query_start_loc must be contiguous int32");
-  TORCH_CHECK(tables.dim() == 2 && seq_lens.dim() == 1 && starts.dim() == 1 &&
+  LIGHTVLLM_CHECK(tables.dim() == 2 && seq_lens.dim() == 1 && starts.dim() == 1 &&
                   tables.size(0) == seq_lens.size(0) && starts.size(0) == seq_lens.size(0) + 1,
               "block_tables [B, W], seq_lens [B] and query_start_loc [B + 1] disagree: ",
               tables.sizes(), ", ", seq_lens.sizes(), ", ", starts.sizes());
@@ -382,16 +382,16 @@ void check_tables(const int32_t* tables, const int32_t* seq_lens, const int32_t*
                   int64_t num_seqs, int64_t num_tokens, const Layout& L) {
   for (int64_t b = 0; b < num_seqs; ++b) {
     const int64_t q_len = starts[b + 1] - starts[b];
-    TORCH_CHECK(q_len >= 0 && starts[b + 1] <= num_tokens, "query_start_loc is not increasing "
+    LIGHTVLLM_CHECK(q_len >= 0 && starts[b + 1] <= num_tokens, "query_start_loc is not increasing "
                 "within the ", num_tokens, " query tokens at sequence ", b);
-    TORCH_CHECK(seq_lens[b] >= q_len, "sequence ", b, " has ", q_len, " query tokens but seq_len ",
+    LIGHTVLLM_CHECK(seq_lens[b] >= q_len, "sequence ", b, " has ", q_len, " query tokens but seq_len ",
                 seq_lens[b]);
     const int64_t used = (seq_lens[b] + L.block_size - 1) / L.block_size;
-    TORCH_CHECK(used <= L.table_width, "sequence ", b, " needs ", used, " blocks, its table has ",
+    LIGHTVLLM_CHECK(used <= L.table_width, "sequence ", b, " needs ", used, " blocks, its table has ",
                 L.table_width);
     for (int64_t j = 0; j < used; ++j) {
       const int32_t id = tables[b * L.table_width + j];
-      TORCH_CHECK(id >= 0 && id < L.num_blocks, "sequence ", b, " block ", j, " is ", id,
+      LIGHTVLLM_CHECK(id >= 0 && id < L.num_blocks, "sequence ", b, " block ", j, " is ", id,
                   ", outside the cache's ", L.num_blocks, " blocks");
     }
   }
@@ -409,7 +409,7 @@ void paged_attention(at::Tensor& out, const at::Tensor& query, const at::Tensor&
   const int32_t* starts = query_start_loc.const_data_ptr<int32_t>();
   const int32_t* lens = seq_lens.const_data_ptr<int32_t>();
   const int32_t* tables = block_tables.const_data_ptr<int32_t>();
-  TORCH_CHECK(starts[0] == 0, "query_start_loc must start at 0, got ", starts[0]);
+  LIGHTVLLM_CHECK(starts[0] == 0, "query_start_loc must start at 0, got ", starts[0]);
   check_tables(tables, lens, starts, num_seqs, query.size(0), L);
   const bool fast = query.scalar_type() == at::kFloat && has_two_pass(L);
   const std::vector<Item> items =
@@ -430,26 +430,26 @@ void paged_attention(at::Tensor& out, const at::Tensor& query, const at::Tensor&
 // K/V of each token into its slot (block_id * block_size + offset) of the cache; slot < 0 skips.
 void store_kv_cache(const at::Tensor& key, const at::Tensor& value, at::Tensor& kv_cache,
                     const at::Tensor& slot_mapping) {
-  TORCH_CHECK(key.dim() == 3 && value.sizes() == key.sizes(), "key and value must be [T, Hk, D] "
+  LIGHTVLLM_CHECK(key.dim() == 3 && value.sizes() == key.sizes(), "key and value must be [T, Hk, D] "
               "of one shape, got ", key.sizes(), " and ", value.sizes());
-  TORCH_CHECK(kv_cache.dim() == 5 && kv_cache.size(0) == 2 && kv_cache.is_contiguous() &&
+  LIGHTVLLM_CHECK(kv_cache.dim() == 5 && kv_cache.size(0) == 2 && kv_cache.is_contiguous() &&
                   kv_cache.size(3) == key.size(1) && kv_cache.size(4) == key.size(2),
               "kv_cache must be a contiguous [2, num_blocks, block_size, ", key.size(1), ", ",
               key.size(2), "] tensor, got ", kv_cache.sizes());
-  TORCH_CHECK(key.scalar_type() == kv_cache.scalar_type() &&
+  LIGHTVLLM_CHECK(key.scalar_type() == kv_cache.scalar_type() &&
                   value.scalar_type() == kv_cache.scalar_type(),
               "key, value and kv_cache must share a dtype");
   for (const at::Tensor* t : {&key, &value})
-    TORCH_CHECK(t->stride(2) == 1 && (t->size(1) == 1 || t->stride(1) == t->size(2)),
+    LIGHTVLLM_CHECK(t->stride(2) == 1 && (t->size(1) == 1 || t->stride(1) == t->size(2)),
                 "key and value must be contiguous within a token, got strides ", t->strides());
-  TORCH_CHECK(slot_mapping.scalar_type() == at::kLong && slot_mapping.dim() == 1 &&
+  LIGHTVLLM_CHECK(slot_mapping.scalar_type() == at::kLong && slot_mapping.dim() == 1 &&
                   slot_mapping.size(0) == key.size(0) && slot_mapping.is_contiguous(),
               "slot_mapping must be contiguous int64 [", key.size(0), "]");
   const int64_t tokens = key.size(0), width = key.size(1) * key.size(2);
   const int64_t slots = kv_cache.size(1) * kv_cache.size(2);
   const int64_t* map = slot_mapping.const_data_ptr<int64_t>();
   for (int64_t t = 0; t < tokens; ++t)
-    TORCH_CHECK(map[t] < slots, "slot ", map[t], " of token ", t, " is outside the cache's ",
+    LIGHTVLLM_CHECK(map[t] < slots, "slot ", map[t], " of token ", t, " is outside the cache's ",
                 slots, " slots");
   LIGHTVLLM_DISPATCH_FLOATING_TYPES(key.scalar_type(), "store_kv_cache_cpu", [&] {
     const scalar_t* k = key.const_data_ptr<scalar_t>();

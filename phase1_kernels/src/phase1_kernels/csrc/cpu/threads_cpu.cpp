@@ -3,6 +3,8 @@
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
+#include "../common.h"
+
 #include <sched.h>
 
 #include <mutex>
@@ -13,7 +15,7 @@ namespace lightvllm {
 
 std::vector<int64_t> bind_threads(std::vector<int64_t> cpus) {
   const int64_t n = at::get_num_threads();
-  TORCH_CHECK(static_cast<int64_t>(cpus.size()) == n, "bind_threads got ", cpus.size(),
+  LIGHTVLLM_CHECK(static_cast<int64_t>(cpus.size()) == n, "bind_threads got ", cpus.size(),
               " CPUs for ", n, " intra-op threads");
   std::vector<int64_t> bound(n, -1);
   std::mutex lock;
@@ -31,7 +33,7 @@ std::vector<int64_t> bind_threads(std::vector<int64_t> cpus) {
     else
       error = "sched_setaffinity to CPU " + std::to_string(cpus[me]) + " failed";
   });
-  TORCH_CHECK(error.empty(), error);
+  LIGHTVLLM_CHECK(error.empty(), error);
   return bound;
 }
 

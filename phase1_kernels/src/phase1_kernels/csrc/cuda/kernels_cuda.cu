@@ -684,7 +684,7 @@ void small_batch_linear(at::Tensor& out, const at::Tensor& input, const at::Tens
   check_small_batch_linear(out, input, weight, cols_per_warp);
   const int64_t rows = input.size(0), n = weight.size(0), k = weight.size(1);
   if (rows == 0 || n == 0) return;
-  TORCH_CHECK(k % 8 == 0 && input.stride(0) % 8 == 0 && aligned16(input.const_data_ptr()) && aligned16(weight.const_data_ptr()),
+  LIGHTVLLM_CHECK(k % 8 == 0 && input.stride(0) % 8 == 0 && aligned16(input.const_data_ptr()) && aligned16(weight.const_data_ptr()),
               "small_batch_linear needs K and the input's row stride to be multiples of 8 and "
               "16-byte aligned input and weight");
   const c10::cuda::OptionalCUDAGuard guard(device_of(input));
