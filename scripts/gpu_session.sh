@@ -56,6 +56,8 @@
 #   fa4      FA4 smoke (versions, one call vs SDPA), its GPU tests, the engine FA4-vs-Triton test
 #   profile  b2_step_profile.py: per-kernel-family time of an 8B decode step vs the copy floor
 #   profile_fa4  the same with --attention-backend flash_attn --block-size 128
+#   profileb3 the same for a B3-like decode step: 256 sequences of 1024-token prompts (the K/V
+#            read weighs as much as the weights there)
 #   parity engine  single test files (HF parity, engine) as in the older gpu_run.sh
 # Output: $OUT/log.txt (everything), $OUT/results.tgz (each section's log and JSON, the profile's
 # trace), rebuilt after every section so a call stopped at its limit still brings them back; the
@@ -310,6 +312,8 @@ section() {  # the command of one section (run under timeout by run_sections)
     fa4) timeout 150 $PY scripts/h200_fa4/smoke.py; $PYTEST $FA4_TESTS ;;
     profile) $PY phase3_scheduling/benchmarks/b2_step_profile.py --out "$R/profile.json" \
           --trace "$R/profile_trace.json" ;;
+    profileb3) $PY phase3_scheduling/benchmarks/b2_step_profile.py --batch 256 --prompt-len 1024 \
+          --steps 4 --warm-steps 4 --timed-steps 16 --out "$R/profileb3.json" ;;
     profile_fa4) $PY phase3_scheduling/benchmarks/b2_step_profile.py --attention-backend \
           flash_attn --block-size 128 --out "$R/profile_fa4.json" ;;
     parity) $PYTEST phase1_kernels/tests/test_hf_parity_gpu.py ;;
@@ -319,7 +323,7 @@ section() {  # the command of one section (run under timeout by run_sections)
 }
 
 declare -A LIMIT=([tests]=420 [b1]=150 [b2]=150 [b2sync]=150 [b2hf]=150 [b3]=150 [b3sync]=150
-                  [b3hf]=240 [b4]=330 [b4nocap]=330 [b4nomixed]=330 [b4cap]=330 [gaps]=200 [b2nomixed]=150 [b3nomixed]=150 [b2fa4]=150 [b2cublas]=150 [b2noprefetch]=150 [b2nofuse]=150 [b2auto]=150 [b2nopdl]=150 [b2tuned]=150 [b3tuned]=150 [gemm]=150 [b1norm]=200 [b1fused]=120 [b1inplace]=120 [b3cublas]=150 [b1nopdl]=120 [b4low]=180 [b4lowcublas]=180 [profiletuned]=180 [quick]=180 [kernels]=150 [fa4]=360
+                  [b3hf]=240 [b4]=330 [b4nocap]=330 [b4nomixed]=330 [b4cap]=330 [gaps]=200 [b2nomixed]=150 [b3nomixed]=150 [b2fa4]=150 [b2cublas]=150 [b2noprefetch]=150 [b2nofuse]=150 [b2auto]=150 [b2nopdl]=150 [b2tuned]=150 [b3tuned]=150 [gemm]=150 [b1norm]=200 [b1fused]=120 [b1inplace]=120 [b3cublas]=150 [b1nopdl]=120 [b4low]=180 [b4lowcublas]=180 [profiletuned]=180 [profileb3]=200 [quick]=180 [kernels]=150 [fa4]=360
                   [profile]=180 [profile_fa4]=180 [parity]=240 [engine]=180)
 
 run_sections() {

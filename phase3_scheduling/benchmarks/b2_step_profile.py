@@ -1,5 +1,7 @@
-"""B2 step profile: where one batch-1 decode step of the Llama-3.1-8B shape spends its time, per
-kernel family, next to the floor that the device's copy bandwidth sets.
+"""B2 step profile: where one decode step of the Llama-3.1-8B shape spends its time, per kernel
+family, next to the floor that the device's copy bandwidth sets. Batch 1 by default (B2);
+``--batch 256 --prompt-len 1024`` profiles a step of B3's decode phase instead, where the K/V
+read by attention weighs as much as the weights.
 
 Builds the B2 engine (dummy bf16 weights, ``hf_config="llama-3.1-8b"``), runs a 128-token prompt
 into decode, then
@@ -23,6 +25,7 @@ first one may leave cached.
 
     python phase3_scheduling/benchmarks/b2_step_profile.py --out b2_profile.json
     python phase3_scheduling/benchmarks/b2_step_profile.py --attention-backend flash_attn --block-size 128
+    python phase3_scheduling/benchmarks/b2_step_profile.py --batch 256 --prompt-len 1024   # B3-like
     python phase3_scheduling/benchmarks/b2_step_profile.py --tiny     # 2-layer CPU smoke (CI)
 """
 
@@ -86,17 +89,23 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def start_decode(llm: LLM, prompt_len: int, max_tokens: int, seed: int) -> str:
-    """Add one prompt of random token ids and step until its prefill has produced a token."""
+def start_decode(llm: LLM, batch: int, prompt_len: int, max_tokens: int, seed: int) -> list[str]:
+    """Add ``batch`` prompts of random token ids and step until every prefill has produced a
+    token (the first ones decode meanwhile: ``max_tokens`` must leave room for that)."""
     vocab = llm.engine.model_config.vocab_size
     rng = random.Random(seed)
-    prompt = [rng.randrange(10, vocab - 10) for _ in range(prompt_len)]
-    rid = llm.engine.add_request(None, prompt, SamplingParams(temperature=0.0, ignore_eos=True,
-                                                              max_tokens=max_tokens))
-    start = llm.engine.generation_tokens
-    while llm.engine.generation_tokens == start:
+    params = SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=max_tokens)
+    rids = [llm.engine.add_request(None, [rng.randrange(10, vocab - 10) for _ in range(prompt_len)],
+                                   params) for _ in range(batch)]
+    while not all_decoding(llm, rids):
         llm.engine.step()
-    return rid
+    return rids
+
+
+def all_decoding(llm: LLM, rids: list[str]) -> bool:
+    """Every request has its first output token (its prefill is done)."""
+    requests = llm.engine.scheduler.requests
+    return all(rid in requests and requests[rid].output_token_ids for rid in rids)
 
 
 def step_times(llm: LLM, device: torch.device, n: int) -> list[float]:
@@ -111,13 +120,14 @@ def step_times(llm: LLM, device: torch.device, n: int) -> list[float]:
     return times
 
 
-def graph_replay_us(llm: LLM, iters: int = 50) -> float | None:
-    """µs of one replay of the batch-1 decode graph (CUDA events), or None without graphs."""
+def graph_replay_us(llm: LLM, batch: int, iters: int = 50) -> float | None:
+    """µs of one replay of the decode graph for ``batch`` rows (CUDA events), or None without
+    graphs."""
     runner = getattr(worker_of(llm), "runner", None)
     graphs = getattr(runner, "graphs", None)
     if graphs is None or not getattr(graphs, "sizes", None):
         return None
-    size = graphs.size_for(1)
+    size = graphs.size_for(batch)
     if size is None:
         return None
     graphs.replay(size)  # the last decode step again: same inputs, same K/V slot rewritten
@@ -239,9 +249,10 @@ def attribute(prof, on_cuda: bool) -> tuple[dict[str, float], float]:
     return totals, unlinked
 
 
-def family_bytes(model, context: float) -> dict[str, float]:
-    """Bytes each family must move in one batch-1 decode step: its weights (from the parameters
-    themselves), the K/V of ``context`` tokens, and the activations in and out."""
+def family_bytes(model, context: float, batch: int = 1) -> dict[str, float]:
+    """Bytes each family must move in one decode step of ``batch`` sequences: its weights (from
+    the parameters themselves, read once for the batch), the K/V of ``context`` tokens per
+    sequence, and the activations in and out of every row."""
     cfg = model.config
     e = next(model.parameters()).element_size()
     L, H, inter, V = cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
@@ -257,19 +268,20 @@ def family_bytes(model, context: float) -> dict[str, float]:
             if id(p) not in seen or family == "lm_head":  # a tied lm_head reads the whole table
                 seen.add(id(p))
                 weights[family] += p.numel() * p.element_size()
+    B = batch
     return {
-        "qkv": weights["qkv"] + (H + q + 2 * kv) * e,
-        "o": weights["o"] + (q + H) * e,
-        "gate_up": weights["gate_up"] + (H + 2 * inter) * e,
-        "down": weights["down"] + (inter + H) * e,
-        "lm_head": weights["lm_head"] + H * e + V * 4,
-        "attention": L * (2 * context * kv + 2 * q) * e,
-        "store_kvcache": L * 4 * kv * e,
-        "rms_norm": weights["rms_norm"] + (2 * L + 1) * 4 * H * e,
-        "rope": L * (2 * (q + kv) * e + hd * 4 + 8),
-        "silu_and_mul": L * 3 * inter * e,
-        "embedding": 2 * H * e + 8,
-        "sampling": V * 4,
+        "qkv": weights["qkv"] + B * (H + q + 2 * kv) * e,
+        "o": weights["o"] + B * (q + H) * e,
+        "gate_up": weights["gate_up"] + B * (H + 2 * inter) * e,
+        "down": weights["down"] + B * (inter + H) * e,
+        "lm_head": weights["lm_head"] + B * (H * e + V * 4),
+        "attention": B * L * (2 * context * kv + 2 * q) * e,
+        "store_kvcache": B * L * 4 * kv * e,
+        "rms_norm": weights["rms_norm"] + B * (2 * L + 1) * 4 * H * e,
+        "rope": B * L * (2 * (q + kv) * e + hd * 4 + 8),
+        "silu_and_mul": B * L * 3 * inter * e,
+        "embedding": B * (2 * H * e + 8),
+        "sampling": B * V * 4,
         "other": 0.0,
     }
 
@@ -294,6 +306,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.set_defaults(load_format="dummy", hf_config="llama-3.1-8b", max_num_seqs=8)
     parser.add_argument("--tiny", action="store_true",
                         help="a 2-layer small shape on the CPU (smoke test; figures mean nothing)")
+    parser.add_argument("--batch", type=int, default=1,
+                        help="sequences decoding together (B2: 1; a B3-like step: 256)")
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--steps", type=int, default=8, help="decode steps profiled (eager)")
     parser.add_argument("--warm-steps", type=int, default=8)
@@ -306,9 +320,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.tiny:
         args.hf_config, args.device = None, args.device or "cpu"
         args.steps, args.warm_steps, args.timed_steps = min(args.steps, 4), 2, 4
-    if args.num_gpu_blocks_override is None:
-        args.num_gpu_blocks_override = -(-16384 // args.block_size) + 1
+    args.max_num_seqs = max(args.max_num_seqs, args.batch)
+    if args.num_gpu_blocks_override is None:  # every sequence's prompt and decode, at least 16k
+        tokens = max(16384, args.batch * (args.prompt_len + decode_budget(args)))
+        args.num_gpu_blocks_override = args.batch * 2 + -(-tokens // args.block_size) + 1
     return args
+
+
+def decode_budget(args: argparse.Namespace) -> int:
+    """Tokens each request may generate: the first prompts decode while the later ones are
+    still in prefill (one step per ``max_num_batched_tokens`` of prompt, 2048 at least)."""
+    prefill_steps = -(-args.batch * args.prompt_len // 2048) + 2
+    return 1 + args.warm_steps + max(args.timed_steps, args.steps) + 16 + prefill_steps
 
 
 def measure_graphs(args: argparse.Namespace, device: torch.device, budget: int, result: dict) -> None:
@@ -317,17 +340,29 @@ def measure_graphs(args: argparse.Namespace, device: torch.device, budget: int, 
     llm = build(args, enforce_eager=False)
     result["startup_s"] = time.perf_counter() - t0
     result["graph_sizes"] = llm.engine.info["graph_sizes"]
-    rid = start_decode(llm, args.prompt_len, budget, seed=0)
+    rids = start_decode(llm, args.batch, args.prompt_len, budget, seed=0)
     step_times(llm, device, args.warm_steps)
     times = step_times(llm, device, args.timed_steps)
     result["graph_step_ms"] = 1e3 * statistics.median(times)
     try:
-        result["graph_replay_us"] = graph_replay_us(llm)
+        result["graph_replay_us"] = graph_replay_us(llm, args.batch)
     except Exception as exc:  # the runner's graph interface is internal: report, go on
         print(f"graph replay not timed: {exc!r}")
         result["graph_replay_us"] = None
-    llm.engine.abort_request(rid)
+    abort(llm, rids)
     free(llm, device)
+
+
+def mean_context(llm: LLM, rids: list[str]) -> float:
+    """Tokens each sequence attends to now (prompt and output so far), averaged."""
+    requests = llm.engine.scheduler.requests
+    return statistics.mean(len(requests[r].prompt_token_ids) + len(requests[r].output_token_ids)
+                           for r in rids)
+
+
+def abort(llm: LLM, rids: list[str]) -> None:
+    for rid in rids:
+        llm.engine.abort_request(rid)
 
 
 def profile_eager(args: argparse.Namespace, device: torch.device, budget: int, copy_gbs: float,
@@ -337,11 +372,11 @@ def profile_eager(args: argparse.Namespace, device: torch.device, budget: int, c
     on_cuda = device.type == "cuda"
     llm = build(args, enforce_eager=True)
     model = worker_of(llm).model
-    rid = start_decode(llm, args.prompt_len, budget, seed=0)
+    rids = start_decode(llm, args.batch, args.prompt_len, budget, seed=0)
     step_times(llm, device, args.warm_steps)
     eager = step_times(llm, device, max(args.steps, 3))
     result["eager_step_ms"] = 1e3 * statistics.median(eager)
-    result["context"] = args.prompt_len + 1 + args.warm_steps + len(eager) + args.steps / 2
+    result["context"] = mean_context(llm, rids) + args.steps / 2
     handles = install_ranges(llm)
     activities = [torch.profiler.ProfilerActivity.CPU]
     if on_cuda:
@@ -363,8 +398,8 @@ def profile_eager(args: argparse.Namespace, device: torch.device, budget: int, c
     if unlinked:
         us["other"] = us.get("other", 0.0) + unlinked / args.steps
     result["unlinked_us_per_step"] = unlinked / args.steps
-    result["rows"] = table_rows(us, family_bytes(model, result["context"]), copy_gbs)
-    llm.engine.abort_request(rid)
+    result["rows"] = table_rows(us, family_bytes(model, result["context"], args.batch), copy_gbs)
+    abort(llm, rids)
     free(llm, device)
     return prof
 
@@ -374,7 +409,7 @@ def report(args: argparse.Namespace, result: dict, prof, on_cuda: bool, copy_mib
     what = "GPU kernel time" if on_cuda else "CPU self time"
     print(f"\n{result['hardware']}; device copy (same run, {copy_mib} MiB, read + write): "
           f"{result['copy_gbs']:,.0f} GB/s")
-    print(f"batch 1, prompt {args.prompt_len}, context ~{result['context']:.0f}; per step, {what} "
+    print(f"batch {args.batch}, prompt {args.prompt_len}, context ~{result['context']:.0f}; per step, {what} "
           f"of {args.steps} eager decode steps (torch.profiler); floor = bytes at the copy bandwidth")
     print(markdown_table(["family", "µs/step", "MB/step", "GB/s", "floor µs", "floor/time"],
                          [[r["family"], r["us_per_step"], r["mb_per_step"], r["gbs"],
@@ -400,7 +435,7 @@ def main(argv: list[str] | None = None) -> dict:
     on_cuda = device.type == "cuda"
     copy_mib = args.copy_mib or (1024 if on_cuda else 64)
     result: dict = dict(hardware=hardware(), setting={k: v for k, v in vars(args).items()})
-    budget = 1 + args.warm_steps + max(args.timed_steps, args.steps) + 16
+    budget = decode_budget(args)
     result["copy_gbs"] = copy_bandwidth_gbs(device, copy_mib << 20)
     if on_cuda:  # B2's engine: decode steps through CUDA graphs
         measure_graphs(args, device, budget, result)

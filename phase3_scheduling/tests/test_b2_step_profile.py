@@ -32,3 +32,20 @@ def test_tiny_profile_prints_every_family(capsys, tmp_path):
         assert rows[family]["mb_per_step"] > 0, family
     assert rows["total"]["floor_us"] > 0
     assert (tmp_path / "profile.json").is_file()
+
+
+def test_batched_profile_decodes_every_sequence(capsys):
+    """--batch N: N sequences reach decode together; the K/V bytes scale with the batch and the
+    contexts, the weights are read once."""
+    script = load_script()
+    one = script.main(["--tiny", "--steps", "2", "--copy-mib", "16"])
+    three = script.main(["--tiny", "--steps", "2", "--copy-mib", "16", "--batch", "3",
+                         "--prompt-len", "40"])
+    assert "batch 3, prompt 40" in capsys.readouterr().out
+    rows1 = {r["family"]: r for r in one["rows"]}
+    rows3 = {r["family"]: r for r in three["rows"]}
+    assert rows3["qkv"]["mb_per_step"] > rows1["qkv"]["mb_per_step"]  # activations of 3 rows
+    weights_qkv = rows1["qkv"]["mb_per_step"]
+    assert rows3["qkv"]["mb_per_step"] < 1.5 * weights_qkv  # the weights, once
+    per_token = rows1["attention"]["mb_per_step"] / one["context"]
+    assert abs(rows3["attention"]["mb_per_step"] / (3 * three["context"]) - per_token) < 0.05 * per_token
