@@ -34,6 +34,10 @@ CUDA_ONLY = {
                                "out = torch.empty(9, 32, device=dev, dtype=torch.bfloat16)\n"
                                "ops.small_batch_linear(out, torch.randn(9, 64, device=dev, "
                                "dtype=torch.bfloat16), w, 2)",
+    "small_batch_linear_silu_odd": "w = torch.randn(15, 64, device=dev, dtype=torch.bfloat16)\n"
+                                   "out = torch.empty(2, 7, device=dev, dtype=torch.bfloat16)\n"
+                                   "ops.small_batch_linear_silu(out, torch.randn(2, 64, device=dev, "
+                                   "dtype=torch.bfloat16), w, 4)",
 }
 
 CHILD = """

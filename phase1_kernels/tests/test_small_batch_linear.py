@@ -130,3 +130,79 @@ def test_a_second_model_reuses_the_first_ones_choice():
     first = gpu_linear.tune_small_batch_linears(model(), mode="tuned")[(2048, 1024)]
     second = gpu_linear.tune_small_batch_linears(model(), mode="tuned")[(2048, 1024)]
     assert second is first
+
+
+# ---- gate|up with SiLU·mul as the epilogue (small_batch_linear_silu) ------------------------------
+def _gate_up(d: int, k: int, rows: int, dtype=torch.bfloat16, seed: int = 0):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    x = torch.randn(rows, k, generator=gen, device="cuda").to(dtype)
+    w = (0.05 * torch.randn(2 * d, k, generator=gen, device="cuda")).to(dtype)
+    return x, w
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 8])
+@pytest.mark.parametrize("d,k", [(14336, 4096), (300, 1024), (7, 64)])
+@pytest.mark.parametrize("cols", [1, 2, 4])
+def test_fused_silu_is_the_two_kernels_bit_for_bit(rows, d, k, dtype, cols):
+    """One kernel gives exactly what small_batch_linear then silu_and_mul give (the same sums,
+    rounded the same way), and that is SiLU·mul of the float64 product to rounding."""
+    x, w = _gate_up(d, k, rows, dtype, seed=rows + d)
+    fused = compiled.small_batch_linear_silu(x, w, cols)
+    assert fused.shape == (rows, d) and fused.dtype == dtype
+    two = torch.empty_like(fused)
+    torch.ops.lightvllm.silu_and_mul(two, compiled.small_batch_linear(x, w, cols))
+    assert torch.equal(fused, two)
+    h = x.double() @ w.double().T
+    ref = F.silu(h[:, :d]) * h[:, d:]
+    assert (fused.double() - ref).abs().max().item() <= 0.02 * ref.abs().max().item() + 1e-3
+
+
+@pytest.mark.gpu
+def test_fused_silu_refuses_an_odd_weight():
+    x, w = _gate_up(8, 64, 2)
+    with pytest.raises(ValueError, match="even number"):
+        compiled.small_batch_linear_silu(x, w[:15])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fuse", ["1", "0"])
+def test_gate_up_layer_fuses_its_activation_where_the_gemv_is_chosen(monkeypatch, fuse):
+    """A tuned gate|up layer: forward_act(x, SiluAndMul) is one kernel where the CUDA GEMV is the
+    choice (LIGHTVLLM_FUSE_SILU=0: never), always the same bits as act(layer(x)), also in a graph."""
+    from phase1_kernels.layers.activation import SiluAndMul
+    from phase1_kernels.layers.linear import MergedLinear
+
+    monkeypatch.setenv(gpu_linear.FUSE_SILU_ENV, fuse)
+    torch.manual_seed(0)
+    layer = MergedLinear(1024, [512, 512]).to("cuda", torch.bfloat16)
+    layer.weight.data.normal_(std=0.02)
+    act = SiluAndMul("cpp", device="cuda")
+    gpu_linear.tune_small_batch_linears(layer, mode="gemv")
+    assert ("forward_act" in layer.__dict__) == (fuse == "1")
+    launched = []
+    real = compiled.small_batch_linear_silu
+    monkeypatch.setattr(compiled, "small_batch_linear_silu",
+                        lambda *a, **k: launched.append(1) or real(*a, **k))
+    for rows in (1, 3, 8, 12):  # 12: above the GEMV's 8 rows, cuBLAS then the activation
+        x = torch.randn(rows, 1024, device="cuda", dtype=torch.bfloat16)
+        assert torch.equal(layer.forward_act(x, act), act(layer(x)))
+    assert len(launched) == (3 if fuse == "1" else 0)
+    static_x = torch.randn(1, 1024, device="cuda", dtype=torch.bfloat16)
+    eager = layer.forward_act(static_x, act)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = layer.forward_act(static_x, act)
+    graph.replay()
+    assert torch.equal(static_out, eager)
+
+
+def test_only_a_plain_gate_up_is_fused():
+    """Two equal halves, no bias, nothing gathered: the cases where one kernel is the same."""
+    from phase1_kernels.layers.linear import MergedLinear
+
+    assert gpu_linear._fusable_gate_up(MergedLinear(64, [32, 32]))
+    assert not gpu_linear._fusable_gate_up(MergedLinear(64, [32, 16]))
+    assert not gpu_linear._fusable_gate_up(MergedLinear(64, [32, 32], bias=True))
+    assert not gpu_linear._fusable_gate_up(ReplicatedLinear(64, 64))

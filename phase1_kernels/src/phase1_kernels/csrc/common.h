@@ -161,8 +161,9 @@ inline void check_rope(const at::Tensor& positions, const at::Tensor& query, con
   check_same_device(query, cache, "query", "cos_sin_cache");
 }
 
+// glu: small_batch_linear_silu (weight [2d, K] = gate rows then up rows, out [M, d]).
 inline void check_small_batch_linear(const at::Tensor& out, const at::Tensor& input,
-                                     const at::Tensor& weight, int64_t cols_per_warp) {
+                                     const at::Tensor& weight, int64_t cols_per_warp, bool glu) {
   LIGHTVLLM_CHECK(input.scalar_type() == at::kHalf || input.scalar_type() == at::kBFloat16,
               "small_batch_linear takes float16 or bfloat16, got ", input.scalar_type());
   LIGHTVLLM_CHECK(weight.scalar_type() == input.scalar_type() && out.scalar_type() == input.scalar_type(),
@@ -172,8 +173,11 @@ inline void check_small_batch_linear(const at::Tensor& out, const at::Tensor& in
   LIGHTVLLM_CHECK(input.size(0) <= 8, "small_batch_linear takes at most 8 rows, got ", input.size(0));
   LIGHTVLLM_CHECK(weight.size(1) == input.size(1), "weight is [", weight.size(0), ", ", weight.size(1),
               "] but input has ", input.size(1), " columns");
-  LIGHTVLLM_CHECK(out.size(0) == input.size(0) && out.size(1) == weight.size(0), "out must be [",
-              input.size(0), ", ", weight.size(0), "], got ", out.sizes());
+  LIGHTVLLM_CHECK(!glu || weight.size(0) % 2 == 0, "small_batch_linear_silu needs an even number "
+              "of weight rows (gate then up), got ", weight.size(0));
+  const int64_t n_out = glu ? weight.size(0) / 2 : weight.size(0);
+  LIGHTVLLM_CHECK(out.size(0) == input.size(0) && out.size(1) == n_out, "out must be [",
+              input.size(0), ", ", n_out, "], got ", out.sizes());
   LIGHTVLLM_CHECK(input.stride(1) == 1 && out.stride(1) == 1 && weight.is_contiguous(),
               "input and out need contiguous rows and weight must be contiguous");
   LIGHTVLLM_CHECK(weight.size(0) < (int64_t(1) << 31) && weight.size(1) < (int64_t(1) << 31),

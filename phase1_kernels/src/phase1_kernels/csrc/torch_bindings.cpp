@@ -41,6 +41,10 @@ TORCH_LIBRARY(lightvllm, m) {
   // out [M, N] = input [M <= 8, K] @ weight [N, K]^T, one warp per cols_per_warp (1, 2, 4) output
   // columns streaming the weight: decode-size GEMMs. CUDA only, float16/bfloat16.
   m.def("small_batch_linear(Tensor! out, Tensor input, Tensor weight, int cols_per_warp) -> ()");
+  // The same for gate_up with its activation: weight [2d, K] (gate rows, then up rows), out [M, d]
+  // = silu(input @ gate^T) * (input @ up^T), each half rounded to the dtype first (the bits of
+  // small_batch_linear then silu_and_mul). cols_per_warp: 2 (one output per warp) or 4 (two).
+  m.def("small_batch_linear_silu(Tensor! out, Tensor input, Tensor weight, int cols_per_warp) -> ()");
   // Pin intra-op thread i to cpus[i] (no tensors: one kernel for every backend). Returns them.
   m.def("bind_threads(int[] cpus) -> int[]", &lightvllm::bind_threads);
   // The first exercise: c = a + b.

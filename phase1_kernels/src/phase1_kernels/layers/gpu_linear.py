@@ -18,6 +18,11 @@ GEMM (up to 16 rows). Env ``LIGHTVLLM_GPU_LINEAR``:
 * ``auto`` — cuBLAS against both of ours (the Triton one adds ~6 s of start-up on a cold cache);
 * ``skinny`` / ``gemv`` — always the Triton / CUDA kernel where it applies (tests, comparisons).
 
+Where the CUDA kernel is the choice for the MLP's gate|up layer, its SiLU·mul rides along as the
+kernel's epilogue (``small_batch_linear_silu``: each warp reads the gate and the up row of its
+outputs), the same bits as the two kernels; env ``LIGHTVLLM_FUSE_SILU=0`` keeps them apart (the
+same-run baseline).
+
 A choice by timing can flip between runs where two kernels are within noise, and a different
 kernel sums in a different order: in bf16 greedy tokens may then differ from one engine to the
 next (the H100 engine test that compares an eager and a graphed engine failed that way). So ours
@@ -51,11 +56,13 @@ from shared.bench import cuda_seconds_per_call
 from ..ops import compiled, extension, skinny_gemm
 from ..ops.skinny_gemm import MAX_ROWS, SkinnyConfig
 from . import gemm_choice_cache
+from .activation import SiluAndMul
 from .linear import LinearBase
 
 logger = logging.getLogger(__name__)
 
 ENV_VAR = "LIGHTVLLM_GPU_LINEAR"
+FUSE_SILU_ENV = "LIGHTVLLM_FUSE_SILU"
 MODES = ("auto", "tuned", "cublas", "skinny", "gemv")
 DEFAULT_MODE = "tuned"  # H100: B2 +1.0-3.5 % in 4 of 5 same-call pairs, every GPU engine test passes
 MARGIN = 0.03  # ours must be this much faster than cuBLAS: a near-tie stays cuBLAS
@@ -72,6 +79,8 @@ class Candidate:
     label: str
     max_rows: int
     run: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    # gate|up [2d, K] -> silu(gate) * up [M, d] in the same kernel, where the kernel has it
+    run_silu: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     def fits(self, x: torch.Tensor, weight: torch.Tensor) -> bool:
         return 0 < x.shape[0] <= self.max_rows
@@ -80,7 +89,8 @@ class Candidate:
 def _gemv(cols: int) -> Candidate:
     # checked=False: every call goes through _accepts, which has just asked for the refusal
     return Candidate(f"gemv{cols}", GEMV_MAX_ROWS,
-                     lambda x, w: compiled.small_batch_linear(x, w, cols, checked=False))
+                     lambda x, w: compiled.small_batch_linear(x, w, cols, checked=False),
+                     lambda x, w: compiled.small_batch_linear_silu(x, w, cols, checked=False))
 
 
 def _skinny(config: SkinnyConfig) -> Candidate:
@@ -128,6 +138,26 @@ def _small_batch_linear(self: LinearBase, x: torch.Tensor, with_bias: bool = Tru
             out = kernel.run(x, self.weight)
             return out if bias is None else out.add_(bias)
     return F.linear(x, self.weight, bias)
+
+
+def _small_batch_linear_act(self: LinearBase, x: torch.Tensor, act) -> torch.Tensor:
+    """gate|up then SiLU·mul: one kernel where the chosen GEMM has the epilogue, else two."""
+    if (isinstance(act, SiluAndMul) and act.impl == "cpp" and x.dim() == 2
+            and 0 < x.shape[0] <= MAX_ROWS and x.stride(1) == 1):
+        kernel = self.__dict__["skinny_choice"].configs.get(row_bucket(x.shape[0]))
+        if kernel is not None and kernel.run_silu is not None and _accepts(kernel, x, self.weight):
+            return kernel.run_silu(x, self.weight)
+    return act(self(x))
+
+
+def _fusable_gate_up(module: LinearBase) -> bool:
+    """Two equal stacked halves (gate|up), no bias, the output this rank's own (not gathered),
+    and the forward the plain one: then gate|up + SiLU·mul may be one kernel."""
+    sizes = getattr(module, "output_sizes", None)
+    return (os.environ.get(FUSE_SILU_ENV, "1") != "0" and sizes is not None and len(sizes) == 2
+            and sizes[0] == sizes[1] and module.bias is None and module.weight.shape[0] % 2 == 0
+            and not getattr(module, "gather_output", False)
+            and type(module).forward_act is LinearBase.forward_act)
 
 
 def _eligible(module: nn.Module) -> bool:
@@ -213,6 +243,8 @@ def tune_small_batch_linears(model: nn.Module, max_rows: int = MAX_ROWS,
         for module in modules:
             module.__dict__["skinny_choice"] = choice
             module.__dict__["apply_linear"] = types.MethodType(_small_batch_linear, module)
+            if _fusable_gate_up(module):
+                module.__dict__["forward_act"] = types.MethodType(_small_batch_linear_act, module)
     torch.cuda.synchronize()
     logger.info("small-batch GEMMs: %s", describe(choices))
     return choices

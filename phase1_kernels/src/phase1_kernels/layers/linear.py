@@ -69,6 +69,12 @@ class LinearBase(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.apply_linear(x)
 
+    def forward_act(self, x: torch.Tensor, act: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``act(self(x))``: the gated MLP's gate|up projection and its activation. A kernel
+        pass may fuse the two where it owns the GEMM (``gpu_linear``: SiLU·mul as the decode
+        GEMV's epilogue), with the same result."""
+        return act(self(x))
+
     def extra_repr(self) -> str:
         return f"in={self.input_size}, out={self.output_size}, bias={self.bias is not None}"
 

@@ -49,7 +49,7 @@ class LlamaMLP(nn.Module):
         self.act_fn = SiluAndMul(kernel_impl)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_up_proj(x)))
+        return self.down_proj(self.gate_up_proj.forward_act(x, self.act_fn))
 
 
 class LlamaAttention(nn.Module):

@@ -67,6 +67,10 @@ def register_fakes() -> None:
     def _small_batch_linear_fake(out, input, weight, cols_per_warp):
         return None
 
+    @torch.library.register_fake("lightvllm::small_batch_linear_silu")
+    def _small_batch_linear_silu_fake(out, input, weight, cols_per_warp):
+        return None
+
     @torch.library.register_fake("lightvllm::vector_add")
     def _vector_add_fake(a, b):
         return torch.empty_like(a, memory_format=torch.contiguous_format)
@@ -152,6 +156,22 @@ def small_batch_linear(x: torch.Tensor, weight: torch.Tensor, cols_per_warp: int
         _check_small_batch_linear(x, weight, cols_per_warp)
     out = torch.empty(x.shape[0], weight.shape[0], dtype=x.dtype, device=x.device)
     _ops().small_batch_linear(out, x, weight, int(cols_per_warp))
+    return out
+
+
+def small_batch_linear_silu(x: torch.Tensor, weight: torch.Tensor, cols_per_warp: int = 4, *,
+                            checked: bool = True) -> torch.Tensor:
+    """``silu(x @ gate.T) * (x @ up.T)`` for ``weight`` = [gate; up] [2d, K] in one weight
+    stream (the activation is the GEMV's epilogue): ``x`` [M <= 8, K] -> [M, d], bit for bit
+    ``silu_and_mul(small_batch_linear(x, weight))``. ``cols_per_warp`` 4: two outputs per warp
+    (gate and up rows of each); 1 or 2: one."""
+    if checked:
+        _check_small_batch_linear(x, weight, cols_per_warp)
+        if weight.shape[0] % 2:
+            raise ValueError(f"small_batch_linear_silu needs an even number of weight rows "
+                             f"(gate then up), got {weight.shape[0]}")
+    out = torch.empty(x.shape[0], weight.shape[0] // 2, dtype=x.dtype, device=x.device)
+    _ops().small_batch_linear_silu(out, x, weight, int(cols_per_warp))
     return out
 
 

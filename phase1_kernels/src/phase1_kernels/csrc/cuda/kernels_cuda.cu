@@ -571,26 +571,57 @@ __device__ __forceinline__ void prefetch_to_l2(const char* p, int64_t bytes, int
     asm volatile("prefetch.global.L2 [%0];" ::"l"(p + off));
 }
 
-template <typename T, int ROWS, int COLS>
+// GLU (gate_up with SiLU·mul, weight [2d, K] = gate rows then up rows, out [M, d]): a warp owns
+// COLS / 2 outputs j and reads the gate row j and the up row d + j of each, so both halves of an
+// output meet in one warp and the activation is its epilogue: the [M, 2d] intermediate, its
+// round trip through memory and the silu_and_mul kernel's launch go away. Each half is rounded to
+// T before the activation, as the two-kernel path rounds gate_up's output: the same bits.
+template <bool GLU, int COLS>
+__device__ __forceinline__ int weight_row(int first, int c, int outputs) {
+  if constexpr (GLU) {
+    constexpr int HALF = COLS / 2;
+    const int j = min(first + c % HALF, outputs - 1);  // past the end: re-read, never stored
+    return c < HALF ? j : outputs + j;
+  } else {
+    return min(first + c, outputs - 1);
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ T silu_mul(float gate, float up) {
+  const float a = static_cast<float>(static_cast<T>(gate));
+  return static_cast<T>(a / (1.f + __expf(-a)) * static_cast<float>(static_cast<T>(up)));
+}
+
+template <typename T, int ROWS, int COLS, bool GLU>
 __global__ void __launch_bounds__(kLinearWarps * 32) small_batch_linear_kernel(
-    T* __restrict__ out, const T* __restrict__ x, const T* __restrict__ weight, int n_cols,
+    T* __restrict__ out, const T* __restrict__ x, const T* __restrict__ weight, int n_outputs,
     int k_vecs, int64_t x_stride, int64_t out_stride, int64_t prefetch_bytes) {
   constexpr int VEC = vec_width<T>();
   constexpr int U = COLS >= 8 ? 1 : 8 / COLS;  // 8 loads of 16 bytes in flight per lane
+  constexpr int OUTS = GLU ? COLS / 2 : COLS;  // outputs per warp
+  static_assert(!GLU || COLS % 2 == 0, "a GLU warp reads gate and up rows in pairs");
   using V = Vec<T, VEC>;
   const int lane = threadIdx.x & 31;
-  const int col0 = (blockIdx.x * kLinearWarps + (threadIdx.x >> 5)) * COLS;
-  const int64_t row_bytes = static_cast<int64_t>(k_vecs) * 16, first = col0 * row_bytes;
-  if (col0 < n_cols && first < prefetch_bytes)  // this warp's rows are one contiguous range
-    prefetch_to_l2(reinterpret_cast<const char*>(weight) + first,
-                   min(static_cast<int64_t>(min(COLS, n_cols - col0)) * row_bytes, prefetch_bytes - first), lane);
+  const int first = (blockIdx.x * kLinearWarps + (threadIdx.x >> 5)) * OUTS;
+  const int64_t row_bytes = static_cast<int64_t>(k_vecs) * 16;
+  if (first < n_outputs) {  // this warp's rows: one contiguous range (two for GLU: gate, up)
+    const int64_t own = static_cast<int64_t>(min(OUTS, n_outputs - first)) * row_bytes;
+    const int64_t budget = GLU ? prefetch_bytes / 2 : prefetch_bytes, at = first * row_bytes;
+    const char* base = reinterpret_cast<const char*>(weight);
+    if (at < budget) {
+      prefetch_to_l2(base + at, min(own, budget - at), lane);
+      if (GLU) prefetch_to_l2(base + n_outputs * row_bytes + at, min(own, budget - at), lane);
+    }
+  }
   pdl_wait();
   pdl_launch_dependents();
-  if (col0 >= n_cols) return;  // no block-wide synchronisation below: a warp may leave
+  if (first >= n_outputs) return;  // no block-wide synchronisation below: a warp may leave
   const V* w[COLS];
 #pragma unroll
-  for (int c = 0; c < COLS; ++c)  // columns past the end re-read the last one, never stored
-    w[c] = reinterpret_cast<const V*>(weight) + static_cast<int64_t>(min(col0 + c, n_cols - 1)) * k_vecs;
+  for (int c = 0; c < COLS; ++c)
+    w[c] = reinterpret_cast<const V*>(weight) +
+           static_cast<int64_t>(weight_row<GLU, COLS>(first, c, n_outputs)) * k_vecs;
   float acc[ROWS][COLS] = {};
   for (int base = lane; base < k_vecs; base += 32 * U) {
     V wv[U][COLS];
@@ -616,14 +647,18 @@ __global__ void __launch_bounds__(kLinearWarps * 32) small_batch_linear_kernel(
 #pragma unroll
   for (int r = 0; r < ROWS; ++r)
 #pragma unroll
-    for (int c = 0; c < COLS; ++c) acc[r][c] = warp_sum(acc[r][c]);
-  if (lane < COLS * ROWS) {  // lane (r, c) writes one output
+    for (int c = 0; c < COLS; ++c) acc[r][c] = warp_sum(acc[r][c]);  // every lane has the sums
+  if (lane < OUTS * ROWS) {  // lane (r, c) writes one output
 #pragma unroll
     for (int r = 0; r < ROWS; ++r)
 #pragma unroll
-      for (int c = 0; c < COLS; ++c)
-        if (lane == r * COLS + c && col0 + c < n_cols)
-          out[r * out_stride + col0 + c] = static_cast<T>(acc[r][c]);
+      for (int c = 0; c < OUTS; ++c)
+        if (lane == r * OUTS + c && first + c < n_outputs) {
+          if constexpr (GLU)
+            out[r * out_stride + first + c] = silu_mul<T>(acc[r][c], acc[r][c + OUTS]);
+          else
+            out[r * out_stride + first + c] = static_cast<T>(acc[r][c]);
+        }
   }
 }
 
@@ -655,33 +690,38 @@ int64_t linear_prefetch_bytes() {
   return bytes;
 }
 
-template <typename T>
+template <typename T, bool GLU>
 void small_batch_linear_typed(at::Tensor& out, const at::Tensor& input, const at::Tensor& weight,
                               int64_t cols_per_warp, cudaStream_t stream) {
-  const int64_t rows = input.size(0), n = weight.size(0), k = weight.size(1);
+  const int64_t rows = input.size(0), n = GLU ? weight.size(0) / 2 : weight.size(0), k = weight.size(1);
   const int k_vecs = static_cast<int>(k / vec_width<T>());
   with_rows(rows, [&](auto r) {
     constexpr int ROWS = decltype(r)::value;
     auto go = [&](auto cols) {
       constexpr int COLS = decltype(cols)::value;
-      const int64_t per_block = kLinearWarps * COLS;
-      launch(small_batch_linear_kernel<T, ROWS, COLS>,
+      const int64_t per_block = kLinearWarps * (GLU ? COLS / 2 : COLS);
+      launch(small_batch_linear_kernel<T, ROWS, COLS, GLU>,
              dim3(static_cast<unsigned>((n + per_block - 1) / per_block)), dim3(kLinearWarps * 32),
              stream, out.data_ptr<T>(), input.const_data_ptr<T>(), weight.const_data_ptr<T>(),
              static_cast<int>(n), k_vecs, input.stride(0), out.stride(0), linear_prefetch_bytes());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
-    switch (cols_per_warp) {
-      case 1: return go(std::integral_constant<int, 1>{});
-      case 2: return go(std::integral_constant<int, 2>{});
-      default: return go(std::integral_constant<int, 4>{});
+    if constexpr (GLU) {  // weight rows in gate/up pairs: 2 (one output) or 4 (two) per warp
+      if (cols_per_warp == 4) return go(std::integral_constant<int, 4>{});
+      return go(std::integral_constant<int, 2>{});
+    } else {
+      switch (cols_per_warp) {
+        case 1: return go(std::integral_constant<int, 1>{});
+        case 2: return go(std::integral_constant<int, 2>{});
+        default: return go(std::integral_constant<int, 4>{});
+      }
     }
   });
 }
 
-void small_batch_linear(at::Tensor& out, const at::Tensor& input, const at::Tensor& weight,
-                        int64_t cols_per_warp) {
-  check_small_batch_linear(out, input, weight, cols_per_warp);
+template <bool GLU>
+void small_batch_linear_dispatch(at::Tensor& out, const at::Tensor& input, const at::Tensor& weight,
+                                 int64_t cols_per_warp) {
   const int64_t rows = input.size(0), n = weight.size(0), k = weight.size(1);
   if (rows == 0 || n == 0) return;
   LIGHTVLLM_CHECK(k % 8 == 0 && input.stride(0) % 8 == 0 && aligned16(input.const_data_ptr()) && aligned16(weight.const_data_ptr()),
@@ -690,8 +730,20 @@ void small_batch_linear(at::Tensor& out, const at::Tensor& input, const at::Tens
   const c10::cuda::OptionalCUDAGuard guard(device_of(input));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_SWITCH(input.scalar_type(), "small_batch_linear_cuda",
-    AT_DISPATCH_CASE(at::ScalarType::Half, [&] { small_batch_linear_typed<scalar_t>(out, input, weight, cols_per_warp, stream); })
-    AT_DISPATCH_CASE(at::ScalarType::BFloat16, [&] { small_batch_linear_typed<scalar_t>(out, input, weight, cols_per_warp, stream); }));
+    AT_DISPATCH_CASE(at::ScalarType::Half, [&] { small_batch_linear_typed<scalar_t, GLU>(out, input, weight, cols_per_warp, stream); })
+    AT_DISPATCH_CASE(at::ScalarType::BFloat16, [&] { small_batch_linear_typed<scalar_t, GLU>(out, input, weight, cols_per_warp, stream); }));
+}
+
+void small_batch_linear(at::Tensor& out, const at::Tensor& input, const at::Tensor& weight,
+                        int64_t cols_per_warp) {
+  check_small_batch_linear(out, input, weight, cols_per_warp, false);
+  small_batch_linear_dispatch<false>(out, input, weight, cols_per_warp);
+}
+
+void small_batch_linear_silu(at::Tensor& out, const at::Tensor& input, const at::Tensor& weight,
+                             int64_t cols_per_warp) {
+  check_small_batch_linear(out, input, weight, cols_per_warp, true);
+  small_batch_linear_dispatch<true>(out, input, weight, cols_per_warp);
 }
 
 // ------------------------------------------------------------------ vector_add
@@ -748,6 +800,7 @@ TORCH_LIBRARY_IMPL(lightvllm, CUDA, m) {
   m.impl("rotary_embedding", &rotary_embedding);
   m.impl("silu_and_mul", &silu_and_mul);
   m.impl("small_batch_linear", &small_batch_linear);
+  m.impl("small_batch_linear_silu", &small_batch_linear_silu);
   m.impl("vector_add", &vector_add);
 }
 
