@@ -5,7 +5,10 @@
 #include <ATen/Dispatch.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <string>
+#include <type_traits>
 
 // Dispatch over the three dtypes the kernels support (float32, float16, bfloat16); `scalar_t`
 // names the type inside the body. Narrower than AT_DISPATCH_FLOATING_TYPES_AND2 (no double):
@@ -19,18 +22,52 @@
 namespace lightvllm {
 
 namespace detail {
-// The message of a failed check, formatted into this thread's buffer, so that TORCH_CHECK gets a
-// plain `const char*` and no std::string temporary is alive in our frames while c10::Error
-// unwinds through them. Why: on the GPU machine (torch 2.11.0+cu130, g++ 13.3) a failed
-// TORCH_CHECK with a formatted message killed the process (SIGSEGV) in the CPU and the CUDA ops
-// alike, while the one case with a literal message raised (tests/test_op_errors.py). That the
-// temporary's cleanup during unwinding is the cause is a hypothesis, not yet tested on that
-// machine (docs/phase1.md); here it changes nothing but where the message is built.
+// The message of a failed check, written with snprintf into this thread's fixed buffer, so that
+// TORCH_CHECK gets a plain `const char*` and no C++ stream is involved. Why: on the GPU machine
+// (torch 2.11.0+cu130, g++ 13.3) every failed check whose message was formatted with c10::str
+// (a std::ostringstream built in this library) killed the process with SIGSEGV, in the CPU and the
+// CUDA ops alike; the one check with a literal message (c10::str passes a lone literal through,
+// no stream) raised as it should. Keeping the std::string but moving it out of our frames (the
+// first attempt) did not help there: the stream is what the crashing cases had in common
+// (docs/phase1.md, tests/test_op_errors.py).
+struct MessageBuffer {
+  char text[1024];
+  size_t used;
+};
+
+template <typename... Values>
+void put(MessageBuffer& b, const char* format, Values... values) {
+  if (b.used + 1 >= sizeof(b.text)) return;
+  const int n = std::snprintf(b.text + b.used, sizeof(b.text) - b.used, format, values...);
+  if (n > 0) b.used = std::min(sizeof(b.text) - 1, b.used + static_cast<size_t>(n));
+}
+
+inline void append(MessageBuffer& b, const char* s) { put(b, "%s", s); }
+inline void append(MessageBuffer& b, const std::string& s) { put(b, "%s", s.c_str()); }
+inline void append(MessageBuffer& b, bool v) { put(b, "%s", v ? "true" : "false"); }
+inline void append(MessageBuffer& b, double v) { put(b, "%g", v); }
+template <typename T, std::enable_if_t<std::is_integral_v<T> && !std::is_same_v<T, bool>, int> = 0>
+void append(MessageBuffer& b, T v) {
+  put(b, "%lld", static_cast<long long>(v));
+}
+inline void append(MessageBuffer& b, at::ScalarType t) { put(b, "%s", c10::toString(t)); }
+inline void append(MessageBuffer& b, c10::IntArrayRef sizes) {  // as c10 prints them: [4, 64]
+  put(b, "[");
+  for (size_t i = 0; i < sizes.size(); ++i) put(b, i ? ", %lld" : "%lld", static_cast<long long>(sizes[i]));
+  put(b, "]");
+}
+inline void append(MessageBuffer& b, const c10::Device& d) {  // cpu, cuda:0
+  put(b, "%s", d.is_cuda() ? "cuda" : d.is_cpu() ? "cpu" : "device");
+  if (d.has_index()) put(b, ":%d", static_cast<int>(d.index()));
+}
+
 template <typename... Args>
 const char* check_message(const Args&... args) {
-  thread_local std::string buffer;
-  buffer = c10::str(args...);
-  return buffer.c_str();
+  thread_local MessageBuffer buffer;
+  buffer.used = 0;
+  buffer.text[0] = '\0';
+  (append(buffer, args), ...);
+  return buffer.text;
 }
 }  // namespace detail
 
