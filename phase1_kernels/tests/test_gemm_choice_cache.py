@@ -35,7 +35,7 @@ def test_round_trip_keeps_other_entries():
 
 
 def test_a_recorded_choice_is_reused_without_timing(monkeypatch):
-    key = ("H100", torch.bfloat16, "tuned", (4096, 4096), (1, 2, 4, 8))
+    key = ("H100", torch.bfloat16, "tuned", (4096, 4096), (1, 2, 4, 8), False)
     versions = f"torch {torch.__version__} cuda {torch.version.cuda}"
     disk_key = cache.key("H100", versions, str(torch.bfloat16), "tuned", (4096, 4096), (1, 2, 4, 8))
     cache.store(disk_key, {1: "gemv2", 2: "gemv4"}, {1: {"cublas": 15.7, "gemv2": 13.6}})
@@ -50,7 +50,7 @@ def test_a_recorded_choice_is_reused_without_timing(monkeypatch):
 
 
 def test_a_record_naming_an_unknown_kernel_is_measured_again(monkeypatch):
-    key = ("H100", torch.bfloat16, "tuned", (4096, 4096), (1,))
+    key = ("H100", torch.bfloat16, "tuned", (4096, 4096), (1,), False)
     versions = f"torch {torch.__version__} cuda {torch.version.cuda}"
     disk_key = cache.key("H100", versions, str(torch.bfloat16), "tuned", (4096, 4096), (1,))
     cache.store(disk_key, {1: "gemv8"}, {})
@@ -58,6 +58,27 @@ def test_a_record_naming_an_unknown_kernel_is_measured_again(monkeypatch):
     monkeypatch.setattr(gpu_linear, "_measure_shape", lambda *a, **k: fresh)
     assert gpu_linear._recall_or_measure(key, [], fake_kernels()) is fresh
     assert cache.load(disk_key)["picks"] == {}  # the new measurement replaced the record
+
+
+def test_a_gate_up_measured_with_its_activation_has_its_own_record(monkeypatch):
+    """gate|up timed with SiLU·mul (cuBLAS + silu_and_mul vs our fused kernel) is another
+    measurement than the plain GEMM of the same shape: neither may stand in for the other."""
+    versions = f"torch {torch.__version__} cuda {torch.version.cuda}"
+    plain = cache.key("H100", versions, str(torch.bfloat16), "tuned", (28672, 4096), (1,))
+    cache.store(plain, {}, {1: {"cublas": 79.3, "gemv4": 79.5}})
+    measured = []
+
+    def measure(weights, buckets, mode, kernels, fused_silu=False):
+        measured.append(fused_silu)
+        return gpu_linear.ShapeChoice(configs={1: kernels[2]}, timings_us={1: {"cublas": 82.0}})
+
+    monkeypatch.setattr(gpu_linear, "_measure_shape", measure)
+    key = ("H100", torch.bfloat16, "tuned", (28672, 4096), (1,), True)
+    choice = gpu_linear._recall_or_measure(key, [], fake_kernels())
+    assert measured == [True] and choice.configs[1].label == "gemv4"
+    fused = cache.key("H100", versions, str(torch.bfloat16), "tuned+silu", (28672, 4096), (1,))
+    assert cache.load(fused)["picks"] == {"1": "gemv4"}
+    assert cache.load(plain)["picks"] == {}  # the plain record is untouched
 
 
 def test_corrupt_or_disabled_cache_costs_only_a_measurement(monkeypatch):

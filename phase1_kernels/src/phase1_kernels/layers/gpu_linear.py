@@ -18,10 +18,10 @@ GEMM (up to 16 rows). Env ``LIGHTVLLM_GPU_LINEAR``:
 * ``auto`` — cuBLAS against both of ours (the Triton one adds ~6 s of start-up on a cold cache);
 * ``skinny`` / ``gemv`` — always the Triton / CUDA kernel where it applies (tests, comparisons).
 
-Where the CUDA kernel is the choice for the MLP's gate|up layer, its SiLU·mul rides along as the
-kernel's epilogue (``small_batch_linear_silu``: each warp reads the gate and the up row of its
-outputs), the same bits as the two kernels; env ``LIGHTVLLM_FUSE_SILU=0`` keeps them apart (the
-same-run baseline).
+The MLP's gate|up layer is measured with its activation: cuBLAS then the silu_and_mul kernel
+against our kernel with SiLU·mul as its epilogue (``small_batch_linear_silu``: each warp reads the
+gate and the up row of its outputs), the same bits as the two kernels; env
+``LIGHTVLLM_FUSE_SILU=0`` measures and runs the plain GEMM (the same-run baseline).
 
 A choice by timing can flip between runs where two kernels are within noise, and a different
 kernel sums in a different order: in bf16 greedy tokens may then differ from one engine to the
@@ -183,15 +183,24 @@ def _time_us(run, weights: list[torch.Tensor], reps: int = 3) -> float:
 
 
 def _measure_shape(weights: list[torch.Tensor], buckets: list[int], mode: str,
-                   kernels: list[Candidate]) -> ShapeChoice:
+                   kernels: list[Candidate], fused_silu: bool = False) -> ShapeChoice:
+    """Per row bucket, cuBLAS against each kernel that fits. ``fused_silu`` (a gate|up shape whose
+    SiLU·mul our kernel takes as its epilogue): cuBLAS is timed with the silu_and_mul kernel after
+    it and ours with the epilogue, the two ways the MLP can run."""
     choice = ShapeChoice()
     k = weights[0].shape[1]
     for rows in buckets:
         x = torch.randn(rows, k, dtype=weights[0].dtype, device=weights[0].device)
-        fitting = [c for c in kernels if _accepts(c, x, weights[0])]
-        times = {"cublas": _time_us(lambda w: F.linear(x, w), weights)}
+        fitting = [c for c in kernels if _accepts(c, x, weights[0])
+                   and (not fused_silu or c.run_silu is not None)]
+        if fused_silu:
+            times = {"cublas": _time_us(lambda w: compiled.silu_and_mul(F.linear(x, w)), weights)}
+        else:
+            times = {"cublas": _time_us(lambda w: F.linear(x, w), weights)}
         for kernel in fitting:
-            times[kernel.label] = _time_us(lambda w, kernel=kernel: kernel.run(x, w), weights)
+            run = kernel.run_silu if fused_silu else kernel.run
+            assert run is not None  # fitting keeps only kernels with the epilogue when fused
+            times[kernel.label] = _time_us(lambda w, run=run: run(x, w), weights)
         if fitting:
             best = min(fitting, key=lambda c: times[c.label])
             if mode in ("skinny", "gemv") or times[best.label] < (1 - MARGIN) * times["cublas"]:
@@ -203,16 +212,20 @@ def _measure_shape(weights: list[torch.Tensor], buckets: list[int], mode: str,
 def _recall_or_measure(key: tuple, weights: list[torch.Tensor], kernels: list[Candidate]) -> ShapeChoice:
     """The choice recorded on disk for this machine and shape (``gemm_choice_cache``), else a
     new measurement, recorded for the next run."""
-    device_name, dtype, mode, shape, buckets = key
+    device_name, dtype, mode, shape, buckets, fused_silu = key
+    if fused_silu:
+        mode_key = mode + "+silu"  # a different measurement: never the plain GEMM's record
+    else:
+        mode_key = mode
     versions = f"torch {torch.__version__} cuda {torch.version.cuda}"
-    disk_key = gemm_choice_cache.key(device_name, versions, str(dtype), mode, shape, buckets)
+    disk_key = gemm_choice_cache.key(device_name, versions, str(dtype), mode_key, shape, buckets)
     recorded = gemm_choice_cache.load(disk_key)
     by_label = {c.label: c for c in kernels}
     if recorded is not None and set(recorded["picks"].values()) <= set(by_label):
         return ShapeChoice(
             configs={int(b): by_label[label] for b, label in recorded["picks"].items()},
             timings_us={int(b): t for b, t in recorded.get("timings_us", {}).items()})
-    choice = _measure_shape(weights, list(buckets), mode, kernels)
+    choice = _measure_shape(weights, list(buckets), mode, kernels, fused_silu)
     gemm_choice_cache.store(disk_key, {b: c.label for b, c in choice.configs.items()},
                             choice.timings_us)
     return choice
@@ -236,14 +249,16 @@ def tune_small_batch_linears(model: nn.Module, max_rows: int = MAX_ROWS,
     choices = {}
     for shape, modules in layers.items():
         weight = modules[0].weight
-        key = (torch.cuda.get_device_name(weight.device), weight.dtype, mode, shape, tuple(buckets))
+        fused_silu = all(_fusable_gate_up(m) for m in modules)
+        key = (torch.cuda.get_device_name(weight.device), weight.dtype, mode, shape, tuple(buckets),
+               fused_silu)
         if key not in _CHOSEN:
             _CHOSEN[key] = _recall_or_measure(key, [m.weight for m in modules], kernels)
         choice = choices[shape] = _CHOSEN[key]
         for module in modules:
             module.__dict__["skinny_choice"] = choice
             module.__dict__["apply_linear"] = types.MethodType(_small_batch_linear, module)
-            if _fusable_gate_up(module):
+            if fused_silu:
                 module.__dict__["forward_act"] = types.MethodType(_small_batch_linear_act, module)
     torch.cuda.synchronize()
     logger.info("small-batch GEMMs: %s", describe(choices))
