@@ -52,6 +52,8 @@
 #            the activation fused into the small-batch GEMM's epilogue
 #   b2noprefetch B2 with our small-batch GEMMs not prefetching weights into L2 before their PDL
 #            wait (LIGHTVLLM_GEMV_PREFETCH_MB=0): the prefetch's same-run baseline
+#   libdiag  which libstdc++ / libgcc_s the process has loaded after our extension, then one
+#            refused CPU op call under faulthandler (the op-error crash, docs/phase1.md)
 #   quick    the small-batch GEMM and engine GPU tests alone; kernels: phase 1's kernel tests alone
 #            and test_op_errors.py on the CPU and the GPU
 #   b3hf     B3-sized 128x128 throughput next to HF generate
@@ -288,6 +290,14 @@ section() {  # the command of one section (run under timeout by run_sections)
     b2cublas) LIGHTVLLM_GPU_LINEAR=cublas $BENCH latency $DUMMY8B --input-len 128 --output-len 256 \
           --num-iters 3 --max-num-seqs 8 --workload B2 --out "$R/b2cublas.json" ;;
     kernels) $PYTEST -m gpu phase1_kernels/tests/test_kernels.py; $PYTEST phase1_kernels/tests/test_op_errors.py ;;
+    libdiag) $PY -X faulthandler -c "import torch, sys; from phase1_kernels.ops import compiled
+ops = compiled._ops()
+maps = sorted({l.split()[-1] for l in open('/proc/self/maps') if 'libstdc++' in l or 'libgcc_s' in l})
+print('loaded C++ runtimes:', maps); sys.stdout.flush()
+try:
+    ops.silu_and_mul(torch.empty(4, 32), torch.randn(4, 63))
+except RuntimeError as e:
+    print('raised:', str(e).splitlines()[0])"; g++ --version | head -1 ;;
     quick) $PYTEST -m gpu phase1_kernels/tests/test_skinny_gemm.py phase1_kernels/tests/test_pdl_gpu.py \
           phase1_kernels/tests/test_small_batch_linear.py phase1_kernels/tests/test_op_errors.py \
           phase2_attention/tests/test_rope_store.py \
@@ -327,7 +337,7 @@ section() {  # the command of one section (run under timeout by run_sections)
 }
 
 declare -A LIMIT=([tests]=420 [b1]=150 [b2]=150 [b2sync]=150 [b2hf]=150 [b3]=150 [b3sync]=150
-                  [b3hf]=240 [b4]=330 [b4nocap]=330 [b4nomixed]=330 [b4cap]=330 [gaps]=200 [b2nomixed]=150 [b3nomixed]=150 [b2fa4]=150 [b2cublas]=150 [b2noprefetch]=150 [b2nosilu]=150 [b2nofuse]=150 [b2auto]=150 [b2nopdl]=150 [b2tuned]=150 [b3tuned]=150 [gemm]=150 [b1norm]=200 [b1fused]=120 [b1inplace]=120 [b3cublas]=150 [b1nopdl]=120 [b4low]=180 [b4lowcublas]=180 [profiletuned]=180 [profileb3]=200 [quick]=180 [kernels]=150 [fa4]=360
+                  [b3hf]=240 [b4]=330 [b4nocap]=330 [b4nomixed]=330 [b4cap]=330 [gaps]=200 [b2nomixed]=150 [b3nomixed]=150 [b2fa4]=150 [b2cublas]=150 [b2noprefetch]=150 [b2nosilu]=150 [b2nofuse]=150 [b2auto]=150 [b2nopdl]=150 [b2tuned]=150 [b3tuned]=150 [gemm]=150 [b1norm]=200 [b1fused]=120 [b1inplace]=120 [b3cublas]=150 [b1nopdl]=120 [b4low]=180 [b4lowcublas]=180 [profiletuned]=180 [profileb3]=200 [quick]=180 [kernels]=150 [libdiag]=60 [fa4]=360
                   [profile]=180 [profile_fa4]=180 [parity]=240 [engine]=180)
 
 run_sections() {
