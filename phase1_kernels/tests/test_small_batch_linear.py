@@ -206,3 +206,85 @@ def test_only_a_plain_gate_up_is_fused():
     assert not gpu_linear._fusable_gate_up(MergedLinear(64, [32, 16]))
     assert not gpu_linear._fusable_gate_up(MergedLinear(64, [32, 32], bias=True))
     assert not gpu_linear._fusable_gate_up(ReplicatedLinear(64, 64))
+
+
+# ---- the next layer's weight prefetched into L2 after a decode-size GEMM ---------------------------
+def test_each_layer_prefetches_the_next_ones_weight_in_model_order(monkeypatch):
+    layers = [ReplicatedLinear(64, 32), ReplicatedLinear(32, 64), ReplicatedLinear(64, 16)]
+    gpu_linear.chain_prefetches(layers, 1 << 20)
+    assert layers[0].__dict__["prefetch_next"][0] is layers[1].weight
+    assert layers[1].__dict__["prefetch_next"] == (layers[2].weight, 1 << 20)
+    assert "prefetch_next" not in layers[2].__dict__  # the last one has nothing after it
+    gpu_linear.chain_prefetches(layers, 0)  # off: every link removed
+    assert not any("prefetch_next" in layer.__dict__ for layer in layers)
+    assert gpu_linear.prefetch_next_bytes(torch.device("cpu")) == 0
+    monkeypatch.setenv(gpu_linear.PREFETCH_NEXT_ENV, "0")
+    assert gpu_linear.prefetch_next_bytes(torch.device("cuda")) == 0
+
+
+@pytest.mark.gpu
+def test_prefetch_changes_no_value_and_refuses_a_strided_tensor():
+    w = torch.randn(4096, 1024, device="cuda", dtype=torch.bfloat16)
+    before = w.clone()
+    compiled.prefetch_l2(w, 64 << 20)  # more than the tensor: clipped to it
+    compiled.prefetch_l2(w, 0)
+    torch.cuda.synchronize()
+    assert torch.equal(w, before)
+    with pytest.raises(RuntimeError, match="contiguous CUDA tensor"):
+        compiled.prefetch_l2(w.t(), 1 << 20)
+
+
+class _MLP(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        from phase1_kernels.layers.activation import SiluAndMul
+        from phase1_kernels.layers.linear import MergedLinear
+
+        self.gate_up = MergedLinear(256, [512, 512])
+        self.down = ReplicatedLinear(512, 256)
+        self.act = SiluAndMul("cpp", device="cuda")
+
+    def forward(self, x):
+        return x + self.down(self.gate_up.forward_act(x, self.act))
+
+
+class _MLPStack(torch.nn.Sequential):
+    """Three gated MLPs in a row: six linear layers whose weights chain into prefetches (module
+    order is run order, as in the Llama model)."""
+
+    def __init__(self):
+        super().__init__(_MLP(), _MLP(), _MLP())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
+                    reason="the prefetch runs on Hopper (sm90+) only")
+@pytest.mark.parametrize("mode", ["gemv", "cublas"])
+def test_a_model_with_prefetches_gives_the_same_bits_also_in_a_graph(monkeypatch, mode):
+    """Two tuned copies of one MLP stack, with and without the next-weight prefetch: the same
+    output to the bit, eagerly and replayed from a CUDA graph; the chain follows module order
+    (our GEMV or cuBLAS before each prefetch)."""
+    def build(prefetch_mb: str):
+        monkeypatch.setenv(gpu_linear.PREFETCH_NEXT_ENV, prefetch_mb)
+        torch.manual_seed(0)
+        model = _MLPStack().to("cuda", torch.bfloat16)
+        for p in model.parameters():
+            p.data.normal_(std=0.05)
+        gpu_linear.tune_small_batch_linears(model, mode=mode)
+        return model
+
+    if mode == "cublas":  # no candidates: the pass installs nothing, so nothing is chained
+        assert not any("prefetch_next" in m.__dict__ for m in build("8").modules())
+        return
+    on, off = build("8"), build("0")
+    order = [m for block in on for m in (block.gate_up, block.down)]
+    assert [m.__dict__["prefetch_next"][0] for m in order[:-1]] == [m.weight for m in order[1:]]
+    assert not any("prefetch_next" in m.__dict__ for m in off.modules())
+    x = torch.randn(2, 256, device="cuda", dtype=torch.bfloat16)
+    with torch.inference_mode():
+        assert torch.equal(on(x), off(x))
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static = on(x)
+        graph.replay()
+        assert torch.equal(static, off(x))

@@ -45,6 +45,8 @@ TORCH_LIBRARY(lightvllm, m) {
   // = silu(input @ gate^T) * (input @ up^T), each half rounded to the dtype first (the bits of
   // small_batch_linear then silu_and_mul). cols_per_warp: 2 (one output per warp) or 4 (two).
   m.def("small_batch_linear_silu(Tensor! out, Tensor input, Tensor weight, int cols_per_warp) -> ()");
+  // Ask L2 for the first max_bytes of a tensor (a hint: no value changes). CUDA only.
+  m.def("prefetch_l2(Tensor tensor, int max_bytes) -> ()");
   // Pin intra-op thread i to cpus[i] (no tensors: one kernel for every backend). Returns them.
   m.def("bind_threads(int[] cpus) -> int[]", &lightvllm::bind_threads);
   // The first exercise: c = a + b.

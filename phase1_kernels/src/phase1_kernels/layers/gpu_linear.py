@@ -18,6 +18,13 @@ GEMM (up to 16 rows). Env ``LIGHTVLLM_GPU_LINEAR``:
 * ``auto`` — cuBLAS against both of ours (the Triton one adds ~6 s of start-up on a cold cache);
 * ``skinny`` / ``gemv`` — always the Triton / CUDA kernel where it applies (tests, comparisons).
 
+After a decode-size GEMM (1-16 rows) a layer asks L2 for the first ``LIGHTVLLM_PREFETCH_NEXT_MB``
+(default 24; 0 = off, the same-run baseline) of the next linear layer's weight in the model's
+order (qkv -> o -> gate|up -> down -> the next layer's qkv ... -> lm_head): the short kernels
+between two GEMMs (RoPE and the K/V store, attention, a norm) leave the memory idle, and the
+next GEMM then finds the start of its weight in L2 (``prefetch_l2``; Hopper with programmatic
+dependent launch only, where the prefetch kernel costs the chain no wait).
+
 The MLP's gate|up layer is measured with its activation: cuBLAS then the silu_and_mul kernel
 against our kernel with SiLU·mul as its epilogue (``small_batch_linear_silu``: each warp reads the
 gate and the up row of its outputs), the same bits as the two kernels; env
@@ -63,6 +70,8 @@ logger = logging.getLogger(__name__)
 
 ENV_VAR = "LIGHTVLLM_GPU_LINEAR"
 FUSE_SILU_ENV = "LIGHTVLLM_FUSE_SILU"
+PREFETCH_NEXT_ENV = "LIGHTVLLM_PREFETCH_NEXT_MB"
+PREFETCH_NEXT_MB = 24  # half of the H100's / H200's 50 MB L2
 MODES = ("auto", "tuned", "cublas", "skinny", "gemv")
 DEFAULT_MODE = "tuned"  # H100: B2 +1.0-3.5 % in 4 of 5 same-call pairs, every GPU engine test passes
 MARGIN = 0.03  # ours must be this much faster than cuBLAS: a near-tie stays cuBLAS
@@ -136,8 +145,19 @@ def _small_batch_linear(self: LinearBase, x: torch.Tensor, with_bias: bool = Tru
         kernel = self.__dict__["skinny_choice"].configs.get(row_bucket(x.shape[0]))
         if kernel is not None and _accepts(kernel, x, self.weight):
             out = kernel.run(x, self.weight)
-            return out if bias is None else out.add_(bias)
+            out = out if bias is None else out.add_(bias)
+        else:
+            out = F.linear(x, self.weight, bias)
+        _prefetch_next(self)
+        return out
     return F.linear(x, self.weight, bias)
+
+
+def _prefetch_next(layer: LinearBase) -> None:
+    """After a decode-size GEMM: the next layer's weight on its way into L2 (module docstring)."""
+    target = layer.__dict__.get("prefetch_next")
+    if target is not None:
+        compiled.prefetch_l2(target[0], target[1])
 
 
 def _small_batch_linear_act(self: LinearBase, x: torch.Tensor, act) -> torch.Tensor:
@@ -146,7 +166,9 @@ def _small_batch_linear_act(self: LinearBase, x: torch.Tensor, act) -> torch.Ten
             and 0 < x.shape[0] <= MAX_ROWS and x.stride(1) == 1):
         kernel = self.__dict__["skinny_choice"].configs.get(row_bucket(x.shape[0]))
         if kernel is not None and kernel.run_silu is not None and _accepts(kernel, x, self.weight):
-            return kernel.run_silu(x, self.weight)
+            out = kernel.run_silu(x, self.weight)
+            _prefetch_next(self)
+            return out
     return act(self(x))
 
 
@@ -158,6 +180,25 @@ def _fusable_gate_up(module: LinearBase) -> bool:
             and sizes[0] == sizes[1] and module.bias is None and module.weight.shape[0] % 2 == 0
             and not getattr(module, "gather_output", False)
             and type(module).forward_act is LinearBase.forward_act)
+
+
+def prefetch_next_bytes(device: torch.device) -> int:
+    """Bytes of the next weight to prefetch: 0 off Hopper, without PDL, or when the env says 0."""
+    mb = int(os.environ.get(PREFETCH_NEXT_ENV, str(PREFETCH_NEXT_MB)) or 0)
+    if mb <= 0 or os.environ.get("LIGHTVLLM_PDL", "1") == "0" or device.type != "cuda":
+        return 0
+    return mb << 20 if torch.cuda.get_device_capability(device)[0] >= 9 else 0
+
+
+def chain_prefetches(layers: list[LinearBase], nbytes: int) -> None:
+    """Give each layer the weight of the one after it (the model's order) to prefetch."""
+    for layer, after in zip(layers, layers[1:]):
+        if nbytes > 0 and after.weight.is_contiguous():
+            layer.__dict__["prefetch_next"] = (after.weight, nbytes)
+        else:
+            layer.__dict__.pop("prefetch_next", None)
+    if layers:
+        layers[-1].__dict__.pop("prefetch_next", None)
 
 
 def _eligible(module: nn.Module) -> bool:
@@ -260,6 +301,9 @@ def tune_small_batch_linears(model: nn.Module, max_rows: int = MAX_ROWS,
             module.__dict__["apply_linear"] = types.MethodType(_small_batch_linear, module)
             if fused_silu:
                 module.__dict__["forward_act"] = types.MethodType(_small_batch_linear_act, module)
+    ordered = [m for m in model.modules() if isinstance(m, LinearBase) and "skinny_choice" in m.__dict__]
+    if ordered:
+        chain_prefetches(ordered, prefetch_next_bytes(ordered[0].weight.device))
     torch.cuda.synchronize()
     logger.info("small-batch GEMMs: %s", describe(choices))
     return choices

@@ -71,6 +71,10 @@ def register_fakes() -> None:
     def _small_batch_linear_silu_fake(out, input, weight, cols_per_warp):
         return None
 
+    @torch.library.register_fake("lightvllm::prefetch_l2")
+    def _prefetch_l2_fake(tensor, max_bytes):
+        return None
+
     @torch.library.register_fake("lightvllm::vector_add")
     def _vector_add_fake(a, b):
         return torch.empty_like(a, memory_format=torch.contiguous_format)
@@ -173,6 +177,12 @@ def small_batch_linear_silu(x: torch.Tensor, weight: torch.Tensor, cols_per_warp
     out = torch.empty(x.shape[0], weight.shape[0] // 2, dtype=x.dtype, device=x.device)
     _ops().small_batch_linear_silu(out, x, weight, int(cols_per_warp))
     return out
+
+
+def prefetch_l2(tensor: torch.Tensor, max_bytes: int) -> None:
+    """Ask L2 for the first ``max_bytes`` of a contiguous CUDA ``tensor`` (a hint: nothing
+    changes value). One small kernel that lets the next one start at once (Hopper PDL)."""
+    _ops().prefetch_l2(tensor, int(max_bytes))
 
 
 def _check_small_batch_linear(x: torch.Tensor, weight: torch.Tensor, cols_per_warp: int) -> None:

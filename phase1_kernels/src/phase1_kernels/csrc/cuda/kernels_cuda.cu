@@ -746,6 +746,36 @@ void small_batch_linear_silu(at::Tensor& out, const at::Tensor& input, const at:
   small_batch_linear_dispatch<true>(out, input, weight, cols_per_warp);
 }
 
+// ------------------------------------------------------------------ prefetch_l2
+// Asks L2 for the first `bytes` of a tensor, and nothing else: launched by the small-batch linear
+// layers right after their GEMM for the *next* GEMM's weight (gpu_linear), so that weight streams
+// in while the short kernels between the two (RoPE and the K/V store, attention, a norm) leave the
+// memory idle. It lets its dependents start at once (the next kernel does not read what it
+// touches) and waits for the kernel before it only at the end, so that waiting on this kernel
+// still means waiting on that one: the chain of programmatic dependent launch stays intact.
+__global__ void prefetch_l2_kernel(const char* __restrict__ p, int64_t bytes) {
+  pdl_launch_dependents();
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x * 128;
+  for (int64_t off = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * 128; off < bytes;
+       off += step)
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(p + off));
+  pdl_wait();
+}
+
+void prefetch_l2(const at::Tensor& tensor, int64_t max_bytes) {
+  LIGHTVLLM_CHECK(tensor.is_cuda() && tensor.is_contiguous(), "prefetch_l2 takes a contiguous CUDA tensor");
+  const int64_t bytes = std::min<int64_t>(max_bytes, tensor.numel() * tensor.element_size());
+  if (bytes <= 0) return;
+  const c10::cuda::OptionalCUDAGuard guard(device_of(tensor));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  constexpr int threads = 256;
+  const int64_t lines = (bytes + 127) / 128;
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(64, (lines + threads - 1) / threads));
+  launch(prefetch_l2_kernel, dim3(blocks), dim3(threads), stream,
+         static_cast<const char*>(tensor.const_data_ptr()), bytes);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 // ------------------------------------------------------------------ vector_add
 // The first CUDA exercise: c[i] = a[i] + b[i], grid-stride loop over 16-byte chunks plus a
 // scalar tail.
@@ -801,6 +831,7 @@ TORCH_LIBRARY_IMPL(lightvllm, CUDA, m) {
   m.impl("silu_and_mul", &silu_and_mul);
   m.impl("small_batch_linear", &small_batch_linear);
   m.impl("small_batch_linear_silu", &small_batch_linear_silu);
+  m.impl("prefetch_l2", &prefetch_l2);
   m.impl("vector_add", &vector_add);
 }
 
