@@ -48,8 +48,8 @@
 #   b1norm   B1's two norms (compile vs ours) with 1, 4 and 2 vectors per thread (LIGHTVLLM_NORM_VPT)
 #   b2fa4    B2 with the flash_attn backend (FA4) at block 128; b2cublas: B2 with every GEMM on
 #            cuBLAS (LIGHTVLLM_GPU_LINEAR=cublas), the baseline of the small-batch GEMM choice
-#   b2nonext B2 without the next layer's weight prefetched after each decode GEMM
-#            (LIGHTVLLM_PREFETCH_NEXT_MB=0): that prefetch's same-run baseline
+#   b2next   B2 with the next layer's first 24 MB of weight prefetched after each decode GEMM
+#            (LIGHTVLLM_PREFETCH_NEXT_MB=24; off by default until measured): b2 is its baseline
 #   b2nosilu B2 with gate_up and SiLU·mul as two kernels (LIGHTVLLM_FUSE_SILU=0): the baseline of
 #            the activation fused into the small-batch GEMM's epilogue
 #   b2noprefetch B2 with our small-batch GEMMs not prefetching weights into L2 before their PDL
@@ -287,8 +287,8 @@ section() {  # the command of one section (run under timeout by run_sections)
           --out "$R/profiletuned.json" ;;
     b2noprefetch) LIGHTVLLM_GEMV_PREFETCH_MB=0 $BENCH latency $DUMMY8B --input-len 128 --output-len 256 \
       --num-iters 3 --max-num-seqs 8 --workload B2 --out "$R/b2noprefetch.json" ;;
-    b2nonext) LIGHTVLLM_PREFETCH_NEXT_MB=0 $BENCH latency $DUMMY8B --input-len 128 --output-len 256 \
-      --num-iters 3 --max-num-seqs 8 --workload B2 --out "$R/b2nonext.json" ;;
+    b2next) LIGHTVLLM_PREFETCH_NEXT_MB=24 $BENCH latency $DUMMY8B --input-len 128 --output-len 256 \
+      --num-iters 3 --max-num-seqs 8 --workload B2 --out "$R/b2next.json" ;;
     b2nosilu) LIGHTVLLM_FUSE_SILU=0 $BENCH latency $DUMMY8B --input-len 128 --output-len 256 \
       --num-iters 3 --max-num-seqs 8 --workload B2 --out "$R/b2nosilu.json" ;;
     b2cublas) LIGHTVLLM_GPU_LINEAR=cublas $BENCH latency $DUMMY8B --input-len 128 --output-len 256 \
@@ -341,7 +341,7 @@ except RuntimeError as e:
 }
 
 declare -A LIMIT=([tests]=420 [b1]=150 [b2]=150 [b2sync]=150 [b2hf]=150 [b3]=150 [b3sync]=150
-                  [b3hf]=240 [b4]=330 [b4nocap]=330 [b4nomixed]=330 [b4cap]=330 [gaps]=200 [b2nomixed]=150 [b3nomixed]=150 [b2fa4]=150 [b2cublas]=150 [b2noprefetch]=150 [b2nosilu]=150 [b2nonext]=150 [b2nofuse]=150 [b2auto]=150 [b2nopdl]=150 [b2tuned]=150 [b3tuned]=150 [gemm]=150 [b1norm]=200 [b1fused]=120 [b1inplace]=120 [b3cublas]=150 [b1nopdl]=120 [b4low]=180 [b4lowcublas]=180 [profiletuned]=180 [profileb3]=200 [quick]=180 [kernels]=150 [libdiag]=60 [fa4]=360
+                  [b3hf]=240 [b4]=330 [b4nocap]=330 [b4nomixed]=330 [b4cap]=330 [gaps]=200 [b2nomixed]=150 [b3nomixed]=150 [b2fa4]=150 [b2cublas]=150 [b2noprefetch]=150 [b2nosilu]=150 [b2next]=150 [b2nofuse]=150 [b2auto]=150 [b2nopdl]=150 [b2tuned]=150 [b3tuned]=150 [gemm]=150 [b1norm]=200 [b1fused]=120 [b1inplace]=120 [b3cublas]=150 [b1nopdl]=120 [b4low]=180 [b4lowcublas]=180 [profiletuned]=180 [profileb3]=200 [quick]=180 [kernels]=150 [libdiag]=60 [fa4]=360
                   [profile]=180 [profile_fa4]=180 [parity]=240 [engine]=180)
 
 run_sections() {

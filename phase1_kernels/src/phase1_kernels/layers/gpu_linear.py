@@ -18,8 +18,9 @@ GEMM (up to 16 rows). Env ``LIGHTVLLM_GPU_LINEAR``:
 * ``auto`` — cuBLAS against both of ours (the Triton one adds ~6 s of start-up on a cold cache);
 * ``skinny`` / ``gemv`` — always the Triton / CUDA kernel where it applies (tests, comparisons).
 
-After a decode-size GEMM (1-16 rows) a layer asks L2 for the first ``LIGHTVLLM_PREFETCH_NEXT_MB``
-(default 24; 0 = off, the same-run baseline) of the next linear layer's weight in the model's
+After a decode-size GEMM (1-16 rows) a layer can ask L2 for the first
+``LIGHTVLLM_PREFETCH_NEXT_MB`` (e.g. 24: half the L2; default 0 = off until a GPU run has measured
+it against the same-run baseline, docs/benchmarks.md) of the next linear layer's weight in the model's
 order (qkv -> o -> gate|up -> down -> the next layer's qkv ... -> lm_head): the short kernels
 between two GEMMs (RoPE and the K/V store, attention, a norm) leave the memory idle, and the
 next GEMM then finds the start of its weight in L2 (``prefetch_l2``; Hopper with programmatic
@@ -71,7 +72,7 @@ logger = logging.getLogger(__name__)
 ENV_VAR = "LIGHTVLLM_GPU_LINEAR"
 FUSE_SILU_ENV = "LIGHTVLLM_FUSE_SILU"
 PREFETCH_NEXT_ENV = "LIGHTVLLM_PREFETCH_NEXT_MB"
-PREFETCH_NEXT_MB = 24  # half of the H100's / H200's 50 MB L2
+PREFETCH_NEXT_MB = 0  # off until measured (section b2next vs b2); 24 = half of the H100's L2
 MODES = ("auto", "tuned", "cublas", "skinny", "gemv")
 DEFAULT_MODE = "tuned"  # H100: B2 +1.0-3.5 % in 4 of 5 same-call pairs, every GPU engine test passes
 MARGIN = 0.03  # ours must be this much faster than cuBLAS: a near-tie stays cuBLAS
