@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from shared.fixtures import assert_matmul_matches_float64 as check
 
-from phase1_kernels.layers import gpu_linear
+from phase1_kernels.layers import gpu_linear, weight_prefetch
 from phase1_kernels.layers.linear import ReplicatedLinear
 from phase1_kernels.ops import compiled, extension
 
@@ -211,15 +211,15 @@ def test_only_a_plain_gate_up_is_fused():
 # ---- the next layer's weight prefetched into L2 after a decode-size GEMM ---------------------------
 def test_each_layer_prefetches_the_next_ones_weight_in_model_order(monkeypatch):
     layers = [ReplicatedLinear(64, 32), ReplicatedLinear(32, 64), ReplicatedLinear(64, 16)]
-    gpu_linear.chain_prefetches(layers, 1 << 20)
+    weight_prefetch.chain(layers, 1 << 20)
     assert layers[0].__dict__["prefetch_next"][0] is layers[1].weight
     assert layers[1].__dict__["prefetch_next"] == (layers[2].weight, 1 << 20)
     assert "prefetch_next" not in layers[2].__dict__  # the last one has nothing after it
-    gpu_linear.chain_prefetches(layers, 0)  # off: every link removed
+    weight_prefetch.chain(layers, 0)  # off: every link removed
     assert not any("prefetch_next" in layer.__dict__ for layer in layers)
-    assert gpu_linear.prefetch_next_bytes(torch.device("cpu")) == 0
-    monkeypatch.setenv(gpu_linear.PREFETCH_NEXT_ENV, "0")
-    assert gpu_linear.prefetch_next_bytes(torch.device("cuda")) == 0
+    assert weight_prefetch.nbytes(torch.device("cpu")) == 0
+    monkeypatch.setenv(weight_prefetch.ENV_VAR, "0")
+    assert weight_prefetch.nbytes(torch.device("cuda")) == 0
 
 
 @pytest.mark.gpu
@@ -265,7 +265,7 @@ def test_a_model_with_prefetches_gives_the_same_bits_also_in_a_graph(monkeypatch
     output to the bit, eagerly and replayed from a CUDA graph; the chain follows module order
     (our GEMV or cuBLAS before each prefetch)."""
     def build(prefetch_mb: str):
-        monkeypatch.setenv(gpu_linear.PREFETCH_NEXT_ENV, prefetch_mb)
+        monkeypatch.setenv(weight_prefetch.ENV_VAR, prefetch_mb)
         torch.manual_seed(0)
         model = _MLPStack().to("cuda", torch.bfloat16)
         for p in model.parameters():

@@ -18,13 +18,8 @@ GEMM (up to 16 rows). Env ``LIGHTVLLM_GPU_LINEAR``:
 * ``auto`` — cuBLAS against both of ours (the Triton one adds ~6 s of start-up on a cold cache);
 * ``skinny`` / ``gemv`` — always the Triton / CUDA kernel where it applies (tests, comparisons).
 
-After a decode-size GEMM (1-16 rows) a layer can ask L2 for the first
-``LIGHTVLLM_PREFETCH_NEXT_MB`` (e.g. 24: half the L2; default 0 = off until a GPU run has measured
-it against the same-run baseline, docs/benchmarks.md) of the next linear layer's weight in the model's
-order (qkv -> o -> gate|up -> down -> the next layer's qkv ... -> lm_head): the short kernels
-between two GEMMs (RoPE and the K/V store, attention, a norm) leave the memory idle, and the
-next GEMM then finds the start of its weight in L2 (``prefetch_l2``; Hopper with programmatic
-dependent launch only, where the prefetch kernel costs the chain no wait).
+The pass also chains the tuned layers for ``weight_prefetch`` (after a decode-size GEMM, the
+next layer's weight into L2; off by default).
 
 The MLP's gate|up layer is measured with its activation: cuBLAS then the silu_and_mul kernel
 against our kernel with SiLU·mul as its epilogue (``small_batch_linear_silu``: each warp reads the
@@ -63,7 +58,7 @@ from shared.bench import cuda_seconds_per_call
 
 from ..ops import compiled, extension, skinny_gemm
 from ..ops.skinny_gemm import MAX_ROWS, SkinnyConfig
-from . import gemm_choice_cache
+from . import gemm_choice_cache, weight_prefetch
 from .activation import SiluAndMul
 from .linear import LinearBase
 
@@ -71,8 +66,6 @@ logger = logging.getLogger(__name__)
 
 ENV_VAR = "LIGHTVLLM_GPU_LINEAR"
 FUSE_SILU_ENV = "LIGHTVLLM_FUSE_SILU"
-PREFETCH_NEXT_ENV = "LIGHTVLLM_PREFETCH_NEXT_MB"
-PREFETCH_NEXT_MB = 0  # off until measured (section b2next vs b2); 24 = half of the H100's L2
 MODES = ("auto", "tuned", "cublas", "skinny", "gemv")
 DEFAULT_MODE = "tuned"  # H100: B2 +1.0-3.5 % in 4 of 5 same-call pairs, every GPU engine test passes
 MARGIN = 0.03  # ours must be this much faster than cuBLAS: a near-tie stays cuBLAS
@@ -149,16 +142,9 @@ def _small_batch_linear(self: LinearBase, x: torch.Tensor, with_bias: bool = Tru
             out = out if bias is None else out.add_(bias)
         else:
             out = F.linear(x, self.weight, bias)
-        _prefetch_next(self)
+        weight_prefetch.after_gemm(self)
         return out
     return F.linear(x, self.weight, bias)
-
-
-def _prefetch_next(layer: LinearBase) -> None:
-    """After a decode-size GEMM: the next layer's weight on its way into L2 (module docstring)."""
-    target = layer.__dict__.get("prefetch_next")
-    if target is not None:
-        compiled.prefetch_l2(target[0], target[1])
 
 
 def _small_batch_linear_act(self: LinearBase, x: torch.Tensor, act) -> torch.Tensor:
@@ -168,7 +154,7 @@ def _small_batch_linear_act(self: LinearBase, x: torch.Tensor, act) -> torch.Ten
         kernel = self.__dict__["skinny_choice"].configs.get(row_bucket(x.shape[0]))
         if kernel is not None and kernel.run_silu is not None and _accepts(kernel, x, self.weight):
             out = kernel.run_silu(x, self.weight)
-            _prefetch_next(self)
+            weight_prefetch.after_gemm(self)
             return out
     return act(self(x))
 
@@ -181,25 +167,6 @@ def _fusable_gate_up(module: LinearBase) -> bool:
             and sizes[0] == sizes[1] and module.bias is None and module.weight.shape[0] % 2 == 0
             and not getattr(module, "gather_output", False)
             and type(module).forward_act is LinearBase.forward_act)
-
-
-def prefetch_next_bytes(device: torch.device) -> int:
-    """Bytes of the next weight to prefetch: 0 off Hopper, without PDL, or when the env says 0."""
-    mb = int(os.environ.get(PREFETCH_NEXT_ENV, str(PREFETCH_NEXT_MB)) or 0)
-    if mb <= 0 or os.environ.get("LIGHTVLLM_PDL", "1") == "0" or device.type != "cuda":
-        return 0
-    return mb << 20 if torch.cuda.get_device_capability(device)[0] >= 9 else 0
-
-
-def chain_prefetches(layers: list[LinearBase], nbytes: int) -> None:
-    """Give each layer the weight of the one after it (the model's order) to prefetch."""
-    for layer, after in zip(layers, layers[1:]):
-        if nbytes > 0 and after.weight.is_contiguous():
-            layer.__dict__["prefetch_next"] = (after.weight, nbytes)
-        else:
-            layer.__dict__.pop("prefetch_next", None)
-    if layers:
-        layers[-1].__dict__.pop("prefetch_next", None)
 
 
 def _eligible(module: nn.Module) -> bool:
@@ -304,7 +271,7 @@ def tune_small_batch_linears(model: nn.Module, max_rows: int = MAX_ROWS,
                 module.__dict__["forward_act"] = types.MethodType(_small_batch_linear_act, module)
     ordered = [m for m in model.modules() if isinstance(m, LinearBase) and "skinny_choice" in m.__dict__]
     if ordered:
-        chain_prefetches(ordered, prefetch_next_bytes(ordered[0].weight.device))
+        weight_prefetch.chain(ordered, weight_prefetch.nbytes(ordered[0].weight.device))
     torch.cuda.synchronize()
     logger.info("small-batch GEMMs: %s", describe(choices))
     return choices
