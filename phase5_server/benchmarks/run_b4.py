@@ -6,7 +6,11 @@ run ``bench serve`` at each request rate, stop the server with SIGINT, write the
 
 Presets: ``h100`` is DESIGN.md's B4 (Llama-3.1-8B shape, dummy bf16 weights, 500 requests of 512
 random token ids / 128 out, Poisson 4, 16, inf req/s); ``cpu`` is the small CPU variant against
-the embedded SmolLM2 (fp32, 64 requests of 128 / 32, rates 1, 4, inf).
+the embedded SmolLM2 (fp32, 64 requests of 128 / 32, rates 1, 4, inf); ``cpu-api`` serves a
+2-layer, 64-wide Llama with random weights and SmolLM2's tokenizer, so that the engine's steps
+take milliseconds and the API process (HTTP, detokenization, SSE) and the client carry the load:
+the preset that measures the event loop and ``gc.freeze`` (``--serve-args '--event-loop
+asyncio'``, ``LIGHTVLLM_GC_FREEZE=0``).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import httpx
@@ -40,11 +45,32 @@ PRESETS = {
         bench=["--input-len", "512", "--output-len", "128", "--vocab-size", "128000",
                "--workload", "B4"],
         runs=[["--num-prompts", "300", "--request-rate", "4"]]),
+    "cpu-api": dict(  # the API process's own load: a tiny model whose steps take milliseconds
+        tiny=True,
+        serve=["--dtype", "float32", "--max-num-seqs", "256", "--max-model-len", "512",
+               "--kv-cache-gib", "0.5"],
+        bench=["--input-len", "128", "--output-len", "128", "--workload", "B4-cpu-api"],
+        runs=[["--num-prompts", "256", "--request-rate", "16"],
+              ["--num-prompts", "512", "--request-rate", "inf"]]),
     "cpu": dict(
         serve=["--dtype", "float32", "--max-num-seqs", "64", "--max-model-len", "1024"],
         bench=["--num-prompts", "64", "--input-len", "128", "--output-len", "32",
                "--request-rate", "1", "4", "inf", "--workload", "B4-cpu-small"]),
 }
+
+
+def tiny_model_args(preset: dict) -> list[str]:
+    """``--load-format dummy`` with the tiny Llama's config.json (written to a temporary file) and
+    the embedded model's tokenizer, for a preset marked ``tiny``; else nothing."""
+    if not preset.get("tiny"):
+        return []
+    from phase5_server.testing import TINY_LLAMA
+    from shared.model_registry import resolve_model
+
+    with tempfile.NamedTemporaryFile("w", suffix="-config.json", delete=False) as handle:
+        json.dump(TINY_LLAMA, handle)
+    return ["--load-format", "dummy", "--hf-config", handle.name, "--tokenizer",
+            str(resolve_model())]
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, timeout: float, start: float) -> float:
@@ -89,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     preset = PRESETS[args.preset]
     url = f"http://127.0.0.1:{args.port}"
     log = open(args.server_log, "w") if args.server_log else None
-    serve_args = [*preset["serve"], *args.serve_args.split()]
+    serve_args = [*preset["serve"], *tiny_model_args(preset), *args.serve_args.split()]
     cmd = [sys.executable, "-m", "lightvllm.cli", "serve", "--port", str(args.port), *serve_args,
            *(["--no-engine-process"] if args.no_engine_process else [])]
     print("server:", " ".join(cmd), flush=True)

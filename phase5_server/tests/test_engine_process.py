@@ -95,3 +95,16 @@ def test_concurrent_streams_then_a_disconnect_storm_free_everything(n):
         assert stats.num_running == 0 and stats.num_waiting == 0
         free, total = server.free_blocks()
         assert free == total
+
+
+def test_the_api_process_freezes_its_heap_once_the_engine_is_ready():
+    import gc
+
+    gc.unfreeze()
+    try:
+        config = ServerConfig(tiny_engine_args(), served_model_name="tiny", gc_freeze=True)
+        with serve_in_thread(config) as server:
+            assert gc.get_freeze_count() > 0  # the start-up heap is out of the collector's way
+            assert _complete(server.url).status_code == 200
+    finally:
+        gc.unfreeze()  # the test process's heap goes back to the collector

@@ -85,6 +85,19 @@ def test_engine_process_flag_reaches_the_server_config(monkeypatch, flag, expect
     assert start is None or start.proc.poll() is not None
 
 
+@pytest.mark.parametrize("flag, loop", [([], "auto"), (["--event-loop", "asyncio"], "asyncio")])
+def test_event_loop_and_gc_freeze_reach_the_server(monkeypatch, flag, loop):
+    from phase5_server import api_server
+    from phase5_server.cli import serve
+
+    seen = {}
+    monkeypatch.setattr(api_server, "run_server", lambda config: seen.setdefault("config", config))
+    serve.main(["--device", "cpu", "--no-engine-process", *flag])
+    config = seen["config"]
+    assert config.event_loop == loop and config.gc_freeze is True
+    assert api_server.make_server(config).config.loop == loop  # what uvicorn will run
+
+
 TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, head_dim=16,
             max_position_embeddings=2048, rms_norm_eps=1e-5, rope_theta=10000.0,

@@ -13,7 +13,6 @@ start (interpreter and imports) to the message.
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import os
 import signal
@@ -27,6 +26,7 @@ import zmq
 from .core_messages import EngineCoreOutput, EngineCoreOutputs, EngineCoreRequest
 from .engine_config import EngineConfig, decode_config
 from .engine_core import EngineCore
+from .gc_heap import freeze_heap
 from .startup_timeline import StartupTimeline, format_phases, process_age
 
 logger = logging.getLogger(__name__)
@@ -174,8 +174,7 @@ def _build_core(config: EngineConfig, timeline: StartupTimeline) -> EngineCore:
 
 def _freeze_heap(timeline: StartupTimeline) -> None:
     with timeline.phase("gc_freeze"):
-        gc.collect()
-        gc.freeze()  # start-up objects never become garbage: keep them out of every collection
+        freeze_heap()  # start-up objects never become garbage: keep them out of every collection
 
 
 def run_engine_core(input_addr: str, output_addr: str, parent_pid: int) -> int:

@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from phase3_scheduling import AsyncLLMEngine, EngineArgs
 from phase3_scheduling.core_client import AsyncMPClient
 from phase3_scheduling.engine_start import EngineStart
+from phase3_scheduling.gc_heap import freeze_heap
 
 from .errors import APIError, error_body, install_error_handlers, internal_error
 from .metrics import ServerMetrics
@@ -54,6 +55,10 @@ class ServerConfig:
     admission: AdmissionLimits = field(default_factory=AdmissionLimits)
     engine_process: bool = True  # False: the engine runs in a thread of the API process
     engine_start: EngineStart | None = None  # an engine start-up begun before the server ran
+    event_loop: str = "auto"  # uvicorn's loop: "auto" (uvloop when installed), "uvloop", "asyncio"
+    # gc.freeze() once the engine is ready (``lightvllm serve``; a test serving in a thread leaves
+    # its process's heap alone); LIGHTVLLM_GC_FREEZE=0 turns it off in both processes
+    gc_freeze: bool = False
 
     def model_name(self) -> str:
         if self.served_model_name:
@@ -263,6 +268,8 @@ def _lifespan(config: ServerConfig, state: ServerState, owns_engine: bool):
             loaded.shutdown()
             return
         state.engine = loaded
+        if config.gc_freeze:
+            freeze_heap()  # as the engine process does
         logger.info("model %s ready (max_model_len %d)", state.model_name, state.max_model_len)
 
     @asynccontextmanager
@@ -374,7 +381,8 @@ def make_server(config: ServerConfig, engine: AsyncLLMEngine | None = None,
                 **uvicorn_kwargs) -> _Server:
     app = build_app(config, engine)
     uv = uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level,
-                        timeout_graceful_shutdown=5, access_log=False, **uvicorn_kwargs)
+                        loop=config.event_loop, timeout_graceful_shutdown=5, access_log=False,
+                        **uvicorn_kwargs)
     server = _Server(uv, app.state)
     app.state.on_load_error = lambda: setattr(server, "should_exit", True)
     return server

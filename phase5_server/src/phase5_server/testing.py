@@ -30,15 +30,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# a 2-layer Llama with SmolLM2's vocabulary: random weights, steps of a few milliseconds on a CPU
+TINY_LLAMA = dict(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                  max_position_embeddings=2048, rms_norm_eps=1e-5, rope_theta=10000.0,
+                  tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
+
+
 def tiny_engine_args(max_model_len: int = 128, **kwargs) -> EngineArgs:
     """A 2-layer random-weight Llama with SmolLM2's tokenizer: fast enough for fuzzing on a CPU."""
     from shared.model_registry import resolve_model
 
-    config = dict(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                  max_position_embeddings=2048, rms_norm_eps=1e-5, rope_theta=10000.0,
-                  tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
-    return EngineArgs(load_format="dummy", hf_config=config, tokenizer=str(resolve_model()),
+    return EngineArgs(load_format="dummy", hf_config=dict(TINY_LLAMA), tokenizer=str(resolve_model()),
                       dtype="float32", device="cpu", max_model_len=max_model_len,
                       kv_cache_gib=0.05, **kwargs)
 

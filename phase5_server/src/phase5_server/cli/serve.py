@@ -68,6 +68,8 @@ def _serve(argv: list[str], launch: EngineLaunch | None) -> None:
                         help="run the engine core in its own process (default, as vLLM); "
                              "--no-engine-process keeps it in a thread of the API process")
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--event-loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+                        help="uvicorn's event loop (auto: uvloop when installed, as vLLM)")
     add_engine_args(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
@@ -85,6 +87,7 @@ def _serve(argv: list[str], launch: EngineLaunch | None) -> None:
                           max_body_bytes=args.max_body_bytes,
                           log_level=engine_log_level(args.log_level),
                           engine_process=args.engine_process, engine_start=start,
+                          event_loop=args.event_loop, gc_freeze=True,
                           admission=AdmissionLimits(args.max_seqs_per_request,
                                                     args.max_queued_seqs))
     run_server(config)
