@@ -54,6 +54,8 @@
 #            the activation fused into the small-batch GEMM's epilogue
 #   b2noprefetch B2 with our small-batch GEMMs not prefetching weights into L2 before their PDL
 #            wait (LIGHTVLLM_GEMV_PREFETCH_MB=0): the prefetch's same-run baseline
+#   prefill  prefill_step_profile.py: one 8,192-token prefill step (16 x 512) of the 8B shape, kernel
+#            time per family and TFLOP/s next to one cuBLAS GEMM of its largest shape (same run)
 #   libdiag  which libstdc++ / libgcc_s the process has loaded after our extension, then one
 #            refused CPU op call under faulthandler (the op-error crash, docs/phase1.md)
 #   quick    the small-batch GEMM and engine GPU tests alone; kernels: phase 1's kernel tests alone
@@ -83,8 +85,8 @@ CU13_SHA256=50191a381d8cc1393373ae0bc879b0aefa9a256c23c22d4fa1c2fe3dfe57bc90
 WHEELS=(
   fastapi==0.165.0 starlette==1.10.0 pydantic==2.14.4 pydantic-core==2.50.5
   typing-inspection==0.4.5 annotated-types==0.8.0 annotated-doc==0.0.7 typing-extensions==4.16.0
-  opentelemetry-api==1.45.3 uvicorn==0.55.0 h11==0.16.0 click==8.5.1 anyio==4.16.0 sniffio==1.3.1
-  idna==3.21 msgspec==0.23.0 pyzmq==27.3.0
+  opentelemetry-api==1.45.3 uvicorn==0.55.0 h11==0.16.0 httptools==0.9.0 click==8.5.1 anyio==4.16.0
+  sniffio==1.3.1 idna==3.21 msgspec==0.23.0 pyzmq==27.3.0
   openai==3.63.0 distro==1.9.0 jiter==0.19.0 httpx2==2.17.0 httpcore2==2.17.0 truststore==0.10.5
   aiohttp==3.14.5 multidict==7.2.1 yarl==1.25.1 frozenlist==1.8.0 aiosignal==1.4.0
   propcache==0.5.4 attrs==26.1.0 aiohappyeyeballs==2.7.1
@@ -93,7 +95,7 @@ WHEELS=(
   apache-tvm-ffi==0.1.15.post2 torch-c-dlpack-ext==0.1.5
 )
 # modules the smoke check imports after the install (the section that needs each fails without it)
-MODULES="fastapi uvicorn starlette pydantic zmq msgspec aiohttp openai httpx uvloop flash_attn.cute"
+MODULES="fastapi uvicorn starlette pydantic zmq msgspec aiohttp openai httpx uvloop httptools flash_attn.cute"
 
 die() { echo "gpu_session: $*" >&2; exit 3; }
 
@@ -330,6 +332,7 @@ except RuntimeError as e:
     fa4) timeout 150 $PY scripts/h200_fa4/smoke.py; $PYTEST $FA4_TESTS ;;
     profile) $PY phase3_scheduling/benchmarks/b2_step_profile.py --out "$R/profile.json" \
           --trace "$R/profile_trace.json" ;;
+    prefill) $PY phase3_scheduling/benchmarks/prefill_step_profile.py --out "$R/prefill.json" ;;
     profileb3) $PY phase3_scheduling/benchmarks/b2_step_profile.py --batch 256 --prompt-len 1024 \
           --steps 4 --warm-steps 4 --timed-steps 16 --out "$R/profileb3.json" ;;
     profile_fa4) $PY phase3_scheduling/benchmarks/b2_step_profile.py --attention-backend \

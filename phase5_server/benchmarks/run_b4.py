@@ -51,7 +51,7 @@ PRESETS = {
                "--kv-cache-gib", "0.5"],
         bench=["--input-len", "128", "--output-len", "128", "--workload", "B4-cpu-api"],
         runs=[["--num-prompts", "256", "--request-rate", "16"],
-              ["--num-prompts", "512", "--request-rate", "inf"]]),
+              ["--num-prompts", "512", "--request-rate", "inf"]]),  # one rate a call: CPU per rate
     "cpu": dict(
         serve=["--dtype", "float32", "--max-num-seqs", "64", "--max-model-len", "1024"],
         bench=["--num-prompts", "64", "--input-len", "128", "--output-len", "32",
@@ -71,6 +71,32 @@ def tiny_model_args(preset: dict) -> list[str]:
         json.dump(TINY_LLAMA, handle)
     return ["--load-format", "dummy", "--hf-config", handle.name, "--tokenizer",
             str(resolve_model())]
+
+
+def server_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far of the API process and of its children (the engine
+    core), read with psutil."""
+    import psutil
+
+    api = psutil.Process(pid)
+    children = api.children(recursive=True)
+    cpu = lambda p: sum(p.cpu_times()[:2])  # noqa: E731
+    return {"api": cpu(api), "engine": sum(cpu(c) for c in children)}
+
+
+def add_cpu_per_token(rows: list[dict], before: dict[str, float], after: dict[str, float]) -> None:
+    """The CPU each server process spent during one bench serve call, as µs per output token;
+    only when the call ran one rate (several rates in one call share the processes' time)."""
+    if len(rows) != 1:
+        return
+    row = rows[0]
+    for name in ("api", "engine"):
+        spent = after[name] - before[name]
+        row[f"{name}_cpu_s"] = spent
+        row[f"{name}_cpu_us_per_token"] = 1e6 * spent / max(row.get("output_tokens", 0), 1)
+    print(f"rate {row.get('request_rate')}: CPU per output token: API process "
+          f"{row['api_cpu_us_per_token']:.0f} µs, engine process {row['engine_cpu_us_per_token']:.0f} µs",
+          flush=True)
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, timeout: float, start: float) -> float:
@@ -133,7 +159,10 @@ def main(argv: list[str] | None = None) -> None:
         for extra in preset.get("runs", [[]]):
             bench = ["--base-url", url, *preset["bench"], *extra, *args.extra_bench]
             print("bench: lightvllm bench serve", " ".join(bench), flush=True)
-            rows += run(bench)
+            before = server_cpu_seconds(proc.pid)
+            new_rows = run(bench)
+            add_cpu_per_token(new_rows, before, server_cpu_seconds(proc.pid))
+            rows += new_rows
         from shared.bench import hardware
 
         for row in rows:

@@ -56,6 +56,7 @@ class ServerConfig:
     engine_process: bool = True  # False: the engine runs in a thread of the API process
     engine_start: EngineStart | None = None  # an engine start-up begun before the server ran
     event_loop: str = "auto"  # uvicorn's loop: "auto" (uvloop when installed), "uvloop", "asyncio"
+    http: str = "auto"  # uvicorn's HTTP/1.1 code: "auto" (httptools when installed), "httptools", "h11"
     # gc.freeze() once the engine is ready (``lightvllm serve``; a test serving in a thread leaves
     # its process's heap alone); LIGHTVLLM_GC_FREEZE=0 turns it off in both processes
     gc_freeze: bool = False
@@ -381,7 +382,8 @@ def make_server(config: ServerConfig, engine: AsyncLLMEngine | None = None,
                 **uvicorn_kwargs) -> _Server:
     app = build_app(config, engine)
     uv = uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level,
-                        loop=config.event_loop, timeout_graceful_shutdown=5, access_log=False,
+                        loop=config.event_loop, http=config.http, timeout_graceful_shutdown=5,
+                        access_log=False,
                         **uvicorn_kwargs)
     server = _Server(uv, app.state)
     app.state.on_load_error = lambda: setattr(server, "should_exit", True)

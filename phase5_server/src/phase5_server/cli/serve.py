@@ -70,6 +70,8 @@ def _serve(argv: list[str], launch: EngineLaunch | None) -> None:
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--event-loop", choices=("auto", "uvloop", "asyncio"), default="auto",
                         help="uvicorn's event loop (auto: uvloop when installed, as vLLM)")
+    parser.add_argument("--http", choices=("auto", "httptools", "h11"), default="auto",
+                        help="uvicorn's HTTP/1.1 implementation (auto: httptools when installed)")
     add_engine_args(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
@@ -87,7 +89,7 @@ def _serve(argv: list[str], launch: EngineLaunch | None) -> None:
                           max_body_bytes=args.max_body_bytes,
                           log_level=engine_log_level(args.log_level),
                           engine_process=args.engine_process, engine_start=start,
-                          event_loop=args.event_loop, gc_freeze=True,
+                          event_loop=args.event_loop, http=args.http, gc_freeze=True,
                           admission=AdmissionLimits(args.max_seqs_per_request,
                                                     args.max_queued_seqs))
     run_server(config)
