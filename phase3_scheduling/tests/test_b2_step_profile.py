@@ -4,21 +4,9 @@ GPU session runs is known to work before device time is spent on it."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "b2_step_profile.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("b2_step_profile", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_tiny_profile_prints_every_family(capsys, tmp_path):
-    script = load_script()
+def test_tiny_profile_prints_every_family(benchmark_script, capsys, tmp_path):
+    script = benchmark_script("b2_step_profile")
     result = script.main(["--tiny", "--steps", "2", "--copy-mib", "16",
                           "--out", str(tmp_path / "profile.json")])
     table = capsys.readouterr().out
@@ -34,10 +22,10 @@ def test_tiny_profile_prints_every_family(capsys, tmp_path):
     assert (tmp_path / "profile.json").is_file()
 
 
-def test_batched_profile_decodes_every_sequence(capsys):
+def test_batched_profile_decodes_every_sequence(benchmark_script, capsys):
     """--batch N: N sequences reach decode together; the K/V bytes scale with the batch and the
     contexts, the weights are read once."""
-    script = load_script()
+    script = benchmark_script("b2_step_profile")
     one = script.main(["--tiny", "--steps", "2", "--copy-mib", "16"])
     three = script.main(["--tiny", "--steps", "2", "--copy-mib", "16", "--batch", "3",
                          "--prompt-len", "40"])

@@ -4,23 +4,12 @@ model's shapes worked out by hand."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "prefill_step_profile.py"
 
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("prefill_step_profile", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_tiny_profile_times_every_gemm_family_and_counts_their_flops(capsys, tmp_path):
-    script = load_script()
+def test_tiny_profile_times_every_gemm_family_and_counts_their_flops(benchmark_script, capsys,
+                                                                   tmp_path):
+    script = benchmark_script("prefill_step_profile")
     result = script.main(["--tiny", "--out", str(tmp_path / "prefill.json")])
     table = capsys.readouterr().out
     rows = {r["family"]: r for r in result["rows"]}
@@ -42,7 +31,7 @@ def test_tiny_profile_times_every_gemm_family_and_counts_their_flops(capsys, tmp
     assert (tmp_path / "prefill.json").is_file()
 
 
-def test_a_step_too_small_for_the_prompts_is_an_error():
-    script = load_script()
+def test_a_step_too_small_for_the_prompts_is_an_error(benchmark_script):
+    script = benchmark_script("prefill_step_profile")
     with pytest.raises(SystemExit):
         script.parse_args(["--tiny", "--tokens", "250", "--prompts", "4"])
