@@ -176,7 +176,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_engine_args(parser)
-    parser.set_defaults(load_format="dummy", hf_config="llama-3.1-8b", enable_prefix_caching=False)
+    # synchronous steps: with async scheduling (the GPU default) step() returns before the step's
+    # tokens are processed, and the prompts would end only in the next step
+    parser.set_defaults(load_format="dummy", hf_config="llama-3.1-8b", enable_prefix_caching=False,
+                        async_scheduling=False)
     parser.add_argument("--tiny", action="store_true",
                         help="a 2-layer small shape on the CPU (smoke test; figures mean nothing)")
     parser.add_argument("--tokens", type=int, default=8192, help="prompt tokens in the step")

@@ -35,3 +35,10 @@ def test_a_step_too_small_for_the_prompts_is_an_error(benchmark_script):
     script = benchmark_script("prefill_step_profile")
     with pytest.raises(SystemExit):
         script.parse_args(["--tiny", "--tokens", "250", "--prompts", "4"])
+
+
+def test_steps_are_synchronous_so_one_step_ends_its_prompts(benchmark_script):
+    """With async scheduling (the GPU default) a step's tokens are processed by the next step, and
+    the profiled step would not end its prompts: the profile asks for synchronous steps."""
+    script = benchmark_script("prefill_step_profile")
+    assert script.parse_args(["--tiny"]).async_scheduling is False
