@@ -88,7 +88,7 @@ class SSEResponse(StreamingResponse):
 
     media_type = "text/event-stream"
 
-    def __init__(self, content: AsyncGenerator[str, None]):
+    def __init__(self, content: AsyncGenerator[bytes, None]):
         super().__init__(content, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         self.events = content  # = body_iterator, typed as the generator it is
 

@@ -69,9 +69,9 @@ def error_response(error: APIError) -> JSONResponse:
     return JSONResponse(body, status_code=error.status, headers=headers)
 
 
-def sse_error(message: str, status: int, code: str | None = None) -> str:
+def sse_error(message: str, status: int, code: str | None = None) -> bytes:
     """An error as one server-sent event (what a stream ends with when it cannot finish)."""
-    return f"data: {json.dumps(error_body(message, status, None, code))}\n\n"
+    return f"data: {json.dumps(error_body(message, status, None, code))}\n\n".encode()
 
 
 def _validation_error(exc: RequestValidationError) -> APIError:

@@ -74,7 +74,7 @@ async def create_chat_completion(state: ServerState, req: ChatCompletionRequest,
 
 async def _stream(state: ServerState, req: ChatCompletionRequest, cid: str, created: int, stream,
                   prompt_tokens: int, logprobs: _Logprobs | None,
-                  include_usage: bool) -> AsyncGenerator[str, None]:
+                  include_usage: bool) -> AsyncGenerator[bytes, None]:
     base = {"id": cid, "object": "chat.completion.chunk", "created": created,
             "model": state.model_name}
     for index in range(req.n):  # the role comes first, before any token

@@ -90,7 +90,7 @@ async def _decode(state: ServerState, ids: list[int]) -> str:
 
 async def _stream(state: ServerState, req: CompletionRequest, cid: str, created: int, streams,
                   ids: list[list[int]], echo: list[str], logprobs: _Logprobs | None,
-                  include_usage: bool) -> AsyncGenerator[str, None]:
+                  include_usage: bool) -> AsyncGenerator[bytes, None]:
     sent: dict[int, tuple[int, int]] = {}  # choice index -> (chars sent, tokens sent)
     finished: set[int] = set()
     base = {"id": cid, "object": "text_completion", "created": created, "model": state.model_name}

