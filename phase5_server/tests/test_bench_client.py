@@ -127,3 +127,26 @@ def test_sse_lines_split_at_cr_lf_crlf_only_across_any_reads():
 
         expected = [line for line in re.split(rb"\r\n|\r|\n", stream) if line]
         assert [line for line in asyncio.run(collect()) if line] == expected, reads
+
+
+def test_rows_carry_the_engine_steps_of_our_server_and_none_from_others(stub_url, tiny_server):
+    """Against our server each rate's row says which engine steps ran in its window (read from
+    /metrics after the warm-up and at the end): three prompts one at a time are three mixed steps
+    carrying their 8 tokens each, then 5 decode steps each; a server without the counters (the
+    stub, like vLLM's) gives rows without them."""
+    from phase5_server.cli.bench_serve import run_rate
+
+    args = parse_args(["--base-url", tiny_server.url, "--num-prompts", "3", "--input-len", "8",
+                       "--output-len", "6", "--max-concurrency", "1", "--vocab-size", "1000"])
+    prompts = make_prompts(args, random.Random(args.seed))
+    row = asyncio.run(run_rate(args, prompts, args.request_rate[0], "tiny", {}))
+    assert row["completed"] == 3 and row["output_tokens"] == 18
+    steps = row["steps"]
+    assert (steps["mixed_steps"], steps["decode_steps"]) == (3, 15)
+    assert steps["mixed_prompt_tokens_per_step"] == 8 and steps["decode_rows_per_step"] == 1
+    assert steps["busy_ms_per_step"] > 0
+    stub_args = parse_args(["--base-url", stub_url, "--model", "stub", "--num-prompts", "2",
+                            "--output-len", "3"])
+    stub_row = asyncio.run(run_rate(stub_args, make_prompts(stub_args, random.Random(0)),
+                                    stub_args.request_rate[0], "stub", {}))
+    assert stub_row["completed"] == 2 and "steps" not in stub_row

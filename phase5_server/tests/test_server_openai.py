@@ -178,3 +178,21 @@ def test_metrics_count_requests_and_tokens(client, smol_server):
     for name in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
                  "vllm:num_preemptions_total"):
         assert name in after
+
+
+def test_metrics_show_the_engine_steps_of_a_request(client, smol_server):
+    """One request alone: one mixed step with its 5 prompt tokens, then 4 decode steps of one row,
+    as the engine process counted them (phase3_scheduling/step_timeline.py)."""
+    from phase3_scheduling.step_timeline import summarize_window
+    from phase5_server.metrics import parse_step_counters
+
+    def scrape():
+        return parse_step_counters(httpx.get(smol_server.url + "/metrics", trust_env=False).text)
+
+    before = scrape()
+    client.completions.create(model="smollm2", prompt=PROMPTS[0], max_tokens=5, temperature=0,
+                              extra_body={"ignore_eos": True})
+    w = summarize_window(before, scrape())
+    assert (w["mixed_steps"], w["decode_steps"]) == (1, 4)
+    assert w["mixed_prompt_tokens_per_step"] == 5 and w["decode_rows_per_step"] == 1
+    assert 0 < w["decode_step_ms"] and 0 < w["mixed_step_ms"]

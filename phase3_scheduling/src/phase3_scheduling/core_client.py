@@ -31,6 +31,7 @@ from .llm_engine import model_limits
 from .output_processor import OutputProcessor
 from .outputs import EngineStats, RequestOutput
 from .sampling_params import SamplingParams
+from .step_timeline import StepCounters
 from .startup_timeline import format_phases
 
 logger = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class AsyncMPClient:
         self._collectors: dict[str, RequestOutputCollector] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stats: SchedulerStats | None = None
+        self._steps: StepCounters | None = None  # the core's step times, as last sent
         self.prompt_tokens = self.generation_tokens = 0
         self._closing = False
         try:
@@ -119,7 +121,8 @@ class AsyncMPClient:
         self.inputs.validate_prompt(ids)
 
     def stats(self) -> EngineStats:
-        return EngineStats.build(self._stats, self.prompt_tokens, self.generation_tokens)
+        return EngineStats.build(self._stats, self.prompt_tokens, self.generation_tokens,
+                                 self._steps)
 
     def free_kv_blocks(self) -> tuple[int, int]:
         """(free KV blocks, all allocatable blocks), as of the core's last message."""
@@ -222,6 +225,8 @@ class AsyncMPClient:
     def _handle_outputs(self, outputs: EngineCoreOutputs) -> None:
         if outputs.stats is not None:
             self._stats = outputs.stats
+        if outputs.steps is not None:
+            self._steps = outputs.steps
         self.generation_tokens += sum(len(o.new_token_ids) for o in outputs.outputs)
         processed = self.outputs.process_outputs(outputs.outputs)
         if processed.abort_ids:

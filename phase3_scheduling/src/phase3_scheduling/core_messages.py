@@ -8,6 +8,7 @@ import msgspec
 
 from .protocol import WireSamplingParams
 from .sampling_params import SamplingParams
+from .step_timeline import StepCounters
 
 
 class EngineCoreRequest(msgspec.Struct, array_like=True, frozen=True):
@@ -66,3 +67,4 @@ class EngineCoreOutputs(msgspec.Struct, array_like=True):
     outputs: list[EngineCoreOutput] = []
     stats: SchedulerStats | None = None
     timestamp: float = 0.0
+    steps: StepCounters | None = None  # cumulative decode/mixed step times (step_timeline.py)

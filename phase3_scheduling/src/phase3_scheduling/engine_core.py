@@ -34,6 +34,7 @@ from .executor import Executor, PendingStep, WorkerDiedError
 from .executor_registry import get_executor_class
 from .request import Request, RequestStatus
 from .scheduler import Scheduler
+from .step_timeline import StepClock
 from .protocol import ModelRunnerOutput, SchedulerOutput
 from .validation import RequestTooLargeError
 
@@ -69,10 +70,12 @@ class EngineCore:
         self.scheduler = Scheduler(config.scheduler_config, self.kv_manager)
         self.scheduler.micro_batches = self.executor.max_concurrent_batches
         self.max_batches = queue_depth(config, self.executor)
-        self.batch_queue: deque[tuple[SchedulerOutput, PendingStep]] = deque()
+        # (step, its pending result, when it was submitted)
+        self.batch_queue: deque[tuple[SchedulerOutput, PendingStep, float]] = deque()
         self.peak_in_flight = 0  # the most steps that were out at once
         self.fatal_error: BaseException | None = None  # set once a worker or the device failed
         self.timings: dict[str, float] = defaultdict(float)  # seconds per step phase
+        self.step_clock = StepClock()  # wall time of decode vs mixed steps (step_timeline.py)
         self.startup_seconds = time.perf_counter() - start
         logger.info("engine core ready in %.1f s: %d KV blocks, graphs %s", self.startup_seconds,
                     self.num_blocks, self.executor.graph_sizes)
@@ -113,7 +116,7 @@ class EngineCore:
         except Exception as error:  # one step's data broke the forward: fail only its requests
             return self._outputs(self._fail_step(step, error))
         self.peak_in_flight = 1
-        return self._collect(step, pending, t1)
+        return self._collect(step, pending, t1, t1)
 
     def _step_with_batch_queue(self) -> EngineCoreOutputs:
         queue = self.batch_queue
@@ -123,7 +126,7 @@ class EngineCore:
             self.timings["schedule"] += time.perf_counter() - t0
             if not step.is_empty:
                 try:
-                    queue.append((step, self._submit_or_die(step)))
+                    queue.append((step, self._submit_or_die(step), time.perf_counter()))
                 except FATAL_ERRORS:
                     raise
                 except Exception as error:  # this step's data broke the launch
@@ -133,10 +136,10 @@ class EngineCore:
                     return self._outputs([])  # room for another micro-batch
         if not queue:
             return self._outputs(self._fail_unschedulable())
-        step, pending = queue.popleft()
-        return self._collect(step, pending, time.perf_counter())
+        step, pending, submitted_at = queue.popleft()
+        return self._collect(step, pending, submitted_at, time.perf_counter())
 
-    def _collect(self, step: SchedulerOutput, pending: PendingStep,
+    def _collect(self, step: SchedulerOutput, pending: PendingStep, submitted_at: float,
                  t1: float) -> EngineCoreOutputs:
         """Wait for a step's output and apply it to the scheduler (``t1``: when the engine
         began to wait for it; pipelined steps count only the wait)."""
@@ -148,6 +151,7 @@ class EngineCore:
         except Exception as error:
             return self._outputs(self._fail_step(step, error))
         t2 = time.perf_counter()
+        self.step_clock.record(step, submitted_at, t2)
         outputs = self.scheduler.update_from_output(step, result)
         timings = self.timings
         timings["execute"] += t2 - t1
@@ -168,7 +172,8 @@ class EngineCore:
         return self.scheduler.fail_requests(step.req_ids, f"the engine step failed: {error}")
 
     def _outputs(self, outputs: list[EngineCoreOutput]) -> EngineCoreOutputs:
-        return EngineCoreOutputs(outputs, self.scheduler.stats(), time.monotonic())
+        return EngineCoreOutputs(outputs, self.scheduler.stats(), time.monotonic(),
+                                 steps=self.step_clock.counters)
 
     def _fail_unschedulable(self) -> list[EngineCoreOutput]:
         """A waiting request that cannot be admitted into an idle engine never will be."""

@@ -143,7 +143,7 @@ class LLMEngine:
 
     def get_stats(self) -> EngineStats:
         return EngineStats.build(self.core.scheduler.stats(), self.prompt_tokens,
-                                 self.generation_tokens)
+                                 self.generation_tokens, self.core.step_clock.counters.copy())
 
     def shutdown(self) -> None:
         self.core.shutdown()

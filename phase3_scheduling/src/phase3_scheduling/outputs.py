@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from .step_timeline import StepCounters
+
 logger = logging.getLogger(__name__)
 
 
@@ -66,11 +68,13 @@ class EngineStats:
     generation_tokens: int
     prefix_cache_hits: int
     prefix_cache_queries: int
+    steps: StepCounters | None = None  # the core's decode/mixed step times, as last reported
 
     @classmethod
-    def build(cls, sched, prompt_tokens: int, generation_tokens: int) -> "EngineStats":
+    def build(cls, sched, prompt_tokens: int, generation_tokens: int,
+              steps: StepCounters | None = None) -> "EngineStats":
         if sched is None:
-            return cls(0, 0, 0.0, 0, prompt_tokens, generation_tokens, 0, 0)
+            return cls(0, 0, 0.0, 0, prompt_tokens, generation_tokens, 0, 0, steps)
         return cls(sched.num_running, sched.num_waiting, sched.kv_cache_usage,
                    sched.num_preemptions, prompt_tokens, generation_tokens,
-                   sched.prefix_cache_hits, sched.prefix_cache_queries)
+                   sched.prefix_cache_hits, sched.prefix_cache_queries, steps)

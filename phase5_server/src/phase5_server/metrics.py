@@ -8,8 +8,11 @@ engine thread does no metrics work at all.
 from __future__ import annotations
 
 import bisect
+import re
 import threading
 import time
+
+from phase3_scheduling.step_timeline import KINDS, StepCounters
 
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
                 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
@@ -115,6 +118,8 @@ class ServerMetrics:
                    stats.prefix_cache_queries)
             scalar("vllm:prefix_cache_hits_total", "counter", "Prefix-cache block hits.",
                    stats.prefix_cache_hits)
+            if stats.steps is not None:
+                lines.extend(_step_lines(labels, stats.steps))
         for hist in (self.ttft, self.itl, self.e2e):
             lines.extend(hist.render(labels))
         name = "vllm:request_success_total"
@@ -123,3 +128,37 @@ class ServerMetrics:
             for reason, n in sorted(self.finished.items()):
                 lines.append(f'{name}{{{labels},finished_reason="{reason}"}} {n}')
         return "\n".join(lines) + "\n"
+
+
+# The engine core's step counters (phase3_scheduling/step_timeline.py), one series per step kind.
+STEP_SERIES = (("lightvllm:engine_steps_total", "steps", "Engine steps by kind (decode: every "
+                "row one token; mixed: a prompt or a chunk of one with the decodes)."),
+               ("lightvllm:engine_step_seconds_total", "seconds", "Wall seconds of engine steps "
+                "by kind (submission or the previous result, to this step's result)."),
+               ("lightvllm:engine_step_rows_total", "rows", "Sequences the steps carried."),
+               ("lightvllm:engine_step_prompt_tokens_total", "prompt_tokens",
+                "Prompt tokens the steps carried."))
+
+
+def _step_lines(labels: str, steps: StepCounters) -> list[str]:
+    lines = []
+    for name, field, doc in STEP_SERIES:
+        lines.extend([f"# HELP {name} {doc}", f"# TYPE {name} counter"])
+        for kind, value in zip(KINDS, getattr(steps, field)):
+            lines.append(f'{name}{{{labels},kind="{kind}"}} {value}')
+    return lines
+
+
+_SERIES = re.compile(r'^(lightvllm:engine_step\w*_total)\{[^}]*kind="(\w+)"[^}]*\} (\S+)$', re.M)
+
+
+def parse_step_counters(text: str) -> StepCounters | None:
+    """The step counters of a ``/metrics`` page (None where the server has none, as vLLM's)."""
+    fields = {name: field for name, field, _ in STEP_SERIES}
+    counters, seen = StepCounters(), False
+    for name, kind, value in _SERIES.findall(text):
+        if name in fields and kind in KINDS:
+            column = getattr(counters, fields[name])
+            column[KINDS.index(kind)] = type(column[0])(float(value))
+            seen = True
+    return counters if seen else None

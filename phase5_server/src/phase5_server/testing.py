@@ -127,9 +127,11 @@ async def _stream(client: httpx.AsyncClient, url: str, i: int, max_tokens: int, 
 
 
 async def run_streams(url: str, n: int, max_tokens: int, drop_every: int | None = None) -> list[dict]:
-    """``n`` concurrent streaming completions; every ``drop_every``-th client leaves after 2 chunks."""
+    """``n`` concurrent streaming completions; every ``drop_every``-th client leaves after its
+    first chunk (not after a later one: a lagging consumer gets its tokens merged into fewer
+    chunks, so a stream may end in one or two)."""
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     async with httpx.AsyncClient(timeout=httpx.Timeout(300), limits=limits, trust_env=False) as client:
         return await asyncio.gather(*[
-            _stream(client, url, i, max_tokens, 2 if drop_every and i % drop_every == 0 else None)
+            _stream(client, url, i, max_tokens, 1 if drop_every and i % drop_every == 0 else None)
             for i in range(n)])

@@ -23,6 +23,10 @@ from typing import AsyncIterator
 import aiohttp
 import httpx
 
+from phase3_scheduling.step_timeline import StepCounters, describe_window, summarize_window
+
+from ..metrics import parse_step_counters
+
 WORDS = ("the of and to in is was for on that with as by at from his her an which are be this "
          "or had not but were they all one their what so up out if about who get would make "
          "time when can more like no just him know take people into year your good some could "
@@ -127,9 +131,22 @@ def percentiles(values: list[float], name: str) -> dict:
             f"{name}_p90": pct(0.9), f"{name}_p99": pct(0.99)}
 
 
-async def send_all(args, prompts: list, rate: float, model: str | None,
-                   headers: dict) -> tuple[list[Result], float]:
-    """One request per prompt at ``rate`` (after a warm-up request): the results, the duration."""
+async def read_step_counters(session: aiohttp.ClientSession, base_url: str,
+                             headers: dict) -> StepCounters | None:
+    """The server's engine-step counters from ``/metrics`` (None from a server without them)."""
+    try:
+        async with session.get(base_url.rstrip("/") + "/metrics", headers=headers) as response:
+            if response.status != 200:
+                return None
+            return parse_step_counters(await response.text())
+    except aiohttp.ClientError:
+        return None
+
+
+async def send_all(args, prompts: list, rate: float, model: str | None, headers: dict,
+                   readings: list | None = None) -> tuple[list[Result], float]:
+    """One request per prompt at ``rate`` (after a warm-up request): the results, the duration.
+    ``readings`` (a list) gets the server's step counters after the warm-up and at the end."""
     url = args.base_url.rstrip("/") + "/v1/completions"
     rng = random.Random(args.seed + 1)
     cap = asyncio.Semaphore(args.max_concurrency) if args.max_concurrency else None
@@ -140,6 +157,8 @@ async def send_all(args, prompts: list, rate: float, model: str | None,
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None),
                                      trust_env=False) as session:
         await one_request(session, url, model, prompts[0], 4, headers)  # warm-up
+        if readings is not None:
+            readings.append(await read_step_counters(session, args.base_url, headers))
 
         async def limited(prompt):
             if cap is None:
@@ -155,6 +174,8 @@ async def send_all(args, prompts: list, rate: float, model: str | None,
                 await asyncio.sleep(rng.expovariate(rate))
         results = await asyncio.gather(*tasks)
         duration = time.perf_counter() - start
+        if readings is not None:
+            readings.append(await read_step_counters(session, args.base_url, headers))
     return results, duration
 
 
@@ -179,8 +200,13 @@ def summarize(results: list[Result], duration: float, rate: float, max_concurren
 
 
 async def run_rate(args, prompts: list, rate: float, model: str | None, headers: dict) -> dict:
-    results, duration = await send_all(args, prompts, rate, model, headers)
-    return summarize(results, duration, rate, args.max_concurrency)
+    readings: list[StepCounters | None] = []
+    results, duration = await send_all(args, prompts, rate, model, headers, readings)
+    row = summarize(results, duration, rate, args.max_concurrency)
+    before, after = readings
+    if before is not None and after is not None:  # our server: where the steps' time went
+        row["steps"] = summarize_window(before, after)
+    return row
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -236,6 +262,8 @@ def run(argv: list[str] | None = None) -> list[dict]:
         print(f"rate {row['request_rate']}: {row['completed']}/{row['num_prompts']} done in "
               f"{row['duration_s']:.1f} s, {row['output_throughput']:.1f} output tok/s, "
               f"TTFT p50 {row['ttft_ms_p50']:.1f} ms, TPOT p50 {row['tpot_ms_p50']:.1f} ms", flush=True)
+        if "steps" in row:
+            print("  " + describe_window(row["steps"]), flush=True)
     print(table(rows))
     if args.out:
         with open(args.out, "w") as handle:
