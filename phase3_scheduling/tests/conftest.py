@@ -28,6 +28,7 @@ def benchmark_script():
     """``benchmark_script("b2_step_profile")``: a script of phase3_scheduling/benchmarks/ loaded
     as a module (the benchmarks are scripts, not a package)."""
     import importlib.util
+    import sys
     from pathlib import Path
 
     folder = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -35,6 +36,7 @@ def benchmark_script():
     def load(name: str):
         spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while it executes
         spec.loader.exec_module(module)
         return module
 
