@@ -156,8 +156,11 @@ def main(argv: list[str] | None = None) -> None:
         from phase5_server.cli.bench_serve import run
 
         rows = []
-        for extra in preset.get("runs", [[]]):
-            bench = ["--base-url", url, *preset["bench"], *extra, *args.extra_bench]
+        for index, extra in enumerate(preset.get("runs", [[]])):
+            # each run its own prompts (bench serve varies them per rate within a run): none
+            # comes from the prefix cache that an earlier run filled
+            bench = ["--base-url", url, *preset["bench"], *extra, "--seed", str(1000 * index),
+                     *args.extra_bench]
             print("bench: lightvllm bench serve", " ".join(bench), flush=True)
             before = server_cpu_seconds(proc.pid)
             new_rows = run(bench)

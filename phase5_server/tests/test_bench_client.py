@@ -150,3 +150,18 @@ def test_rows_carry_the_engine_steps_of_our_server_and_none_from_others(stub_url
     stub_row = asyncio.run(run_rate(stub_args, make_prompts(stub_args, random.Random(0)),
                                     stub_args.request_rate[0], "stub", {}))
     assert stub_row["completed"] == 2 and "steps" not in stub_row
+
+
+def test_each_rate_sends_prompts_the_server_has_not_cached(tiny_server):
+    """Two rates in one run: the second's prompts are new to the server, so every one of its
+    prompt tokens is prefilled (a repeated prompt would come from the prefix cache: its step
+    would carry one token, not 32). Also the warm-up shares no block with the first prompt."""
+    from phase5_server.cli.bench_serve import run
+
+    rows = run(["--base-url", tiny_server.url, "--model", "tiny", "--num-prompts", "3",
+                "--input-len", "32", "--output-len", "3", "--max-concurrency", "1",
+                "--vocab-size", "1000", "--seed", "7", "--request-rate", "inf", "inf"])
+    for row in rows:
+        assert row["completed"] == 3
+        assert row["steps"]["mixed_steps"] == 3
+        assert row["steps"]["mixed_prompt_tokens_per_step"] == 32

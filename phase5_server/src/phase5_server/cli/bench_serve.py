@@ -57,6 +57,18 @@ def make_prompts(args, rng: random.Random) -> list:
     return [[rng.randrange(low, high) for _ in range(args.input_len)] for _ in range(args.num_prompts)]
 
 
+def rate_rng(seed: int, index: int) -> random.Random:
+    """The prompts of the ``index``-th rate of a run: the first from ``seed`` itself, each later
+    one from its own stream, so no rate repeats another's prompts (a server with prefix caching
+    would otherwise prefill them from its cache: vLLM's and ours keep it on by default)."""
+    return random.Random(seed if index == 0 else f"{seed}:{index}")
+
+
+def warm_up_prompt(prompt):
+    """A prompt of the same length that shares no leading block with ``prompt`` (reversed)."""
+    return prompt[::-1] if isinstance(prompt, list) else " ".join(reversed(prompt.split()))
+
+
 async def sse_lines(chunks) -> AsyncIterator[bytes]:
     """The lines of a byte stream, split only at CR, LF and CRLF as SSE says (``str.splitlines``,
     which httpx's ``aiter_lines`` uses, also splits at U+2028, U+0085 and others that JSON may
@@ -156,7 +168,7 @@ async def send_all(args, prompts: list, rate: float, model: str | None, headers:
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None),
                                      trust_env=False) as session:
-        await one_request(session, url, model, prompts[0], 4, headers)  # warm-up
+        await one_request(session, url, model, warm_up_prompt(prompts[0]), 4, headers)  # warm-up
         if readings is not None:
             readings.append(await read_step_counters(session, args.base_url, headers))
 
@@ -252,9 +264,9 @@ def run(argv: list[str] | None = None) -> list[dict]:
         listing = httpx.get(args.base_url.rstrip("/") + "/v1/models", headers=headers, trust_env=False,
                             timeout=30).json()
         model = listing["data"][0]["id"]
-    prompts = make_prompts(args, random.Random(args.seed))
     rows = []
-    for rate in args.request_rate:
+    for index, rate in enumerate(args.request_rate):
+        prompts = make_prompts(args, rate_rng(args.seed, index))
         row = asyncio.run(run_rate(args, prompts, rate, model, headers))
         row.update(workload=args.workload, model=model, input_len=args.input_len,
                    output_len=args.output_len, base_url=args.base_url)
