@@ -79,7 +79,7 @@ class AsyncMPClient:
         self._collectors: dict[str, RequestOutputCollector] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stats: SchedulerStats | None = None
-        self._steps: StepCounters | None = None  # the core's step times, as last sent
+        self._steps = StepCounters()  # the core's step times, as last sent (none run yet)
         self.prompt_tokens = self.generation_tokens = 0
         self._closing = False
         try:

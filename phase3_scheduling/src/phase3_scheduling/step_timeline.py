@@ -38,9 +38,11 @@ class StepCounters(msgspec.Struct, array_like=True):
                             list(self.prompt_tokens))
 
 
-def step_kind(step: SchedulerOutput) -> int:
-    """0 (decode: every row one token) or 1 (mixed: some row runs a prompt or a chunk of one)."""
-    return int(any(n > 1 for n in step.num_scheduled_tokens))
+def prompt_tokens(step: SchedulerOutput) -> int:
+    """Tokens of the rows that run more than one (a prompt or a chunk of one): all the step's
+    tokens but its one-token rows (two C-level passes: this runs once per step)."""
+    tokens = step.num_scheduled_tokens
+    return sum(tokens) - tokens.count(1)
 
 
 class StepClock:
@@ -53,12 +55,13 @@ class StepClock:
     def record(self, step: SchedulerOutput, submitted_at: float, done_at: float) -> None:
         start = submitted_at if self._last_done is None else max(submitted_at, self._last_done)
         self._last_done = done_at
-        kind = step_kind(step)
+        prompt = prompt_tokens(step)
+        kind = int(prompt > 0)  # 0: decode (every row one token), 1: mixed
         c = self.counters
         c.steps[kind] += 1
         c.seconds[kind] += max(0.0, done_at - start)
         c.rows[kind] += len(step.req_ids)
-        c.prompt_tokens[kind] += sum(n for n in step.num_scheduled_tokens if n > 1)
+        c.prompt_tokens[kind] += prompt
 
 
 def summarize_window(before: StepCounters, after: StepCounters) -> dict[str, float]:
