@@ -22,6 +22,7 @@ import torch
 from shared.bench import hardware, markdown_table
 
 from .cli_args import add_engine_args, engine_args, hf_config
+from .step_timeline import describe_window, summarize_window
 
 logger = logging.getLogger(__name__)
 
@@ -155,14 +156,17 @@ def throughput_main(argv: list[str] | None = None) -> list[dict]:
     info = llm.engine.info
     work = make_workload(args.num_prompts, in_range, out_range, llm.engine.model_config.vocab_size, args.seed)
     run_engine(llm, make_workload(2, (16, 16), (4, 4), llm.engine.model_config.vocab_size, 1), False)
+    before = llm.engine.core.step_clock.counters.copy()
     elapsed = run_engine(llm, work)
+    steps = summarize_window(before, llm.engine.core.step_clock.counters)
     print(step_profile(llm))
+    print(describe_window(steps))
     rows = [dict(workload=args.workload, engine="LightvLLM", requests=len(work.prompts),
                  input_tokens=work.input_tokens, output_tokens=work.output_tokens, seconds=elapsed,
                  output_tok_s=work.output_tokens / elapsed,
                  total_tok_s=(work.input_tokens + work.output_tokens) / elapsed,
                  startup_s=startup, backend=info["backend"], kv_blocks=info["num_blocks"],
-                 preemptions=llm.engine.scheduler.num_preemptions)]
+                 preemptions=llm.engine.scheduler.num_preemptions, steps=steps)]
     if info["device"].startswith("cuda"):
         rows[0]["gpu_mem_gib"] = torch.cuda.max_memory_reserved() / 2**30
     if args.hf:
@@ -198,10 +202,15 @@ def latency_main(argv: list[str] | None = None) -> list[dict]:
     for i in range(args.num_iters + 1):  # the first is a warm-up
         work = make_workload(args.batch_size, (args.input_len,) * 2, (args.output_len,) * 2, vocab, i)
         llm.engine.kv_manager.pool.cached.clear()
+        if i == 1:
+            before = llm.engine.core.step_clock.counters.copy()
         t = run_engine(llm, work, use_tqdm=False)
         if i:
             times.append(t)
+    steps = summarize_window(before, llm.engine.core.step_clock.counters) if times else {}
     print(step_profile(llm))
+    if steps:
+        print(describe_window(steps))
     times.sort()
     median = times[len(times) // 2]
     tokens = args.batch_size * args.output_len
@@ -209,7 +218,7 @@ def latency_main(argv: list[str] | None = None) -> list[dict]:
                  input_len=args.input_len, output_len=args.output_len, seconds=median,
                  output_tok_s=tokens / median, ms_per_token=1000 * median / args.output_len,
                  startup_s=startup, cuda_graphs=bool(info["graph_sizes"]),
-                 iteration_seconds=times)]
+                 iteration_seconds=times, steps=steps)]
     if args.hf:
         model = _swap_for_hf(llm, args)
         del llm
