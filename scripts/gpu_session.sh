@@ -39,8 +39,14 @@
 #   b2tuned b3tuned  B2/B3 with the decode GEMMs chosen by measurement between cuBLAS and our
 #            CUDA weight-streaming kernel (LIGHTVLLM_GPU_LINEAR=tuned); profiletuned: its step profile
 #   b3cublas B3 with every GEMM on cuBLAS (the tuned default's same-run baseline); b4low,
-#            b4lowcublas: B4's 4 req/s run alone (preset h200-4rps), tuned and cuBLAS-only
-#   gemm     bench_decode_gemm.py: the 8B decode GEMMs at 1-8 rows in CUDA graphs, cuBLAS vs ours
+#            b4lowcublas: B4's 4 req/s run alone (preset h200-4rps), tuned and cuBLAS-only;
+#            b4mid, b4midauto: its 16 req/s run alone (preset h200-16rps), tuned and auto (the
+#            Triton skinny GEMM a candidate too, up to 16 rows)
+#   gemm     bench_decode_gemm.py: the 8B decode GEMMs at 1-16 rows in CUDA graphs, cuBLAS vs
+#            our CUDA (1-8 rows) and Triton (1-16) kernels
+#   attnsmall bench_attention.py --tune-small: decode attention at 1/4/16 x 512 tokens, splits and
+#            tiles in CUDA graphs (B4's batches)
+#   profileb4 b2_step_profile.py at 4 and 16 sequences of 512-token prompts (B4's decode steps)
 #   b1fused  B1's two norms (compile vs ours), twice
 #   b1inplace B1's fused_add_rms_norm: compile (returns new tensors), compile writing in place as
 #            ours does (compile_inplace), ours; twice
@@ -267,6 +273,7 @@ section() {  # the command of one section (run under timeout by run_sections)
     b3tuned) LIGHTVLLM_GPU_LINEAR=tuned $BENCH throughput $DUMMY8B --num-prompts 256 --input-len 100 \
           1024 --output-len 100 1024 --max-num-batched-tokens 8192 --workload B3 --out "$R/b3tuned.json" ;;
     gemm) $PY phase1_kernels/benchmarks/bench_decode_gemm.py --out "$R/gemm.json" ;;
+    attnsmall) $PY phase2_attention/benchmarks/bench_attention.py --tune-small --out "$R/attnsmall.json" ;;
     b1nopdl) LIGHTVLLM_PDL=0 $PY phase1_kernels/benchmarks/bench_kernels.py \
           --ops rms_norm,fused_add_rms_norm --impls compile,cpp --out "$R/b1nopdl.json" ;;
     b3cublas) LIGHTVLLM_GPU_LINEAR=cublas $BENCH throughput $DUMMY8B --num-prompts 256 --input-len \
@@ -274,6 +281,10 @@ section() {  # the command of one section (run under timeout by run_sections)
           --out "$R/b3cublas.json" ;;
     b4low) $PY phase5_server/benchmarks/run_b4.py --preset h200-4rps --out "$R/b4low.json" \
           --server-log "$R/b4low_server.log" ;;
+    b4mid) $PY phase5_server/benchmarks/run_b4.py --preset h200-16rps --out "$R/b4mid.json" \
+          --server-log "$R/b4mid_server.log" ;;
+    b4midauto) LIGHTVLLM_GPU_LINEAR=auto $PY phase5_server/benchmarks/run_b4.py --preset \
+          h200-16rps --out "$R/b4midauto.json" --server-log "$R/b4midauto_server.log" ;;
     b4lowcublas) LIGHTVLLM_GPU_LINEAR=cublas $PY phase5_server/benchmarks/run_b4.py --preset \
           h200-4rps --out "$R/b4lowcublas.json" --server-log "$R/b4lowcublas_server.log" ;;
     b1norm) for v in 1 4 2; do echo "LIGHTVLLM_NORM_VPT=$v"; LIGHTVLLM_NORM_VPT=$v $PY \
@@ -335,6 +346,8 @@ except RuntimeError as e:
     prefill) $PY phase3_scheduling/benchmarks/prefill_step_profile.py --out "$R/prefill.json" ;;
     profileb3) $PY phase3_scheduling/benchmarks/b2_step_profile.py --batch 256 --prompt-len 1024 \
           --steps 4 --warm-steps 4 --timed-steps 16 --out "$R/profileb3.json" ;;
+    profileb4) for b in 4 16; do $PY phase3_scheduling/benchmarks/b2_step_profile.py --batch $b \
+          --prompt-len 512 --steps 4 --warm-steps 4 --timed-steps 32 --out "$R/profileb4_$b.json"; done ;;
     profile_fa4) $PY phase3_scheduling/benchmarks/b2_step_profile.py --attention-backend \
           flash_attn --block-size 128 --out "$R/profile_fa4.json" ;;
     parity) $PYTEST phase1_kernels/tests/test_hf_parity_gpu.py ;;
@@ -344,7 +357,7 @@ except RuntimeError as e:
 }
 
 declare -A LIMIT=([tests]=420 [b1]=150 [b2]=150 [b2sync]=150 [b2hf]=150 [b3]=150 [b3sync]=150
-                  [b3hf]=240 [b4]=330 [b4nocap]=330 [b4nomixed]=330 [b4cap]=330 [gaps]=200 [b2nomixed]=150 [b3nomixed]=150 [b2fa4]=150 [b2cublas]=150 [b2noprefetch]=150 [b2nosilu]=150 [b2next]=150 [b2nofuse]=150 [b2auto]=150 [b2nopdl]=150 [b2tuned]=150 [b3tuned]=150 [gemm]=150 [b1norm]=200 [b1fused]=120 [b1inplace]=120 [b3cublas]=150 [b1nopdl]=120 [b4low]=180 [b4lowcublas]=180 [profiletuned]=180 [profileb3]=200 [quick]=180 [kernels]=150 [libdiag]=60 [fa4]=360
+                  [b3hf]=240 [b4]=330 [b4nocap]=330 [b4nomixed]=330 [b4cap]=330 [gaps]=200 [b2nomixed]=150 [b3nomixed]=150 [b2fa4]=150 [b2cublas]=150 [b2noprefetch]=150 [b2nosilu]=150 [b2next]=150 [b2nofuse]=150 [b2auto]=150 [b2nopdl]=150 [b2tuned]=150 [b3tuned]=150 [gemm]=150 [b1norm]=200 [b1fused]=120 [b1inplace]=120 [b3cublas]=150 [b1nopdl]=120 [b4low]=180 [b4lowcublas]=180 [attnsmall]=150 [b4mid]=150 [b4midauto]=150 [profiletuned]=180 [profileb3]=200 [quick]=180 [kernels]=150 [libdiag]=60 [fa4]=360
                   [profile]=180 [profile_fa4]=180 [parity]=240 [engine]=180)
 
 run_sections() {

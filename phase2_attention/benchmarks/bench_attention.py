@@ -275,6 +275,39 @@ def parse_shapes(text: str | None) -> list[tuple[int, int]] | None:
 
 
 # --------------------------------------------------------------------------------------------
+def tune_small_batch(gen, rows, table_tokens: int = 2048, ctx: int = 512):
+    """Decode at the batches of online serving (1, 4, 16 sequences of ``ctx`` tokens) with the
+    engine's block-table width (``table_tokens`` = its max_model_len, which caps the splits):
+    the split count and tile settings, each in a CUDA graph as the engine replays it."""
+    scale = D ** -0.5
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    for batch in (1, 4, 16):
+        cache, tables, seq_lens = paged_cache(batch, ctx, gen)
+        wide = torch.zeros(batch, table_tokens // BLOCK, dtype=tables.dtype, device="cuda")
+        wide[:, :tables.shape[1]] = tables
+        q = torch.randn(batch, HQ, D, device="cuda", dtype=DTYPE, generator=gen)
+        out = torch.empty_like(q)
+        kv_bytes = batch * ctx * HK * D * 4
+        auto = tp.choose_num_splits(batch, HK, table_tokens, sms)
+        for splits in sorted({auto, 1, 2, 4, 8, 16}):
+            for bn, warps in ((64, 4), (32, 4), (32, 2), (16, 2)):
+                cfg = dict(BLOCK_N=bn, num_warps=warps, num_stages=3)
+                try:
+                    us = bench_graph(lambda: tp.paged_decode_attention(
+                        q, cache, wide, seq_lens, scale, out=out, num_splits=splits, config=cfg))
+                except Exception as exc:  # noqa: BLE001 - out of resources etc.
+                    print(f"tune small decode B={batch} {cfg} splits={splits}: {type(exc).__name__}")
+                    continue
+                gbs = kv_bytes / (us * 1e-6) / 1e9
+                rows.append(dict(kind="tune_small_decode", batch=batch, ctx=ctx, cfg=cfg,
+                                 splits=splits, auto=splits == auto, graph_us=us, gbs=gbs))
+                print(f"tune small decode B={batch:2d} ctx={ctx} splits={splits:2d}"
+                      f"{' (auto)' if splits == auto else '       '} {cfg}: {us:6.1f} us graph "
+                      f"{gbs:5.0f} GB/s ({100 * gbs * 1e9 / PEAK_BW:.1f}%)", flush=True)
+        del cache, tables, wide, q, out
+        torch.cuda.empty_cache()
+
+
 def tune(gen, rows):
     """Tile settings of both kernels at the issue's target shapes."""
     scale = D ** -0.5
@@ -366,6 +399,8 @@ def main(argv=None):
     ap.add_argument("--out", help="write all rows as JSON here")
     ap.add_argument("--quick", action="store_true", help="a few sizes only")
     ap.add_argument("--tune", action="store_true", help="also sweep tile settings at the targets")
+    ap.add_argument("--tune-small", action="store_true",
+                    help="only the decode sweep at 1, 4, 16 sequences of 512 tokens (online serving)")
     ap.add_argument("--skip-decode", action="store_true")
     ap.add_argument("--skip-prefill", action="store_true")
     ap.add_argument("--peak-bw", type=float, help="bytes/s to report decode against")
@@ -382,6 +417,9 @@ def main(argv=None):
           f"flash_attn: {flash_versions() or 'none'}")
     gen = torch.Generator(device="cuda").manual_seed(0)
     rows: list[dict] = []
+    if args.tune_small:
+        tune_small_batch(gen, rows)
+        args.skip_decode = args.skip_prefill = True
     if args.tune:
         tune(gen, rows)
     decode_shapes, prefill_shapes = parse_shapes(args.decode_shapes), parse_shapes(args.prefill_shapes)

@@ -45,6 +45,12 @@ PRESETS = {
         bench=["--input-len", "512", "--output-len", "128", "--vocab-size", "128000",
                "--workload", "B4"],
         runs=[["--num-prompts", "300", "--request-rate", "4"]]),
+    "h200-16rps": dict(  # the 16 req/s run of h200 alone (decode steps of ~16 rows: an A/B)
+        serve=["--load-format", "dummy", "--hf-config", "llama-3.1-8b", "--dtype", "bfloat16",
+               "--max-num-seqs", "256", "--max-model-len", "2048"],
+        bench=["--input-len", "512", "--output-len", "128", "--vocab-size", "128000",
+               "--workload", "B4"],
+        runs=[["--num-prompts", "500", "--request-rate", "16"]]),
     "cpu-api": dict(  # the API process's own load: a tiny model whose steps take milliseconds
         tiny=True,
         serve=["--dtype", "float32", "--max-num-seqs", "256", "--max-model-len", "512",
