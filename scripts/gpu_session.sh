@@ -41,7 +41,8 @@
 #   b3cublas B3 with every GEMM on cuBLAS (the tuned default's same-run baseline); b4low,
 #            b4lowcublas: B4's 4 req/s run alone (preset h200-4rps), tuned and cuBLAS-only;
 #            b4mid, b4midauto: its 16 req/s run alone (preset h200-16rps), tuned and auto (the
-#            Triton skinny GEMM a candidate too, up to 16 rows)
+#            Triton skinny GEMM a candidate too, up to 16 rows); b4midlead, b4lowlead: the 16 and
+#            4 req/s runs with --schedule-lead-ms 2 (b4mid, b4low are their baselines: TTFT)
 #   gemm     bench_decode_gemm.py: the 8B decode GEMMs at 1-16 rows in CUDA graphs, cuBLAS vs
 #            our CUDA (1-8 rows) and Triton (1-16) kernels
 #   attnsmall bench_attention.py --tune-small: decode attention at 1/4/16 x 512 tokens, splits and
@@ -285,6 +286,10 @@ section() {  # the command of one section (run under timeout by run_sections)
           --server-log "$R/b4mid_server.log" ;;
     b4midauto) LIGHTVLLM_GPU_LINEAR=auto $PY phase5_server/benchmarks/run_b4.py --preset \
           h200-16rps --out "$R/b4midauto.json" --server-log "$R/b4midauto_server.log" ;;
+    b4midlead) $PY phase5_server/benchmarks/run_b4.py --preset h200-16rps --out "$R/b4midlead.json" \
+          --serve-args "--schedule-lead-ms 2" --server-log "$R/b4midlead_server.log" ;;
+    b4lowlead) $PY phase5_server/benchmarks/run_b4.py --preset h200-4rps --out "$R/b4lowlead.json" \
+          --serve-args "--schedule-lead-ms 2" --server-log "$R/b4lowlead_server.log" ;;
     b4lowcublas) LIGHTVLLM_GPU_LINEAR=cublas $PY phase5_server/benchmarks/run_b4.py --preset \
           h200-4rps --out "$R/b4lowcublas.json" --server-log "$R/b4lowcublas_server.log" ;;
     b1norm) for v in 1 4 2; do echo "LIGHTVLLM_NORM_VPT=$v"; LIGHTVLLM_NORM_VPT=$v $PY \
@@ -357,7 +362,7 @@ except RuntimeError as e:
 }
 
 declare -A LIMIT=([tests]=420 [b1]=150 [b2]=150 [b2sync]=150 [b2hf]=150 [b3]=150 [b3sync]=150
-                  [b3hf]=240 [b4]=330 [b4nocap]=330 [b4nomixed]=330 [b4cap]=330 [gaps]=200 [b2nomixed]=150 [b3nomixed]=150 [b2fa4]=150 [b2cublas]=150 [b2noprefetch]=150 [b2nosilu]=150 [b2next]=150 [b2nofuse]=150 [b2auto]=150 [b2nopdl]=150 [b2tuned]=150 [b3tuned]=150 [gemm]=150 [b1norm]=200 [b1fused]=120 [b1inplace]=120 [b3cublas]=150 [b1nopdl]=120 [b4low]=180 [b4lowcublas]=180 [attnsmall]=150 [b4mid]=150 [b4midauto]=150 [profiletuned]=180 [profileb3]=200 [quick]=180 [kernels]=150 [libdiag]=60 [fa4]=360
+                  [b3hf]=240 [b4]=330 [b4nocap]=330 [b4nomixed]=330 [b4cap]=330 [gaps]=200 [b2nomixed]=150 [b3nomixed]=150 [b2fa4]=150 [b2cublas]=150 [b2noprefetch]=150 [b2nosilu]=150 [b2next]=150 [b2nofuse]=150 [b2auto]=150 [b2nopdl]=150 [b2tuned]=150 [b3tuned]=150 [gemm]=150 [b1norm]=200 [b1fused]=120 [b1inplace]=120 [b3cublas]=150 [b1nopdl]=120 [b4low]=180 [b4lowcublas]=180 [attnsmall]=150 [b4mid]=150 [b4midauto]=150 [b4midlead]=150 [b4lowlead]=180 [profiletuned]=180 [profileb3]=200 [quick]=180 [kernels]=150 [libdiag]=60 [fa4]=360
                   [profile]=180 [profile_fa4]=180 [parity]=240 [engine]=180)
 
 run_sections() {

@@ -20,8 +20,13 @@ class SchedulerConfig:
     enable_chunked_prefill: bool = True
     async_scheduling: bool = False  # schedule step N+1 while step N runs (one-worker GPU default)
     max_prefill_tokens_while_decoding: int = 0  # prompt tokens per step while decodes run (0: all)
+    # async scheduling in the engine process: schedule the next step this long before the step in
+    # flight is expected to end, so that requests arriving meanwhile join it (0: at once)
+    schedule_lead_ms: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.schedule_lead_ms < 0:
+            raise ValueError(f"schedule_lead_ms must be >= 0 (0: off), got {self.schedule_lead_ms}")
         if self.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
         if self.max_prefill_tokens_while_decoding < 0:
@@ -100,6 +105,7 @@ class EngineArgs:
     distributed_executor_backend: str | None = None  # "uni" | "mp" | "ray" | "grpc" (phase 4)
     async_scheduling: bool | None = None  # default: on for one worker on a GPU
     max_prefill_tokens_while_decoding: int = 0  # 0: no cap (measured: docs/benchmarks.md, B4)
+    schedule_lead_ms: float = 0.0  # 0: off (async scheduling schedules the next step at once)
     extra: dict = field(default_factory=dict)
 
     def parallel_config(self) -> ParallelConfig:
@@ -124,7 +130,7 @@ class EngineArgs:
                                                   else max(max_len, default_budget))
         return SchedulerConfig(self.max_num_seqs, batched, max_len, self.enable_chunked_prefill,
                                self._async_scheduling(device_type),
-                               self.max_prefill_tokens_while_decoding)
+                               self.max_prefill_tokens_while_decoding, self.schedule_lead_ms)
 
     def _async_scheduling(self, device_type: str) -> bool:
         """Overlap the host's scheduling with the device's step: on by default for one worker on

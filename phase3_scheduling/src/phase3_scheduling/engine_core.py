@@ -76,6 +76,7 @@ class EngineCore:
         self.fatal_error: BaseException | None = None  # set once a worker or the device failed
         self.timings: dict[str, float] = defaultdict(float)  # seconds per step phase
         self.step_clock = StepClock()  # wall time of decode vs mixed steps (step_timeline.py)
+        self._head_started_at: float | None = None  # when the oldest step in flight began to run
         self.startup_seconds = time.perf_counter() - start
         logger.info("engine core ready in %.1f s: %d KV blocks, graphs %s", self.startup_seconds,
                     self.num_blocks, self.executor.graph_sizes)
@@ -131,13 +132,32 @@ class EngineCore:
                     raise
                 except Exception as error:  # this step's data broke the launch
                     return self._outputs(self._fail_step(step, error))
+                if len(queue) == 1:  # an idle device starts it at once
+                    self._head_started_at = queue[0][2]
                 self.peak_in_flight = max(self.peak_in_flight, len(queue))
                 if len(queue) < self.max_batches:
                     return self._outputs([])  # room for another micro-batch
         if not queue:
             return self._outputs(self._fail_unschedulable())
         step, pending, submitted_at = queue.popleft()
-        return self._collect(step, pending, submitted_at, time.perf_counter())
+        outputs = self._collect(step, pending, submitted_at, time.perf_counter())
+        # the next step in flight ran on as soon as this one ended (async scheduling)
+        self._head_started_at = time.perf_counter() if queue else None
+        return outputs
+
+    def schedule_delay(self) -> float:
+        """Seconds the caller may wait for new requests before the next ``step()``, so that they
+        join the step it schedules (``schedule_lead_ms``): with one step in flight and nothing
+        waiting, the next one is due ``schedule_lead_ms`` before the running one is expected to
+        end (its start plus the recent decode steps' typical time, which a step with a prompt
+        only exceeds). 0 when the lead is off, without async scheduling, before the first
+        decode step, or when the next step should be scheduled now."""
+        lead = self.config.scheduler_config.schedule_lead_ms / 1e3
+        typical = self.step_clock.typical_decode_s
+        if (lead <= 0 or self.max_batches != 2 or len(self.batch_queue) != 1
+                or self._head_started_at is None or typical is None or self.scheduler.waiting):
+            return 0.0
+        return max(0.0, self._head_started_at + typical - lead - time.perf_counter())
 
     def _collect(self, step: SchedulerOutput, pending: PendingStep, submitted_at: float,
                  t1: float) -> EngineCoreOutputs:

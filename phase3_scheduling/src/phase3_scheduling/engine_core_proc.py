@@ -71,6 +71,9 @@ class EngineCoreProc:
             if not self.running:
                 break
             if self.core.has_unfinished_requests():
+                self._wait_for_requests(self.core.schedule_delay())
+                if not self.running:
+                    break
                 self._send_outputs(self.core.step())
             elif self._changed:  # aborts landed on an idle engine: report the freed blocks
                 self._send_outputs(EngineCoreOutputs([], self.core.scheduler.stats(), time.monotonic()))
@@ -94,6 +97,14 @@ class EngineCoreProc:
             self._handle(frames)
             if not self.running:
                 return
+
+    def _wait_for_requests(self, seconds: float) -> None:
+        """Up to ``seconds`` (``EngineCore.schedule_delay``): return as soon as a message came
+        and was applied, so that a new request joins the step scheduled next."""
+        if seconds <= 0 or not self.running:
+            return
+        if self.inbox.poll(max(1, round(1e3 * seconds))):
+            self._drain_inbox(block=False)
 
     def _handle(self, frames: list[bytes]) -> None:
         kind, payload = frames[0], frames[1] if len(frames) > 1 else b""
