@@ -59,6 +59,16 @@ def request(rid: str, max_tokens: int) -> EngineCoreRequest:
     return EngineCoreRequest.build(rid, PROMPT, params, [], time.time())
 
 
+def test_the_lead_needs_async_scheduling():
+    from phase3_scheduling import EngineArgs
+
+    with pytest.raises(ValueError, match="needs async scheduling"):
+        EngineArgs(schedule_lead_ms=2).scheduler_config(4096, "cpu")  # async is off on the CPU
+    with pytest.raises(ValueError, match="schedule_lead_ms must be >= 0"):
+        EngineArgs(schedule_lead_ms=-1, async_scheduling=True).scheduler_config(4096, "cpu")
+    assert EngineArgs(schedule_lead_ms=2).scheduler_config(4096, "cuda").schedule_lead_ms == 2
+
+
 def test_the_delay_is_the_running_steps_expected_rest_less_the_lead():
     for lead_ms in (0.0, LEAD_MS):
         core = make_core(lead_ms)

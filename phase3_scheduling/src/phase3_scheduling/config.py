@@ -128,9 +128,14 @@ class EngineArgs:
         default_budget = 8192 if device_type == "cuda" else 2048
         batched = self.max_num_batched_tokens or (default_budget if self.enable_chunked_prefill
                                                   else max(max_len, default_budget))
+        async_scheduling = self._async_scheduling(device_type)
+        if self.schedule_lead_ms > 0 and not async_scheduling:
+            raise ValueError("schedule_lead_ms times the next step against the one in flight: it "
+                             "needs async scheduling (on by default for one worker on a GPU; "
+                             "--async-scheduling elsewhere)")
         return SchedulerConfig(self.max_num_seqs, batched, max_len, self.enable_chunked_prefill,
-                               self._async_scheduling(device_type),
-                               self.max_prefill_tokens_while_decoding, self.schedule_lead_ms)
+                               async_scheduling, self.max_prefill_tokens_while_decoding,
+                               self.schedule_lead_ms)
 
     def _async_scheduling(self, device_type: str) -> bool:
         """Overlap the host's scheduling with the device's step: on by default for one worker on
