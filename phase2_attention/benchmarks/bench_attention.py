@@ -355,6 +355,23 @@ def tune(gen, rows):
     torch.cuda.empty_cache()
 
 
+def print_small_batch_table(rows, device: str):
+    """The --tune-small sweep: per batch, each split count and tile, fastest first."""
+    print(f"\n### Decode at small batches (graph µs per layer call) on {device}\n")
+    print("| batch | ctx | splits | BLOCK_N | warps | graph µs | GB/s | vs the default |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    sweep = [r for r in rows if r["kind"] == "tune_small_decode"]
+    for batch in sorted({r["batch"] for r in sweep}):
+        mine = sorted((r for r in sweep if r["batch"] == batch), key=lambda r: r["graph_us"])
+        default = next((r for r in mine if r["auto"] and r["cfg"]["BLOCK_N"] == 64
+                        and r["cfg"]["num_warps"] == 4), None)
+        for r in mine:
+            ratio = f"{r['graph_us'] / default['graph_us']:.2f}x" if default else "-"
+            print(f"| {batch} | {r['ctx']} | {r['splits']}{' (auto)' if r['auto'] else ''} | "
+                  f"{r['cfg']['BLOCK_N']} | {r['cfg']['num_warps']} | {r['graph_us']:.1f} | "
+                  f"{r['gbs']:.0f} | {ratio} |")
+
+
 def print_tables(rows, device: str):
     print(f"\n### Decode (Llama-3.1-8B layer: Hq={HQ}, Hk={HK}, D={D}, bf16, block {BLOCK}) on {device}\n")
     print("GB/s from the CUDA-graph time (GPU time, no Python launch cost).\n")
@@ -419,7 +436,12 @@ def main(argv=None):
     rows: list[dict] = []
     if args.tune_small:
         tune_small_batch(gen, rows)
-        args.skip_decode = args.skip_prefill = True
+        print_small_batch_table(rows, device)
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(dict(device=device, torch=torch.__version__, triton=triton.__version__,
+                               rows=rows), f, indent=1)
+        return 0
     if args.tune:
         tune(gen, rows)
     decode_shapes, prefill_shapes = parse_shapes(args.decode_shapes), parse_shapes(args.prefill_shapes)

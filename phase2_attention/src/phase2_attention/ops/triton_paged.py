@@ -426,12 +426,12 @@ def _decode_config(head_size: int, block_size: int, dtype: torch.dtype, device: 
     if _interpreting(device):
         return dict(BLOCK_N=32, num_warps=1, num_stages=1)
     if SMALL_BATCH_DECODE[0] <= batch <= SMALL_BATCH_DECODE[1] and head_size <= 128:
-        # H100, Llama-8B shape, 512-token contexts, in CUDA graphs (bench_attention.py
-        # --tune-small): 16 sequences 25.3 us against 28.9 us for the 64-wide tile of 4 warps,
-        # 4 sequences 13.3 against 13.6; each program walks its split in shorter steps
+        # H100, Llama-8B shape, 512-token contexts, at the split count chosen below, in CUDA
+        # graphs (bench_attention.py --tune-small): 16 sequences 26.1 us against 28.9 us for the
+        # 64-wide tile of 4 warps, 4 sequences 13.3 against 13.6; batch 1 is faster with it
         return dict(BLOCK_N=32, num_warps=2, num_stages=3)
     # H100, batch 64 x 4k, Llama-8B shape: 95% of 3.01 TB/s; BLOCK_N 32..128, 4 or 8 warps and
-    # 2..4 stages all landed within 4% of it. Batch 1 at 512 tokens: this tile is the fastest.
+    # 2..4 stages all landed within 4% of it.
     block_n = 64 if head_size <= 128 else 32
     return dict(BLOCK_N=block_n, num_warps=4, num_stages=3)
 
