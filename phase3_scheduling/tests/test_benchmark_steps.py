@@ -10,11 +10,10 @@ import json
 import pytest
 
 from phase3_scheduling.benchmark import latency_main, throughput_main
+from shared.fixtures import TINY_LLAMA
 
-TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=1024,
-            rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False, bos_token_id=1,
-            eos_token_id=2)
+# the fixtures' tiny shape, with what a config.json for dummy weights must also say
+TINY = {**TINY_LLAMA, "rope_theta": 10000.0, "bos_token_id": 1, "eos_token_id": 2}
 
 
 @pytest.fixture()
