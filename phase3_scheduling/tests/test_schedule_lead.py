@@ -22,6 +22,7 @@ from phase3_scheduling.engine_config import resolve_engine_config
 from phase3_scheduling.engine_core import EngineCore
 from phase3_scheduling.engine_core_proc import ADD, OUTPUTS, SHUTDOWN, EngineCoreProc
 from phase3_scheduling.executor import DeferredStep, UniProcExecutor
+from phase3_scheduling.schedule_lead import LeadTimer
 
 from test_step_failure import tiny_engine_args
 
@@ -32,13 +33,17 @@ PROMPT = [11, 12, 13, 14, 15]
 
 class SimulatedDevice(UniProcExecutor):
     """Runs each step on the CPU at once, then lets its output be read only when a device that
-    takes STEP_S a step, one step at a time, would have finished it."""
+    takes STEP_S a step, one step at a time, would have finished it. ``host_s``: more host time
+    per launch, spent before the device gets the step (a slow scheduler or input preparation)."""
+
+    host_s = 0.0
 
     def __init__(self, config):
         super().__init__(config)
         self._free_at = 0.0
 
     def submit_step(self, step):
+        time.sleep(self.host_s)
         output = self.execute_model(step)
         end = self._free_at = max(time.perf_counter(), self._free_at) + STEP_S
 
@@ -49,9 +54,13 @@ class SimulatedDevice(UniProcExecutor):
         return DeferredStep(wait)
 
 
-def make_core(lead_ms: float) -> EngineCore:
+class SlowHostDevice(SimulatedDevice):
+    host_s = 0.04  # twice the lead
+
+
+def make_core(lead_ms: float, device: type[SimulatedDevice] = SimulatedDevice) -> EngineCore:
     args = dataclasses.replace(tiny_engine_args(), async_scheduling=True, schedule_lead_ms=lead_ms)
-    return EngineCore(resolve_engine_config(args), SimulatedDevice)
+    return EngineCore(resolve_engine_config(args), device)
 
 
 def request(rid: str, max_tokens: int) -> EngineCoreRequest:
@@ -76,22 +85,43 @@ def test_the_delay_is_the_running_steps_expected_rest_less_the_lead():
         assert core.schedule_delay() == 0.0  # nothing measured yet
         for _ in range(6):  # a prefill, then decode steps: the typical one is known
             core.step()
-        assert core.step_clock.typical_decode_s == pytest.approx(STEP_S, rel=0.25)
+        timer = core.lead_timer
+        assert timer.decode_s == pytest.approx(STEP_S, rel=0.1)  # each collection blocked
+        assert 0 < timer.host_s < STEP_S / 2  # the CPU forward of the tiny model, in the launch
         delay = core.schedule_delay()
         if lead_ms == 0:
             assert delay == 0.0
         else:
-            # one step in flight since the last collection, expected to end STEP_S after it
-            assert STEP_S - 2 * LEAD_MS / 1e3 < delay <= STEP_S - LEAD_MS / 1e3 + 0.01
+            # one step in flight since the last collection, expected to end STEP_S after it; the
+            # next must be queued LEAD_MS before that, and queueing takes the host host_s
+            latest = STEP_S - LEAD_MS / 1e3 - timer.host_s
+            assert latest - LEAD_MS / 1e3 < delay <= latest + 0.005
             core.add_request(request("b", 2))  # a waiting request is scheduled at once
             assert core.schedule_delay() == 0.0
         core.shutdown()
 
 
-def ttft_of_a_late_request(lead_ms: float) -> tuple[float, list[int], list[int]]:
-    """Request a decodes; 10 ms after one of its step outputs, request b arrives. Returns b's
-    time to first token and both requests' tokens."""
-    core = make_core(lead_ms)
+def test_a_lead_timer_that_finds_a_step_done_lowers_its_estimate_to_what_it_saw():
+    timer = LeadTimer(0.002)
+    timer.collected(0.0, 0.001, 0.0070, is_decode=False)  # a prompt's step: not a decode step
+    assert timer.decode_s is None and timer.delay(0.0, 0.0, True) == 0.0
+    timer.collected(0.0, 0.001, 0.0070, is_decode=True)  # blocked 6 ms: it ended at 7 ms
+    assert timer.decode_s == pytest.approx(0.007)
+    timer.queued(0.001)
+    assert timer.delay(0.0, 0.0, True) == pytest.approx(0.007 - 0.002 - timer.host_s)
+    assert timer.delay(0.0, 0.0, False) == 0.0  # a prompt in flight: schedule at once
+    timer.collected(0.0, 0.0065, 0.0065, is_decode=True)  # done before 6.5 ms: at most that
+    assert timer.decode_s == pytest.approx(0.0065)
+    timer.collected(0.0, 0.0090, 0.0090, is_decode=True)  # a late look bounds nothing lower
+    assert timer.decode_s == pytest.approx(0.0065)
+
+
+def run_loop(core: EngineCore, requests: list[tuple[EngineCoreRequest, int]], until: dict[str, int],
+             ) -> tuple[dict[str, list[tuple[float, int]]], dict[str, float]]:
+    """The engine process's loop in a thread over loopback zmq. Each ``(request, after)`` is
+    sent once request a has ``after`` tokens (10 ms after that output, mid-step, if after > 0).
+    Returns per request its outputs' (arrival time, token) until each has ``until`` tokens, and
+    when each was sent."""
     ctx = zmq.Context()
     inbox, outbox = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
     port_in = inbox.bind_to_random_port("tcp://127.0.0.1")
@@ -103,33 +133,47 @@ def ttft_of_a_late_request(lead_ms: float) -> tuple[float, list[int], list[int]]
     loop = threading.Thread(target=proc.run_busy_loop, daemon=True)
     loop.start()
     encode, decode = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder(EngineCoreOutputs)
-    tokens: dict[str, list[int]] = {"a": [], "b": []}
+    seen: dict[str, list[tuple[float, int]]] = {rid: [] for rid in until}
+    sent: dict[str, float] = {}
+    pending = list(requests)
     try:
-        send.send_multipart([ADD, encode.encode(request("a", 24))])
-        sent_b = first_b = None
-        while first_b is None:
+        while any(len(seen[rid]) < n for rid, n in until.items()):
+            while pending and len(seen["a"]) >= pending[0][1]:
+                if pending[0][1] > 0:
+                    time.sleep(0.01)  # mid-step
+                new = pending.pop(0)[0]
+                sent[new.request_id] = time.perf_counter()
+                send.send_multipart([ADD, encode.encode(new)])
             assert receive.poll(10_000), "no output from the engine loop"
             kind, payload = receive.recv_multipart()
             assert kind == OUTPUTS
+            now = time.perf_counter()
             for out in decode.decode(payload).outputs:
-                tokens[out.request_id] += out.new_token_ids
-                if out.request_id == "b" and out.new_token_ids:
-                    first_b = time.perf_counter()
-            if sent_b is None and len(tokens["a"]) >= 6:  # a's steps run back to back
-                time.sleep(0.01)
-                sent_b = time.perf_counter()
-                send.send_multipart([ADD, encode.encode(request("b", 2))])
-        while len(tokens["a"]) < 24 or len(tokens["b"]) < 2:
-            assert receive.poll(10_000), "the requests did not finish"
-            for out in decode.decode(receive.recv_multipart()[1]).outputs:
-                tokens[out.request_id] += out.new_token_ids
-        assert sent_b is not None
-        return first_b - sent_b, tokens["a"], tokens["b"]
+                seen[out.request_id] += [(now, t) for t in out.new_token_ids]
+        return seen, sent
     finally:
         send.send_multipart([SHUTDOWN, b""])
         loop.join(timeout=10)
         core.shutdown()
         ctx.destroy(linger=0)
+
+
+def test_a_slow_host_does_not_stretch_the_steps():
+    """The host needs twice the lead to queue a step: the lead timer must wake it that much
+    earlier. (Timing a step from one collection to the next counts the engine's own wait: the
+    estimate fed on itself and every step grew by host time less lead, without end.)"""
+    seen, _ = run_loop(make_core(LEAD_MS, SlowHostDevice), [(request("a", 40), 0)], {"a": 40})
+    times = [t for t, _ in seen["a"]]
+    gaps = sorted(b - a for a, b in zip(times[20:], times[21:]))  # after the estimates settled
+    assert gaps[len(gaps) // 2] < STEP_S * 1.1, gaps  # back to back on the simulated device
+
+
+def ttft_of_a_late_request(lead_ms: float) -> tuple[float, list[int], list[int]]:
+    """Request a decodes; 10 ms after one of its step outputs, request b arrives. Returns b's
+    time to first token and both requests' tokens."""
+    seen, sent = run_loop(make_core(lead_ms), [(request("a", 24), 0), (request("b", 2), 6)],
+                          {"a": 24, "b": 2})
+    return (seen["b"][0][0] - sent["b"], [t for _, t in seen["a"]], [t for _, t in seen["b"]])
 
 
 def test_a_request_arriving_mid_step_joins_the_next_step():

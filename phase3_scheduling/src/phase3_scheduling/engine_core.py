@@ -34,7 +34,8 @@ from .executor import Executor, PendingStep, WorkerDiedError
 from .executor_registry import get_executor_class
 from .request import Request, RequestStatus
 from .scheduler import Scheduler
-from .step_timeline import StepClock
+from .schedule_lead import LeadTimer
+from .step_timeline import StepClock, prompt_tokens
 from .protocol import ModelRunnerOutput, SchedulerOutput
 from .validation import RequestTooLargeError
 
@@ -77,6 +78,7 @@ class EngineCore:
         self.timings: dict[str, float] = defaultdict(float)  # seconds per step phase
         self.step_clock = StepClock()  # wall time of decode vs mixed steps (step_timeline.py)
         self._head_started_at: float | None = None  # when the oldest step in flight began to run
+        self.lead_timer = LeadTimer(config.scheduler_config.schedule_lead_ms / 1e3)
         self.startup_seconds = time.perf_counter() - start
         logger.info("engine core ready in %.1f s: %d KV blocks, graphs %s", self.startup_seconds,
                     self.num_blocks, self.executor.graph_sizes)
@@ -128,6 +130,8 @@ class EngineCore:
             if not step.is_empty:
                 try:
                     queue.append((step, self._submit_or_die(step), time.perf_counter()))
+                    if len(queue) > 1:  # queued behind the step in flight
+                        self.lead_timer.queued(queue[-1][2] - t0)
                 except FATAL_ERRORS:
                     raise
                 except Exception as error:  # this step's data broke the launch
@@ -140,29 +144,31 @@ class EngineCore:
         if not queue:
             return self._outputs(self._fail_unschedulable())
         step, pending, submitted_at = queue.popleft()
-        outputs = self._collect(step, pending, submitted_at, time.perf_counter())
+        started_at = self._head_started_at
+        outputs = self._collect(step, pending, submitted_at, time.perf_counter(), started_at)
         # the next step in flight ran on as soon as this one ended (async scheduling)
         self._head_started_at = time.perf_counter() if queue else None
         return outputs
 
     def schedule_delay(self) -> float:
         """Seconds the caller may wait for new requests before the next ``step()``, so that they
-        join the step it schedules (``schedule_lead_ms``): with one step in flight and nothing
-        waiting, the next one is due ``schedule_lead_ms`` before the running one is expected to
-        end (its start plus the recent decode steps' typical time, which a step with a prompt
-        only exceeds). 0 when the lead is off, without async scheduling, before the first
-        decode step, or when the next step should be scheduled now."""
-        lead = self.config.scheduler_config.schedule_lead_ms / 1e3
-        typical = self.step_clock.typical_decode_s
-        if (lead <= 0 or self.max_batches != 2 or len(self.batch_queue) != 1
-                or self._head_started_at is None or typical is None or self.scheduler.waiting):
+        join the step it schedules (``schedule_lead_ms``, ``schedule_lead.py``): with one decode
+        step in flight and nothing waiting, the next step is due so that it is queued
+        ``schedule_lead_ms`` before the running one ends. 0 when the lead is off, without async
+        scheduling, before a decode step was timed, or when the next step should be scheduled
+        now."""
+        if (self.max_batches != 2 or len(self.batch_queue) != 1 or self._head_started_at is None
+                or self.scheduler.waiting):
             return 0.0
-        return max(0.0, self._head_started_at + typical - lead - time.perf_counter())
+        head = self.batch_queue[0][0]
+        return self.lead_timer.delay(time.perf_counter(), self._head_started_at,
+                                     prompt_tokens(head) == 0)
 
     def _collect(self, step: SchedulerOutput, pending: PendingStep, submitted_at: float,
-                 t1: float) -> EngineCoreOutputs:
+                 t1: float, started_at: float | None = None) -> EngineCoreOutputs:
         """Wait for a step's output and apply it to the scheduler (``t1``: when the engine
-        began to wait for it; pipelined steps count only the wait)."""
+        began to wait for it; pipelined steps count only the wait; ``started_at``: when it began
+        to run, for the lead timer, if it ran behind another step)."""
         try:
             result: ModelRunnerOutput = pending.result()
         except FATAL_ERRORS as error:
@@ -172,6 +178,8 @@ class EngineCore:
             return self._outputs(self._fail_step(step, error))
         t2 = time.perf_counter()
         self.step_clock.record(step, submitted_at, t2)
+        if started_at is not None:
+            self.lead_timer.collected(started_at, t1, t2, prompt_tokens(step) == 0)
         outputs = self.scheduler.update_from_output(step, result)
         timings = self.timings
         timings["execute"] += t2 - t1

@@ -103,8 +103,12 @@ class EngineCoreProc:
         and was applied, so that a new request joins the step scheduled next."""
         if seconds <= 0 or not self.running:
             return
-        if self.inbox.poll(max(1, round(1e3 * seconds))):
-            self._drain_inbox(block=False)
+        deadline = time.perf_counter() + seconds
+        while (left := deadline - time.perf_counter()) > 0:
+            # whole milliseconds asleep (zmq's unit), the last one's rest polled without sleeping
+            if self.inbox.poll(int(1e3 * left)):
+                self._drain_inbox(block=False)
+                return
 
     def _handle(self, frames: list[bytes]) -> None:
         kind, payload = frames[0], frames[1] if len(frames) > 1 else b""

@@ -45,18 +45,11 @@ def prompt_tokens(step: SchedulerOutput) -> int:
     return sum(tokens) - tokens.count(1)
 
 
-DECODE_EMA_WEIGHT = 0.25  # of the newest decode step in ``typical_decode_s``
-
-
 class StepClock:
-    """Adds each collected step to the counters (see the module docstring for what is timed),
-    and keeps ``typical_decode_s``, a moving average of the recent decode steps' wall time (None
-    before the first): how long the engine may expect a step in flight to take at least (a step
-    with a prompt takes longer)."""
+    """Adds each collected step to the counters (see the module docstring for what is timed)."""
 
     def __init__(self) -> None:
         self.counters = StepCounters()
-        self.typical_decode_s: float | None = None
         self._last_done: float | None = None
 
     def record(self, step: SchedulerOutput, submitted_at: float, done_at: float) -> None:
@@ -64,16 +57,11 @@ class StepClock:
         self._last_done = done_at
         prompt = prompt_tokens(step)
         kind = int(prompt > 0)  # 0: decode (every row one token), 1: mixed
-        seconds = max(0.0, done_at - start)
         c = self.counters
         c.steps[kind] += 1
-        c.seconds[kind] += seconds
+        c.seconds[kind] += max(0.0, done_at - start)
         c.rows[kind] += len(step.req_ids)
         c.prompt_tokens[kind] += prompt
-        if kind == 0:
-            typical = self.typical_decode_s
-            self.typical_decode_s = seconds if typical is None else (
-                typical + DECODE_EMA_WEIGHT * (seconds - typical))
 
 
 def summarize_window(before: StepCounters, after: StepCounters) -> dict[str, float]:
