@@ -55,3 +55,19 @@ def test_a_stage_holds_only_its_layers(checkpoint):
 def test_layer_range_outside_the_model_is_refused(checkpoint):
     with pytest.raises(ValueError, match=r"layer range \[2, 5\).*3 layers"):
         _build(checkpoint, (2, 5))
+
+
+def test_first_layers_only_runs_the_stages_first_layers_then_restores_it(checkpoint):
+    """What the start-up's compile-ahead pass uses: inside, the forward is a one-layer model's
+    (the first stage (0, 1) followed by the final norm), afterwards the whole model again."""
+    full, first = _build(checkpoint), _build(checkpoint, (0, 1))
+    ids, positions = torch.tensor([5, 17, 3, 99]), torch.tensor([0, 1, 2, 3])
+    metadata = AttentionMetadata.build([4])
+    expected = full(ids, positions, metadata)
+    stage_out = first(ids, positions, metadata)
+    with full.model.first_layers_only(1):
+        short = full(ids, positions, metadata)
+    one_layer, _ = full.model.norm(stage_out.hidden_states, stage_out.residual)
+    torch.testing.assert_close(short, one_layer, rtol=0, atol=0)
+    assert not torch.allclose(short, expected)
+    torch.testing.assert_close(full(ids, positions, metadata), expected, rtol=0, atol=0)

@@ -16,8 +16,8 @@ TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_la
             num_attention_heads=4, num_key_value_heads=2, head_dim=16,
             max_position_embeddings=2048, rms_norm_eps=1e-5, rope_theta=10000.0,
             tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
-EXECUTOR_PHASES = ("executor_init", "load_model", "memory_profile", "kv_cache_alloc", "warm_up",
-                   "gemm_tuning", "graph_capture")
+EXECUTOR_PHASES = ("executor_init", "load_model", "memory_profile", "kv_cache_alloc",
+                   "compile_ahead", "warm_up", "gemm_tuning", "graph_capture")
 ENGINE_PROCESS_PHASES = ("core_imports", "config_wait", "prefetch_wait",
                          "prefetch_kernels_overlapped", *EXECUTOR_PHASES, "core_init", "gc_freeze")
 API_PHASES = ("api_spawn", "api_config", "api_tokenizer", "api_send_config", "api_wait_ready")

@@ -136,6 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--server-log", default=None)
     parser.add_argument("--startup-timeout", type=float, default=600)
+    parser.add_argument("--startup-only", action="store_true",
+                        help="start the server, record its start-up time and phases, stop it")
     parser.add_argument("--no-engine-process", action="store_true",
                         help="serve with the engine in a thread of the API process")
     parser.add_argument("--serve-args", default="",
@@ -159,6 +161,12 @@ def main(argv: list[str] | None = None) -> None:
         timeline = ", ".join(f"{name} {seconds:.2f}" for name, seconds in phases.items())
         print(f"server healthy after {startup:.1f} s (start-up phases, s: {timeline or 'n/a'})",
               flush=True)
+        if args.startup_only:
+            with open(args.out, "w") as handle:
+                json.dump({"server_startup_s": startup, "startup_phases_s": phases,
+                           "server_cmd": "lightvllm serve " + " ".join(serve_args),
+                           "date": time.strftime("%Y-%m-%d")}, handle, indent=2)
+            return
         from phase5_server.cli.bench_serve import run
 
         rows = []

@@ -89,13 +89,15 @@ class Executor(ABC):
         return num_blocks
 
     def _add_warm_up_phases(self, seconds: float) -> None:
-        """Split ``compile_or_warm_up_model``'s seconds into warm-up, the small-batch GEMM
-        tuning and graph capture as the slowest rank reported them (the rest is RPC and
-        bookkeeping, under warm_up)."""
+        """Split ``compile_or_warm_up_model``'s seconds into the Triton compile-ahead pass,
+        warm-up, the small-batch GEMM tuning and graph capture as the slowest rank reported
+        them (the rest is RPC and bookkeeping, under warm_up)."""
         reports = self.collective_rpc("startup_timings")
+        ahead = max((r.get("compile_ahead", 0.0) for r in reports), default=0.0)
         capture = max((r.get("graph_capture", 0.0) for r in reports), default=0.0)
         tuning = max((r.get("gemm_tuning", 0.0) for r in reports), default=0.0)
-        self.timeline.add("warm_up", seconds - capture - tuning)
+        self.timeline.add("compile_ahead", ahead)
+        self.timeline.add("warm_up", seconds - ahead - capture - tuning)
         self.timeline.add("gemm_tuning", tuning)
         self.timeline.add("graph_capture", capture)
 

@@ -14,6 +14,8 @@ those layers (see ``pipeline.py``); a stage that is not the first takes the prev
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Iterable
 
 import torch
@@ -120,6 +122,18 @@ class LlamaModel(nn.Module):
         )
         self.norm = (RMSNorm(config.hidden_size, config.rms_norm_eps, kernel_impl)
                      if self.is_last_stage else PPMissingLayer())
+
+    @contextmanager
+    def first_layers_only(self, count: int) -> Iterator[None]:
+        """Inside, a forward runs only this stage's first ``count`` layers (then as ever): for a
+        pass that needs each layer's kernels once, not the model's output (every layer launches
+        the same kernels on the same shapes)."""
+        end = self.end_layer
+        self.end_layer = min(end, self.start_layer + max(count, 1))
+        try:
+            yield
+        finally:
+            self.end_layer = end
 
     def forward(self, input_ids, positions, attn_metadata,
                 intermediate_tensors: IntermediateTensors | None = None):

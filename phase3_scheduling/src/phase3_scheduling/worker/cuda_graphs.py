@@ -68,52 +68,74 @@ class DecodeGraphs(PaddedSizes):
             slot_mapping=slots, block_tables=tables, block_size=self.runner.block_size,
             num_decodes=num_decodes)
 
+    def warm_up_shapes(self) -> list[tuple[list[int], list[int]]]:
+        """(query lengths, sequence lengths) of the warm-up batches: a short and a long prompt,
+        decodes next to a chunk, a decode next to a prompt."""
+        sched = self.runner.config.scheduler_config
+        limit = min(sched.max_num_batched_tokens, sched.max_model_len - 1)
+        return [([17], [17]), ([min(512, limit)], [min(512, limit)]),
+                ([1, 1, 16], [40, 3, 48]), ([1, 23], [77, 55])]
+
+    def run_shape(self, q_lens: list[int], seq_lens: list[int]) -> None:
+        """One forward pass and its logits for a batch of this shape, storing nothing: every
+        slot is -1, block tables point at the null block."""
+        runner, device = self.runner, self.runner.device
+        tokens, batch = sum(q_lens), len(q_lens)
+        starts = torch.tensor([0] + list(itertools.accumulate(q_lens)), dtype=torch.int32)
+        metadata = self._metadata(
+            q_lens, seq_lens, torch.full((tokens,), -1, dtype=torch.long, device=device),
+            torch.zeros(batch, runner.max_blocks_per_seq, dtype=torch.int32, device=device),
+            starts.to(device), torch.tensor(seq_lens, dtype=torch.int32, device=device))
+        positions = torch.cat([torch.arange(s - q, s) for q, s in zip(q_lens, seq_lens)])
+        metadata = runner.backend.build_metadata(metadata)
+        hidden = runner.model(torch.zeros(tokens, dtype=torch.long, device=device),
+                              positions.to(device), metadata)
+        runner.model.compute_logits(hidden[starts[1:].long().to(device) - 1])
+
     @torch.inference_mode()
     def warm_up(self) -> None:
         """Run prefill, chunked-prefill and mixed batches once so that Triton compiles its kernel
-        variants now. Nothing is stored: every slot is -1, block tables point at the null block."""
+        variants now (or finds them compiled ahead, ``compile_ahead.py``)."""
         start = time.perf_counter()
-        runner, device = self.runner, self.runner.device
-        sched = runner.config.scheduler_config
-        limit = min(sched.max_num_batched_tokens, sched.max_model_len - 1)
-        shapes = [([17], [17]), ([min(512, limit)], [min(512, limit)]),
-                  ([1, 1, 16], [40, 3, 48]), ([1, 23], [77, 55])]
-        for q_lens, seq_lens in shapes:
-            tokens, batch = sum(q_lens), len(q_lens)
-            starts = torch.tensor([0] + list(itertools.accumulate(q_lens)), dtype=torch.int32)
-            metadata = self._metadata(
-                q_lens, seq_lens, torch.full((tokens,), -1, dtype=torch.long, device=device),
-                torch.zeros(batch, runner.max_blocks_per_seq, dtype=torch.int32, device=device),
-                starts.to(device), torch.tensor(seq_lens, dtype=torch.int32, device=device))
-            positions = torch.cat([torch.arange(s - q, s) for q, s in zip(q_lens, seq_lens)])
-            metadata = runner.backend.build_metadata(metadata)
-            hidden = runner.model(torch.zeros(tokens, dtype=torch.long, device=device),
-                                  positions.to(device), metadata)
-            runner.model.compute_logits(hidden[starts[1:].long().to(device) - 1])
+        for q_lens, seq_lens in self.warm_up_shapes():
+            self.run_shape(q_lens, seq_lens)
         torch.cuda.synchronize()
         self.timings["warm_up"] = time.perf_counter() - start
+
+    def capture_sizes(self) -> list[int]:
+        sched = self.runner.config.scheduler_config
+        return graph_batch_sizes(sched.max_num_seqs, self.runner.config.cuda_graph_sizes)
+
+    def decode_inputs(self, size: int) -> tuple:
+        """The forward's arguments for a decode step of ``size`` sequences on the persistent
+        device inputs (what a graph of that size captures): one token each, nothing stored."""
+        runner = self.runner
+        dev = runner.staging.dev
+        dev.query_start_loc[: size + 1].copy_(torch.arange(size + 1, dtype=torch.int32))
+        metadata = self._metadata([1] * size, [2] * size, dev.slot_mapping[:size],
+                                  dev.block_tables[:size], dev.query_start_loc[: size + 1],
+                                  dev.seq_lens[:size])
+        metadata = runner.backend.build_metadata(metadata)
+        return dev.input_ids[:size], dev.positions[:size], metadata
+
+    def reset_decode_inputs(self) -> None:
+        dev = self.runner.staging.dev
+        dev.slot_mapping.fill_(-1)
+        dev.seq_lens.fill_(1)
+        dev.block_tables.zero_()
 
     def capture(self) -> None:
         """One decode step per padded batch size, largest first, into a shared pool."""
         start = time.perf_counter()
         runner = self.runner
-        dev = runner.staging.dev
-        dev.slot_mapping.fill_(-1)
-        dev.seq_lens.fill_(1)
-        dev.block_tables.zero_()
+        self.reset_decode_inputs()
         pool = None
-        sizes = graph_batch_sizes(runner.config.scheduler_config.max_num_seqs,
-                                  runner.config.cuda_graph_sizes)
+        sizes = self.capture_sizes()
         if not sizes:
             logger.info("no CUDA graph size fits max_num_seqs: decode steps run eagerly")
             return
         for size in tqdm(sorted(sizes, reverse=True), desc="capturing CUDA graphs", unit="graph"):
-            dev.query_start_loc[: size + 1].copy_(torch.arange(size + 1, dtype=torch.int32))
-            metadata = self._metadata([1] * size, [2] * size, dev.slot_mapping[:size],
-                                      dev.block_tables[:size], dev.query_start_loc[: size + 1],
-                                      dev.seq_lens[:size])
-            metadata = runner.backend.build_metadata(metadata)
-            args = (dev.input_ids[:size], dev.positions[:size], metadata)
+            args = self.decode_inputs(size)
             with torch.inference_mode():
                 runner.model.compute_logits(runner.model(*args))  # warm-up (autotune, cuBLAS)
                 torch.cuda.synchronize()

@@ -31,6 +31,7 @@ from ..engine_config import EngineConfig
 from ..protocol import ModelRunnerOutput, SchedulerOutput
 from ..sampler import Sampler, SamplingInputs
 from .async_output import AsyncStepOutput, ReadyOutput, StepOutput
+from .compile_ahead import compile_start_up_kernels
 from .cuda_graphs import DecodeGraphs
 from .input_batch import CachedRequestState, InputBatch, WorkerStateError
 from .piecewise_graphs import MixedGraphs, mixed_graph_sizes
@@ -110,6 +111,10 @@ class ModelRunner:
         graphs if the backend allows it and ``enforce_eager`` is off."""
         if self.device.type != "cuda":
             return
+        capture_decode = not self.config.enforce_eager and self.backend.cudagraph_safe
+        ahead = compile_start_up_kernels(self, capture_decode)
+        if ahead is not None:
+            self.graphs.timings["compile_ahead"] = ahead.seconds
         self.graphs.warm_up()
         if isinstance(self.model, torch.nn.Module):  # pick each decode GEMM by measurement
             start = time.perf_counter()

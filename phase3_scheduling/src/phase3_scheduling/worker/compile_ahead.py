@@ -1,0 +1,118 @@
+"""Compile the start-up's Triton kernel variants in parallel before anything runs them.
+
+On a machine that never ran the engine, Triton compiles each kernel variant (a kernel and its
+constants, dtypes and integer specializations) the first time it is launched. Start-up launches
+them one after the other (the warm-up batches, then one decode step per captured graph size), so
+the compiles add up: ~6 of the ~14 s of a cold ``lightvllm serve`` on an H100. Most of a compile
+runs in C++ (MLIR passes, LLVM, ptxas) and releases the GIL, so compiles run well side by side.
+
+``compile_start_up_kernels`` runs the same forward passes once, through the first decoder layer
+only (every layer launches the same variants), with every Triton launch turned into a compile
+request (``triton_compile_only``): Triton's ``AsyncCompileMode`` compiles each
+distinct variant once on a thread pool and puts it into the kernel's own cache, so the real
+warm-up and capture that follow find every variant compiled. Nothing Triton computes is launched
+in that pass; the tensors the other kernels read then are garbage that is never kept. Where
+Triton has no ``AsyncCompileMode`` the pass is skipped, and the warm-up compiles as before.
+``LIGHTVLLM_COMPILE_AHEAD=0`` skips it too (the same-run baseline of the cold start-up).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from .model_runner import ModelRunner
+
+logger = logging.getLogger(__name__)
+
+MAX_WORKERS = 16
+
+
+@dataclass
+class CompileAhead:
+    """What one compile-ahead pass did (``variants``: distinct kernel variants it compiled)."""
+
+    variants: int = 0
+    seconds: float = 0.0
+
+
+def enabled() -> bool:
+    return os.environ.get("LIGHTVLLM_COMPILE_AHEAD", "1") != "0"
+
+
+def _async_compile_mode() -> Any:
+    try:
+        from triton.runtime._async_compile import AsyncCompileMode
+    except ImportError:  # a Triton before the mode: compile on first launch as ever
+        return None
+    return AsyncCompileMode
+
+
+@contextmanager
+def triton_compile_only(workers: int) -> Iterator[Any]:
+    """Inside: a Triton kernel launch submits its variant's compile to a pool of ``workers``
+    threads and launches nothing. Leaving waits for every compile and caches it in its kernel.
+    Yields the ``AsyncCompileMode`` (``future_kernels``: one per distinct variant), or None
+    where this Triton lacks it (then nothing changes)."""
+    mode_class = _async_compile_mode()
+    if mode_class is None:
+        yield None
+        return
+    from triton.runtime.jit import JITFunction
+
+    launch = JITFunction.run
+
+    def compile_only(self, *args, grid, warmup, **kwargs):
+        return launch(self, *args, grid=grid, warmup=True, **kwargs)
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="triton-compile") as pool:
+        JITFunction.run = compile_only
+        try:
+            mode = mode_class(pool)
+            with mode:
+                yield mode
+        finally:
+            JITFunction.run = launch
+
+
+def _one_layer(model: Any) -> AbstractContextManager:
+    """Every decoder layer launches the same kernel variants: the pass runs one (the phase-1
+    model's ``first_layers_only``; a model without it runs whole)."""
+    limit = getattr(getattr(model, "model", None), "first_layers_only", None)
+    return limit(1) if limit is not None else nullcontext()
+
+
+@torch.inference_mode()
+def compile_start_up_kernels(runner: "ModelRunner", capture_decode: bool) -> CompileAhead | None:
+    """The warm-up batches and (``capture_decode``) a decode step of every graph size, with
+    Triton compiling instead of launching. None if skipped."""
+    if not enabled():
+        return None
+    start = time.perf_counter()
+    graphs = runner.graphs
+    workers = min(MAX_WORKERS, os.cpu_count() or 1)
+    with triton_compile_only(workers) as mode, _one_layer(runner.model):
+        if mode is None:
+            logger.info("this Triton has no AsyncCompileMode: kernels compile at first launch")
+            return None
+        for q_lens, seq_lens in graphs.warm_up_shapes():
+            graphs.run_shape(q_lens, seq_lens)
+        if capture_decode:
+            graphs.reset_decode_inputs()
+            for size in graphs.capture_sizes():
+                runner.model.compute_logits(runner.model(*graphs.decode_inputs(size)))
+        variants = len(mode.future_kernels)
+    torch.cuda.synchronize()
+    result = CompileAhead(variants, time.perf_counter() - start)
+    logger.info("compiled %d Triton kernel variants ahead on %d threads in %.2f s",
+                result.variants, workers, result.seconds)
+    return result
