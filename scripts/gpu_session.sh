@@ -31,6 +31,9 @@
 #            prefill+decode steps eager: the piecewise graphs' same-run baseline)
 #   gaps     replay_gaps.py: GPU idle between decode steps, sync vs async (batch 1 with traces, 32)
 #   b4cap    B4 with the prompt cap --max-prefill-tokens-while-decoding 256 (vs b4, the default)
+#   coldstart the server's start-up with an empty Triton cache (a machine that never ran it), with
+#            and without the parallel compile-ahead pass (LIGHTVLLM_COMPILE_AHEAD=1 0 1 0)
+#   aheadtest test_compile_ahead_gpu.py: the pass leaves warm-up and capture nothing to compile
 #   b4       online serving (phase5_server/benchmarks/run_b4.py --preset h200); b4nocap: the same
 #            with --max-prefill-tokens-while-decoding 0 (the prompt cap's same-run baseline)
 #   b2nofuse B2 with rotary and K/V store as two kernels (LIGHTVLLM_FUSE_ROPE_STORE=0): the fused
@@ -42,7 +45,8 @@
 #            b4lowcublas: B4's 4 req/s run alone (preset h200-4rps), tuned and cuBLAS-only;
 #            b4mid, b4midauto: its 16 req/s run alone (preset h200-16rps), tuned and auto (the
 #            Triton skinny GEMM a candidate too, up to 16 rows); b4midlead, b4lowlead: the 16 and
-#            4 req/s runs with --schedule-lead-ms 2 (b4mid, b4low are their baselines: TTFT)
+#            4 req/s runs with --schedule-lead-ms 2 (the default since the eleventh session);
+#            b4midnolead, b4lownolead: the same with --schedule-lead-ms 0 (their TTFT baselines)
 #   gemm     bench_decode_gemm.py: the 8B decode GEMMs at 1-16 rows in CUDA graphs, cuBLAS vs
 #            our CUDA (1-8 rows) and Triton (1-16) kernels
 #   attnsmall bench_attention.py --tune-small: decode attention at 1/4/16 x 512 tokens, splits and
@@ -290,6 +294,10 @@ section() {  # the command of one section (run under timeout by run_sections)
           --serve-args "--schedule-lead-ms 2" --server-log "$R/b4midlead_server.log" ;;
     b4lowlead) $PY phase5_server/benchmarks/run_b4.py --preset h200-4rps --out "$R/b4lowlead.json" \
           --serve-args "--schedule-lead-ms 2" --server-log "$R/b4lowlead_server.log" ;;
+    b4midnolead) $PY phase5_server/benchmarks/run_b4.py --preset h200-16rps --out "$R/b4midnolead.json" \
+          --serve-args "--schedule-lead-ms 0" --server-log "$R/b4midnolead_server.log" ;;
+    b4lownolead) $PY phase5_server/benchmarks/run_b4.py --preset h200-4rps --out "$R/b4lownolead.json" \
+          --serve-args "--schedule-lead-ms 0" --server-log "$R/b4lownolead_server.log" ;;
     b4lowcublas) LIGHTVLLM_GPU_LINEAR=cublas $PY phase5_server/benchmarks/run_b4.py --preset \
           h200-4rps --out "$R/b4lowcublas.json" --server-log "$R/b4lowcublas_server.log" ;;
     b1norm) for v in 1 4 2; do echo "LIGHTVLLM_NORM_VPT=$v"; LIGHTVLLM_NORM_VPT=$v $PY \
@@ -334,6 +342,11 @@ except RuntimeError as e:
           1024 --max-num-batched-tokens 8192 $(sync_flag $1) --workload B3 --out "$R/$1.json" ;;
     b3hf) $BENCH throughput $DUMMY8B --num-prompts 128 --input-len 128 --output-len 128 \
           --max-num-seqs 128 --hf --workload B3-128x128 --out "$R/b3hf.json" ;;
+    coldstart) for a in 1 0 1 0; do echo "LIGHTVLLM_COMPILE_AHEAD=$a, an empty Triton cache"; \
+          TRITON_CACHE_DIR=$(mktemp -d) LIGHTVLLM_COMPILE_AHEAD=$a $PY phase5_server/benchmarks/run_b4.py \
+          --preset h200 --startup-only --out "$R/coldstart_$a.json" --server-log "$R/coldstart_$a.log"; \
+          grep -h "compiled .* Triton kernel variants" "$R/coldstart_$a.log"; done ;;
+    aheadtest) $PYTEST -m gpu phase3_scheduling/tests/test_compile_ahead_gpu.py -s ;;
     b4) $PY phase5_server/benchmarks/run_b4.py --preset h200 --out "$R/b4.json" \
           --server-log "$R/b4_server.log" ;;
     b4nomixed) $PY phase5_server/benchmarks/run_b4.py --preset h200 --out "$R/b4nomixed.json" \

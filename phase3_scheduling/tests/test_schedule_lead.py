@@ -17,6 +17,7 @@ import pytest
 import zmq
 
 from phase3_scheduling import LLM, SamplingParams
+from phase3_scheduling.config import DEFAULT_SCHEDULE_LEAD_MS
 from phase3_scheduling.core_messages import EngineCoreOutputs, EngineCoreRequest
 from phase3_scheduling.engine_config import resolve_engine_config
 from phase3_scheduling.engine_core import EngineCore
@@ -75,7 +76,12 @@ def test_the_lead_needs_async_scheduling():
         EngineArgs(schedule_lead_ms=2).scheduler_config(4096, "cpu")  # async is off on the CPU
     with pytest.raises(ValueError, match="schedule_lead_ms must be >= 0"):
         EngineArgs(schedule_lead_ms=-1, async_scheduling=True).scheduler_config(4096, "cpu")
-    assert EngineArgs(schedule_lead_ms=2).scheduler_config(4096, "cuda").schedule_lead_ms == 2
+    assert EngineArgs(schedule_lead_ms=3).scheduler_config(4096, "cuda").schedule_lead_ms == 3
+    # by default on wherever async scheduling is, off elsewhere
+    assert EngineArgs().scheduler_config(4096, "cuda").schedule_lead_ms == DEFAULT_SCHEDULE_LEAD_MS
+    assert EngineArgs().scheduler_config(4096, "cpu").schedule_lead_ms == 0
+    assert EngineArgs(async_scheduling=False).scheduler_config(4096, "cuda").schedule_lead_ms == 0
+    assert EngineArgs(schedule_lead_ms=0).scheduler_config(4096, "cuda").schedule_lead_ms == 0
 
 
 def test_the_delay_is_the_running_steps_expected_rest_less_the_lead():

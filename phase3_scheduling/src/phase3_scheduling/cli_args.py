@@ -49,9 +49,10 @@ HELP = {
                         "(default: on for one worker on a GPU)",
     "max_prefill_tokens_while_decoding": "prompt tokens per step while requests decode, unless "
                                          "requests queue up (0: no cap)",
-    "schedule_lead_ms": "with async scheduling in the server's engine process: schedule the next "
-                        "step this many ms before the running one is expected to end, so that "
-                        "requests arriving meanwhile join it (0: schedule at once)",
+    "schedule_lead_ms": "with async scheduling in the server's engine process: queue the next "
+                        "step this many ms before the running one ends, and let requests that "
+                        "arrive until then join it (0: schedule at once; default: 2 with async "
+                        "scheduling, else 0)",
 }
 SKIPPED = {"model", "extra"}  # model is each command's positional argument; extra is internal
 SHORT_NEGATIONS = {"enable_prefix_caching": "--no-prefix-caching",

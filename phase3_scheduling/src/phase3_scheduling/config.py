@@ -12,6 +12,11 @@ logger = logging.getLogger(__name__)
 
 
 
+# async scheduling in the engine process: how long before the running step ends the next one is
+# queued (docs/phase3.md; H100, B4 at 4 and 16 req/s: TTFT p50 -3.5 and -2.6 ms, TPOT unchanged)
+DEFAULT_SCHEDULE_LEAD_MS = 2.0
+
+
 @dataclass
 class SchedulerConfig:
     max_num_seqs: int = 256
@@ -105,7 +110,8 @@ class EngineArgs:
     distributed_executor_backend: str | None = None  # "uni" | "mp" | "ray" | "grpc" (phase 4)
     async_scheduling: bool | None = None  # default: on for one worker on a GPU
     max_prefill_tokens_while_decoding: int = 0  # 0: no cap (measured: docs/benchmarks.md, B4)
-    schedule_lead_ms: float = 0.0  # 0: off (async scheduling schedules the next step at once)
+    # None: DEFAULT_SCHEDULE_LEAD_MS with async scheduling, else 0 (off: schedule at once)
+    schedule_lead_ms: float | None = None
     extra: dict = field(default_factory=dict)
 
     def parallel_config(self) -> ParallelConfig:
@@ -129,13 +135,20 @@ class EngineArgs:
         batched = self.max_num_batched_tokens or (default_budget if self.enable_chunked_prefill
                                                   else max(max_len, default_budget))
         async_scheduling = self._async_scheduling(device_type)
+        return SchedulerConfig(self.max_num_seqs, batched, max_len, self.enable_chunked_prefill,
+                               async_scheduling, self.max_prefill_tokens_while_decoding,
+                               self._schedule_lead_ms(async_scheduling))
+
+    def _schedule_lead_ms(self, async_scheduling: bool) -> float:
+        """The lead by default wherever there is a step in flight to time it against (async
+        scheduling); asked for without one, an error."""
+        if self.schedule_lead_ms is None:
+            return DEFAULT_SCHEDULE_LEAD_MS if async_scheduling else 0.0
         if self.schedule_lead_ms > 0 and not async_scheduling:
             raise ValueError("schedule_lead_ms times the next step against the one in flight: it "
                              "needs async scheduling (on by default for one worker on a GPU; "
                              "--async-scheduling elsewhere)")
-        return SchedulerConfig(self.max_num_seqs, batched, max_len, self.enable_chunked_prefill,
-                               async_scheduling, self.max_prefill_tokens_while_decoding,
-                               self.schedule_lead_ms)
+        return self.schedule_lead_ms
 
     def _async_scheduling(self, device_type: str) -> bool:
         """Overlap the host's scheduling with the device's step: on by default for one worker on
