@@ -13,6 +13,8 @@ distinct variant once on a thread pool and puts it into the kernel's own cache, 
 warm-up and capture that follow find every variant compiled. Nothing Triton computes is launched
 in that pass; the tensors the other kernels read then are garbage that is never kept. Where
 Triton has no ``AsyncCompileMode`` the pass is skipped, and the warm-up compiles as before.
+Each compiled variant is then loaded on the same pool (``load_kernels``): its launcher, a small
+C stub per kernel signature that Triton builds with the host's C compiler, and its binary.
 ``LIGHTVLLM_COMPILE_AHEAD=0`` skips it too (the same-run baseline of the cold start-up).
 """
 
@@ -22,7 +24,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -58,11 +60,11 @@ def _async_compile_mode() -> Any:
 
 
 @contextmanager
-def triton_compile_only(workers: int) -> Iterator[Any]:
-    """Inside: a Triton kernel launch submits its variant's compile to a pool of ``workers``
-    threads and launches nothing. Leaving waits for every compile and caches it in its kernel.
-    Yields the ``AsyncCompileMode`` (``future_kernels``: one per distinct variant), or None
-    where this Triton lacks it (then nothing changes)."""
+def triton_compile_only(pool: Executor) -> Iterator[Any]:
+    """Inside: a Triton kernel launch submits its variant's compile to ``pool`` and launches
+    nothing. Leaving waits for every compile and caches it in its kernel. Yields the
+    ``AsyncCompileMode`` (``future_kernels``: one per distinct variant), or None where this
+    Triton lacks it (then nothing changes)."""
     mode_class = _async_compile_mode()
     if mode_class is None:
         yield None
@@ -74,14 +76,28 @@ def triton_compile_only(workers: int) -> Iterator[Any]:
     def compile_only(self, *args, grid, warmup, **kwargs):
         return launch(self, *args, grid=grid, warmup=True, **kwargs)
 
-    with ThreadPoolExecutor(workers, thread_name_prefix="triton-compile") as pool:
-        JITFunction.run = compile_only
+    JITFunction.run = compile_only
+    try:
+        mode = mode_class(pool)
+        with mode:
+            yield mode
+    finally:
+        JITFunction.run = launch
+
+
+def load_kernels(kernels: list[Any], pool: Executor, device: int) -> None:
+    """Ready each compiled variant for its first launch, on ``pool``: Triton builds a small C
+    launcher per kernel signature with the host's C compiler and loads the binary into the
+    device's context, which the first launch would otherwise do, one kernel at a time. A
+    variant that cannot load (too much shared memory) is left to raise at its launch as ever."""
+    def load(kernel: Any) -> None:
+        torch.cuda.set_device(device)  # the device's context, current in this thread
         try:
-            mode = mode_class(pool)
-            with mode:
-                yield mode
-        finally:
-            JITFunction.run = launch
+            kernel._init_handles()
+        except Exception as error:
+            logger.debug("kernel %s left to its first launch: %s", kernel, error)
+
+    list(pool.map(load, kernels))
 
 
 def _one_layer(model: Any) -> AbstractContextManager:
@@ -98,11 +114,29 @@ def compile_start_up_kernels(runner: "ModelRunner", capture_decode: bool) -> Com
     if not enabled():
         return None
     start = time.perf_counter()
-    graphs = runner.graphs
     workers = min(MAX_WORKERS, os.cpu_count() or 1)
-    with triton_compile_only(workers) as mode, _one_layer(runner.model):
-        if mode is None:
+    with ThreadPoolExecutor(workers, thread_name_prefix="triton-compile") as pool:
+        futures = _compile_forward_passes(runner, capture_decode, pool)
+        if futures is None:
             logger.info("this Triton has no AsyncCompileMode: kernels compile at first launch")
+            return None
+        kernels = [f.kernel for f in futures if getattr(f, "kernel", None) is not None]
+        load_kernels(kernels, pool, torch.cuda.current_device())  # the runner's device
+    torch.cuda.synchronize()
+    result = CompileAhead(len(futures), time.perf_counter() - start)
+    logger.info("compiled and loaded %d Triton kernel variants ahead on %d threads in %.2f s",
+                result.variants, workers, result.seconds)
+    return result
+
+
+def _compile_forward_passes(runner: "ModelRunner", capture_decode: bool,
+                            pool: Executor) -> list[Any] | None:
+    """The warm-up batches and (``capture_decode``) a decode step of every graph size through
+    one layer, compiling on ``pool``; returns the variants' futures, all done (None: no
+    AsyncCompileMode)."""
+    graphs = runner.graphs
+    with triton_compile_only(pool) as mode, _one_layer(runner.model):
+        if mode is None:
             return None
         for q_lens, seq_lens in graphs.warm_up_shapes():
             graphs.run_shape(q_lens, seq_lens)
@@ -110,9 +144,5 @@ def compile_start_up_kernels(runner: "ModelRunner", capture_decode: bool) -> Com
             graphs.reset_decode_inputs()
             for size in graphs.capture_sizes():
                 runner.model.compute_logits(runner.model(*graphs.decode_inputs(size)))
-        variants = len(mode.future_kernels)
-    torch.cuda.synchronize()
-    result = CompileAhead(variants, time.perf_counter() - start)
-    logger.info("compiled %d Triton kernel variants ahead on %d threads in %.2f s",
-                result.variants, workers, result.seconds)
-    return result
+        futures = list(mode.future_kernels.values())
+    return futures
