@@ -33,6 +33,8 @@
 #   b4cap    B4 with the prompt cap --max-prefill-tokens-while-decoding 256 (vs b4, the default)
 #   coldstart the server's start-up with an empty Triton cache (a machine that never ran it), with
 #            and without the parallel compile-ahead pass (LIGHTVLLM_COMPILE_AHEAD=1 0 1 0)
+#   warmstart the same with a warm Triton cache (one cache dir, filled by the first start): what the
+#            pass costs a machine that compiled before (LIGHTVLLM_COMPILE_AHEAD=1 1 0 1 0)
 #   aheadtest test_compile_ahead_gpu.py: the pass leaves warm-up and capture nothing to compile
 #   b4       online serving (phase5_server/benchmarks/run_b4.py --preset h200); b4nocap: the same
 #            with --max-prefill-tokens-while-decoding 0 (the prompt cap's same-run baseline)
@@ -346,6 +348,9 @@ except RuntimeError as e:
           TRITON_CACHE_DIR=$(mktemp -d) LIGHTVLLM_COMPILE_AHEAD=$a $PY phase5_server/benchmarks/run_b4.py \
           --preset h200 --startup-only --out "$R/coldstart_$a.json" --server-log "$R/coldstart_$a.log"; \
           grep -h "compiled .* Triton kernel variants" "$R/coldstart_$a.log"; done ;;
+    warmstart) d=$(mktemp -d); for a in 1 1 0 1 0; do echo "LIGHTVLLM_COMPILE_AHEAD=$a, Triton cache $d (the first run fills it)"; \
+          TRITON_CACHE_DIR=$d LIGHTVLLM_COMPILE_AHEAD=$a $PY phase5_server/benchmarks/run_b4.py \
+          --preset h200 --startup-only --out "$R/warmstart_$a.json" --server-log "$R/warmstart_$a.log"; done ;;
     aheadtest) $PYTEST -m gpu phase3_scheduling/tests/test_compile_ahead_gpu.py -s ;;
     b4) $PY phase5_server/benchmarks/run_b4.py --preset h200 --out "$R/b4.json" \
           --server-log "$R/b4_server.log" ;;
