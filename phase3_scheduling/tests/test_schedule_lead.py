@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections import defaultdict
 import threading
 import time
 
@@ -21,7 +22,7 @@ from phase3_scheduling.config import DEFAULT_SCHEDULE_LEAD_MS
 from phase3_scheduling.core_messages import EngineCoreOutputs, EngineCoreRequest
 from phase3_scheduling.engine_config import resolve_engine_config
 from phase3_scheduling.engine_core import EngineCore
-from phase3_scheduling.engine_core_proc import ADD, OUTPUTS, SHUTDOWN, EngineCoreProc
+from phase3_scheduling.engine_core_proc import ABORT, ADD, OUTPUTS, SHUTDOWN, EngineCoreProc
 from phase3_scheduling.executor import DeferredStep, UniProcExecutor
 from phase3_scheduling.schedule_lead import LeadTimer
 
@@ -122,12 +123,23 @@ def test_a_lead_timer_that_finds_a_step_done_lowers_its_estimate_to_what_it_saw(
     assert timer.decode_s == pytest.approx(0.0065)
 
 
-def run_loop(core: EngineCore, requests: list[tuple[EngineCoreRequest, int]], until: dict[str, int],
+Message = tuple[bytes, bytes, str]  # (kind, payload, request id)
+
+
+def add(request: EngineCoreRequest) -> Message:
+    return ADD, msgspec.msgpack.encode(request), request.request_id
+
+
+def abort(rid: str) -> Message:
+    return ABORT, msgspec.msgpack.encode([rid]), rid
+
+
+def run_loop(core: EngineCore, messages: list[tuple[Message, int]], until: dict[str, int],
              ) -> tuple[dict[str, list[tuple[float, int]]], dict[str, float]]:
-    """The engine process's loop in a thread over loopback zmq. Each ``(request, after)`` is
+    """The engine process's loop in a thread over loopback zmq. Each ``(message, after)`` is
     sent once request a has ``after`` tokens (10 ms after that output, mid-step, if after > 0).
-    Returns per request its outputs' (arrival time, token) until each has ``until`` tokens, and
-    when each was sent."""
+    Returns per request its outputs' (arrival time, token) until each request in ``until`` has
+    that many tokens, and when each message was sent. The loop is stopped; the core is not."""
     ctx = zmq.Context()
     inbox, outbox = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
     port_in = inbox.bind_to_random_port("tcp://127.0.0.1")
@@ -138,18 +150,18 @@ def run_loop(core: EngineCore, requests: list[tuple[EngineCoreRequest, int]], un
     proc = EngineCoreProc(core, inbox, outbox, os.getppid())
     loop = threading.Thread(target=proc.run_busy_loop, daemon=True)
     loop.start()
-    encode, decode = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder(EngineCoreOutputs)
-    seen: dict[str, list[tuple[float, int]]] = {rid: [] for rid in until}
+    decode = msgspec.msgpack.Decoder(EngineCoreOutputs)
+    seen: dict[str, list[tuple[float, int]]] = defaultdict(list)
     sent: dict[str, float] = {}
-    pending = list(requests)
+    pending = list(messages)
     try:
         while any(len(seen[rid]) < n for rid, n in until.items()):
             while pending and len(seen["a"]) >= pending[0][1]:
-                if pending[0][1] > 0:
+                (kind, payload, rid), after = pending.pop(0)
+                if after > 0:
                     time.sleep(0.01)  # mid-step
-                new = pending.pop(0)[0]
-                sent[new.request_id] = time.perf_counter()
-                send.send_multipart([ADD, encode.encode(new)])
+                sent[rid] = time.perf_counter()
+                send.send_multipart([kind, payload])
             assert receive.poll(10_000), "no output from the engine loop"
             kind, payload = receive.recv_multipart()
             assert kind == OUTPUTS
@@ -160,7 +172,6 @@ def run_loop(core: EngineCore, requests: list[tuple[EngineCoreRequest, int]], un
     finally:
         send.send_multipart([SHUTDOWN, b""])
         loop.join(timeout=10)
-        core.shutdown()
         ctx.destroy(linger=0)
 
 
@@ -168,7 +179,9 @@ def test_a_slow_host_does_not_stretch_the_steps():
     """The host needs twice the lead to queue a step: the lead timer must wake it that much
     earlier. (Timing a step from one collection to the next counts the engine's own wait: the
     estimate fed on itself and every step grew by host time less lead, without end.)"""
-    seen, _ = run_loop(make_core(LEAD_MS, SlowHostDevice), [(request("a", 40), 0)], {"a": 40})
+    core = make_core(LEAD_MS, SlowHostDevice)
+    seen, _ = run_loop(core, [(add(request("a", 40)), 0)], {"a": 40})
+    core.shutdown()
     times = [t for t, _ in seen["a"]]
     gaps = sorted(b - a for a, b in zip(times[20:], times[21:]))  # after the estimates settled
     assert gaps[len(gaps) // 2] < STEP_S * 1.1, gaps  # back to back on the simulated device
@@ -177,9 +190,31 @@ def test_a_slow_host_does_not_stretch_the_steps():
 def ttft_of_a_late_request(lead_ms: float) -> tuple[float, list[int], list[int]]:
     """Request a decodes; 10 ms after one of its step outputs, request b arrives. Returns b's
     time to first token and both requests' tokens."""
-    seen, sent = run_loop(make_core(lead_ms), [(request("a", 24), 0), (request("b", 2), 6)],
+    core = make_core(lead_ms)
+    seen, sent = run_loop(core, [(add(request("a", 24)), 0), (add(request("b", 2)), 6)],
                           {"a": 24, "b": 2})
+    core.shutdown()
     return (seen["b"][0][0] - sent["b"], [t for _, t in seen["a"]], [t for _, t in seen["b"]])
+
+
+def test_an_abort_during_the_wait_frees_its_blocks_and_the_rest_goes_on():
+    """Request a is aborted 10 ms into a decode step, while the engine waits to schedule the
+    next: a stops, b still gets the synchronous engine's tokens, and no KV block stays taken."""
+    core = make_core(LEAD_MS)
+    seen, _ = run_loop(core, [(add(request("a", 40)), 0), (add(request("b", 20)), 0),
+                              (abort("a"), 6)], {"b": 20})
+    assert core.lead_timer.decode_s is not None  # the lead was waiting when the abort came
+    assert len(seen["a"]) < 10  # a token or two in flight at most after the abort
+    sync = LLM.from_engine_args(tiny_engine_args())
+    greedy = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
+    expected = sync.generate([PROMPT], greedy, use_tqdm=False)[0].outputs[0].token_ids
+    assert [t for _, t in seen["b"]] == expected
+    for _ in range(3):  # collect what is still in flight
+        if core.has_unfinished_requests():
+            core.step()
+    assert not core.has_unfinished_requests()
+    assert core.kv_manager.num_free_blocks == core.kv_manager.pool.num_blocks - 1
+    core.shutdown()
 
 
 def test_a_request_arriving_mid_step_joins_the_next_step():
