@@ -3,8 +3,10 @@
 On a machine that never ran the engine, Triton compiles each kernel variant (a kernel and its
 constants, dtypes and integer specializations) the first time it is launched. Start-up launches
 them one after the other (the warm-up batches, then one decode step per captured graph size), so
-the compiles add up: ~6 of the ~14 s of a cold ``lightvllm serve`` on an H100. Most of a compile
-runs in C++ (MLIR passes, LLVM, ptxas) and releases the GIL, so compiles run well side by side.
+the compiles add up: warm-up 5.3 s and capture 2.2 s of a 13.0 s ``lightvllm serve`` of the 8B
+shape on an H100 with an empty Triton cache (0.1 and 0.8 s warm). Most of a compile runs in C++
+(MLIR passes, LLVM, ptxas) and releases the GIL, so compiles run well side by side: with this
+pass the same start took 8.4 s (docs/benchmarks.md).
 
 ``compile_start_up_kernels`` runs the same forward passes once, through the first decoder layer
 only (every layer launches the same variants), with every Triton launch turned into a compile
