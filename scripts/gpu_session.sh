@@ -346,11 +346,12 @@ except RuntimeError as e:
           --max-num-seqs 128 --hf --workload B3-128x128 --out "$R/b3hf.json" ;;
     coldstart) for a in ${COLDSTART_RUNS:-1 0 1 0}; do echo "LIGHTVLLM_COMPILE_AHEAD=$a, an empty Triton cache"; \
           TRITON_CACHE_DIR=$(mktemp -d) LIGHTVLLM_COMPILE_AHEAD=$a $PY phase5_server/benchmarks/run_b4.py \
-          --preset h200 --startup-only --out "$R/coldstart_$a.json" --server-log "$R/coldstart_$a.log"; \
-          grep -h "compiled .* Triton kernel variants" "$R/coldstart_$a.log"; done ;;
+          --preset h200 --startup-only --out "$R/coldstart_$a.json" --server-log "$R/coldstart_$a.log" \
+          || break; done ;;
     warmstart) d=$(mktemp -d); for a in 1 1 0 1 0; do echo "LIGHTVLLM_COMPILE_AHEAD=$a, Triton cache $d (the first run fills it)"; \
           TRITON_CACHE_DIR=$d LIGHTVLLM_COMPILE_AHEAD=$a $PY phase5_server/benchmarks/run_b4.py \
-          --preset h200 --startup-only --out "$R/warmstart_$a.json" --server-log "$R/warmstart_$a.log"; done ;;
+          --preset h200 --startup-only --out "$R/warmstart_$a.json" --server-log "$R/warmstart_$a.log" \
+          || break; done ;;
     aheadtest) $PYTEST -m gpu phase3_scheduling/tests/test_compile_ahead_gpu.py -s ;;
     b4) $PY phase5_server/benchmarks/run_b4.py --preset h200 --out "$R/b4.json" \
           --server-log "$R/b4_server.log" ;;
