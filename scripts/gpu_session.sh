@@ -344,13 +344,13 @@ except RuntimeError as e:
           1024 --max-num-batched-tokens 8192 $(sync_flag $1) --workload B3 --out "$R/$1.json" ;;
     b3hf) $BENCH throughput $DUMMY8B --num-prompts 128 --input-len 128 --output-len 128 \
           --max-num-seqs 128 --hf --workload B3-128x128 --out "$R/b3hf.json" ;;
-    coldstart) ok=0; for a in ${COLDSTART_RUNS:-1 0 1 0}; do echo "LIGHTVLLM_COMPILE_AHEAD=$a, an empty Triton cache"; \
+    coldstart) ok=0; i=0; for a in ${COLDSTART_RUNS:-1 0 1 0}; do i=$((i+1)); echo "LIGHTVLLM_COMPILE_AHEAD=$a, an empty Triton cache"; \
           TRITON_CACHE_DIR=$(mktemp -d) LIGHTVLLM_COMPILE_AHEAD=$a $PY phase5_server/benchmarks/run_b4.py \
-          --preset h200 --startup-only --out "$R/coldstart_$a.json" --server-log "$R/coldstart_$a.log" \
+          --preset h200 --startup-only --out "$R/coldstart_${i}_$a.json" --server-log "$R/coldstart_${i}_$a.log" \
           || ok=1; done; [ $ok = 0 ] ;;
-    warmstart) ok=0; d=$(mktemp -d); for a in 1 1 0 1 0; do echo "LIGHTVLLM_COMPILE_AHEAD=$a, Triton cache $d (the first run fills it)"; \
+    warmstart) ok=0; i=0; d=$(mktemp -d); for a in 1 1 0 1 0; do i=$((i+1)); echo "LIGHTVLLM_COMPILE_AHEAD=$a, Triton cache $d (the first run fills it)"; \
           TRITON_CACHE_DIR=$d LIGHTVLLM_COMPILE_AHEAD=$a $PY phase5_server/benchmarks/run_b4.py \
-          --preset h200 --startup-only --out "$R/warmstart_$a.json" --server-log "$R/warmstart_$a.log" \
+          --preset h200 --startup-only --out "$R/warmstart_${i}_$a.json" --server-log "$R/warmstart_${i}_$a.log" \
           || ok=1; done; [ $ok = 0 ] ;;
     aheadtest) $PYTEST -m gpu phase3_scheduling/tests/test_compile_ahead_gpu.py -s ;;
     b4) $PY phase5_server/benchmarks/run_b4.py --preset h200 --out "$R/b4.json" \
