@@ -93,12 +93,12 @@ def test_the_delay_is_the_running_steps_expected_rest_less_the_lead():
         for _ in range(6):  # a prefill, then decode steps: the typical one is known
             core.step()
         timer = core.lead_timer
-        assert timer.decode_s == pytest.approx(STEP_S, rel=0.1)  # each collection blocked
-        assert 0 < timer.host_s < STEP_S / 2  # the CPU forward of the tiny model, in the launch
         delay = core.schedule_delay()
         if lead_ms == 0:
-            assert delay == 0.0
+            assert delay == 0.0 and timer.decode_s is None  # off: the engine does not feed it
         else:
+            assert timer.decode_s == pytest.approx(STEP_S, rel=0.1)  # each collection blocked
+            assert 0 < timer.host_s < STEP_S / 2  # the tiny model's CPU forward, in the launch
             # one step in flight since the last collection, expected to end STEP_S after it; the
             # next must be queued LEAD_MS before that, and queueing takes the host host_s
             latest = STEP_S - LEAD_MS / 1e3 - timer.host_s

@@ -130,7 +130,7 @@ class EngineCore:
             if not step.is_empty:
                 try:
                     queue.append((step, self._submit_or_die(step), time.perf_counter()))
-                    if len(queue) > 1:  # queued behind the step in flight
+                    if len(queue) > 1 and self.lead_timer.on:  # queued behind one in flight
                         self.lead_timer.queued(queue[-1][2] - t0)
                 except FATAL_ERRORS:
                     raise
@@ -178,7 +178,7 @@ class EngineCore:
             return self._outputs(self._fail_step(step, error))
         t2 = time.perf_counter()
         self.step_clock.record(step, submitted_at, t2)
-        if started_at is not None:
+        if started_at is not None and self.lead_timer.on:
             self.lead_timer.collected(started_at, t1, t2, prompt_tokens(step) == 0)
         outputs = self.scheduler.update_from_output(step, result)
         timings = self.timings

@@ -32,10 +32,15 @@ class LeadTimer:
         self.decode_s: float | None = None  # device time of a decode step; None before the first
         self.host_s = 0.0  # host time from waking to the next step being queued
 
+    @property
+    def on(self) -> bool:
+        """Whether there is a lead to time (the engine feeds the timer only then)."""
+        return self.lead_s > 0
+
     def delay(self, now: float, head_started_at: float, head_is_decode: bool) -> float:
         """Seconds from ``now`` until the next step should be scheduled, while the step in flight
         (a decode step if ``head_is_decode``) runs since ``head_started_at``; 0: at once."""
-        if self.lead_s <= 0 or self.decode_s is None or not head_is_decode:
+        if not self.on or self.decode_s is None or not head_is_decode:
             return 0.0
         due = head_started_at + self.decode_s - self.lead_s - self.host_s
         return max(0.0, due - now)
