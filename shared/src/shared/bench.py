@@ -86,3 +86,19 @@ def cuda_seconds_per_call(fn, iters: int) -> float:
     end.record()
     end.synchronize()
     return start.elapsed_time(end) / 1e3 / iters
+
+
+def write_hf_model_dir(shape: dict, directory: str, dtype: str = "bfloat16") -> str:
+    """A HuggingFace-style model directory holding only ``config.json`` for a Llama of ``shape``
+    (e.g. phase 1's ``LLAMA_3_1_8B``), so that another engine (vLLM with ``load_format="dummy"``
+    and ``skip_tokenizer_init``) can build the same model with random weights as ours does."""
+    import json
+    import os
+
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+              "torch_dtype": dtype, "attention_bias": False, "mlp_bias": False,
+              "initializer_range": 0.02, "use_cache": True, **shape}
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "config.json"), "w") as handle:
+        json.dump(config, handle, indent=2)
+    return directory
