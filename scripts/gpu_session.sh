@@ -162,15 +162,18 @@ stash() {  # a middle call: a carried folder's files out of the repo, into /tmp/
 
 VSITE=${VSITE:-/tmp/vsite}  # vLLM and its own needs, apart from $SITE (other fastapi, pydantic)
 VPARTS=/tmp/vparts  # the carried .whl/v* folders, stashed: `stash .whl/vN /tmp/vparts` each
-vllm_install() {  # a vb* section: join the vLLM wheel, install it with its needs into $VSITE, once
+vllm_install() {  # a vb* section: join the vLLM wheel, unpack it with its needs into $VSITE, once
+  # The joined file is vLLM's wheel less what Hopper and a Llama never load (scripts/vllm_wheels.sh:
+  # FA2's kernels, the MoE kernels, the opt-in Rust front end), so it is unpacked, not pip-installed.
   [ -f $VSITE/.installed ] && { echo "vLLM already in $VSITE"; return 0; }
-  local whl=$VPARTS/vllm-0.26.0-cp38-abi3-manylinux_2_28_x86_64.whl t0=$SECONDS
-  ls $VPARTS/vllm.part-* > /dev/null 2>&1 || { echo "no vLLM parts in $VPARTS (stash .whl/v*)"; return 1; }
+  local whl=$VPARTS/vllm-slim.zip t0=$SECONDS
+  ls $VPARTS/vllm.part-* > /dev/null 2>&1 || { echo "no vLLM parts in $VPARTS (stash .whl/v1 .. v3: scripts/vllm_wheels.sh)"; return 1; }
   cat $VPARTS/vllm.part-* > $whl && rm $VPARTS/vllm.part-*
   [ "$(sha256sum $whl | cut -c1-64)" = "$(cat $VPARTS/vllm.sha256)" ] || { echo "vLLM wheel checksum differs"; return 1; }
+  mkdir -p $VSITE && $PY -m zipfile -e $whl $VSITE && rm $whl || return 1
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target $VSITE $VPARTS/*.whl \
-    2>&1 | grep -v "Running pip as" || true
-  PYTHONPATH=$VSITE $PY -c "import vllm, vllm.entrypoints.openai.api_server; print('vllm', vllm.__version__)" \
+    > $VPARTS/pip.log 2>&1 || { cat $VPARTS/pip.log; return 1; }
+  VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONPATH=$VSITE $PY -c "import vllm, vllm.entrypoints.openai.api_server, vllm.v1.engine.core, vllm.model_executor.models.llama; print('vllm', vllm.__version__)" \
     || return 1
   : > $VSITE/.installed
   echo "vLLM installed into $VSITE in $((SECONDS - t0)) s"
@@ -379,11 +382,11 @@ except RuntimeError as e:
           TRITON_CACHE_DIR=$d LIGHTVLLM_COMPILE_AHEAD=$a $PY phase5_server/benchmarks/run_b4.py \
           --preset h200 --startup-only --out "$R/warmstart_${i}_$a.json" --server-log "$R/warmstart_${i}_$a.log" \
           || ok=1; done; [ $ok = 0 ] ;;
-    vb23) vllm_install && PYTHONPATH=$VBASE_PYTHONPATH $PY phase3_scheduling/benchmarks/vllm_offline.py \
+    vb23) vllm_install && VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONPATH=$VBASE_PYTHONPATH $PY phase3_scheduling/benchmarks/vllm_offline.py \
           --out "$R/vb23.json" ;;
-    vb4) vllm_install && PYTHONPATH=$VBASE_PYTHONPATH $PY phase5_server/benchmarks/run_b4.py --engine vllm \
+    vb4) vllm_install && VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONPATH=$VBASE_PYTHONPATH $PY phase5_server/benchmarks/run_b4.py --engine vllm \
           --preset h200 --out "$R/vb4.json" --server-log "$R/vb4_server.log" ;;
-    vb4mid|vb4low) vllm_install && PYTHONPATH=$VBASE_PYTHONPATH $PY phase5_server/benchmarks/run_b4.py \
+    vb4mid|vb4low) vllm_install && VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONPATH=$VBASE_PYTHONPATH $PY phase5_server/benchmarks/run_b4.py \
           --engine vllm --preset $([ $1 = vb4mid ] && echo h200-16rps || echo h200-4rps) \
           --out "$R/$1.json" --server-log "$R/$1_server.log" ;;
     aheadtest) $PYTEST -m gpu phase3_scheduling/tests/test_compile_ahead_gpu.py -s ;;
