@@ -87,7 +87,10 @@
 #            client). vLLM's ~300 MB wheel and its needs travel in .whl/v1..vN (each under 60 MB),
 #            one back-to-back call each before stage2: `stash .whl/vN /tmp/vparts` (carry
 #            [".whl/vN"]); the first vb* section joins and installs them into $VSITE, apart from
-#            $SITE (vLLM pins other fastapi/pydantic versions than the server's set)
+#            $SITE (vLLM pins other fastapi/pydantic versions than the server's set). vb23 also
+#            times vLLM's decode steps at 1/4/16 x 512 and 256 x 1024 and writes its kernel table
+#            at 16 (vprof/profiler_out_0.txt); section steps times ours the same way
+#            (decode_steps.py, the same timer)
 # Output: $OUT/log.txt (everything), $OUT/results.tgz (each section's log and JSON, the profile's
 # trace), rebuilt after every section so a call stopped at its limit still brings them back; the
 # last lines printed are a summary (status of each section and its tables).
@@ -383,7 +386,9 @@ except RuntimeError as e:
           --preset h200 --startup-only --out "$R/warmstart_${i}_$a.json" --server-log "$R/warmstart_${i}_$a.log" \
           || ok=1; done; [ $ok = 0 ] ;;
     vb23) vllm_install && VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONPATH=$VBASE_PYTHONPATH $PY phase3_scheduling/benchmarks/vllm_offline.py \
-          --out "$R/vb23.json" ;;
+          --profile-batch 16 --profile-dir "$R/vprof" --out "$R/vb23.json" ;;
+    steps) $PY phase3_scheduling/benchmarks/decode_steps.py $DUMMY8B --max-num-seqs 256 \
+          --max-num-batched-tokens 16384 --out "$R/steps.json" ;;
     vb4) vllm_install && VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONPATH=$VBASE_PYTHONPATH $PY phase5_server/benchmarks/run_b4.py --engine vllm \
           --preset h200 --out "$R/vb4.json" --server-log "$R/vb4_server.log" ;;
     vb4mid|vb4low) vllm_install && VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONPATH=$VBASE_PYTHONPATH $PY phase5_server/benchmarks/run_b4.py \
@@ -420,7 +425,7 @@ except RuntimeError as e:
 declare -A LIMIT=([tests]=420 [b1]=150 [b2]=150 [b2sync]=150 [b2hf]=150 [b3]=150 [b3sync]=150
                   [b3hf]=240 [b4]=330 [b4nocap]=330 [b4nomixed]=330 [b4cap]=330 [gaps]=200 [b2nomixed]=150 [b3nomixed]=150 [b2fa4]=150 [b2cublas]=150 [b2noprefetch]=150 [b2nosilu]=150 [b2next]=150 [b2nofuse]=150 [b2auto]=150 [b2nopdl]=150 [b2tuned]=150 [b3tuned]=150 [gemm]=150 [b1norm]=200 [b1fused]=120 [b1inplace]=120 [b3cublas]=150 [b1nopdl]=120 [b4low]=180 [b4lowcublas]=180 [attnsmall]=150 [b4mid]=150 [b4midauto]=150 [b4midlead]=150 [b4lowlead]=180 [profiletuned]=180 [profileb3]=200 [quick]=180 [kernels]=150 [libdiag]=60 [fa4]=360
                   [profile]=180 [profile_fa4]=180 [parity]=240 [engine]=180
-                  [vb23]=300 [vb4]=420 [vb4mid]=240 [vb4low]=240)
+                  [vb23]=360 [steps]=150 [vb4]=420 [vb4mid]=240 [vb4low]=240)
 
 run_sections() {
   local status=()

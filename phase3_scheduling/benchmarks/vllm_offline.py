@@ -13,7 +13,12 @@ prompts are token ids). The requests are exactly ours: ``make_workload`` of
 - B2: one request of 128 tokens, 256 out; one warm-up iteration, then ``--num-iters`` iterations
   of new prompts (seed = iteration), the median (as ``lightvllm bench latency --workload B2``).
 
-One ``LLM`` serves both (its start-up is reported once). vLLM must be importable (on the GPU
+- decode steps (``--decode-shapes``, default 1:512,4:512,16:512,256:1024): the engine's step time
+  while BATCH sequences of PROMPT_LEN-token prompts decode together, timed by the same function
+  as ours (``decode_steps.py``); ``--profile-batch N`` also writes vLLM's torch-profiler kernel
+  table (``profiler_out_0.txt``, by self CUDA time) for the timed steps of batch N.
+
+One ``LLM`` serves all (its start-up is reported once). vLLM must be importable (on the GPU
 machine: ``scripts/gpu_session.sh`` installs the carried wheels into their own folder).
 """
 
@@ -25,7 +30,7 @@ import tempfile
 import time
 
 from phase1_kernels import LLAMA_3_1_8B
-from phase3_scheduling.benchmark import Workload, make_workload
+from phase3_scheduling.benchmark import Workload, make_workload, parse_shapes, time_decode_steps
 
 from shared.bench import hardware, markdown_table, write_hf_model_dir
 
@@ -69,18 +74,46 @@ def b2(llm, vocab: int, engine: str, num_iters: int) -> dict:
                 iteration_seconds=times)
 
 
+def decode_steps(llm, vocab: int, engine: str, shapes: str, profile_batch: int | None) -> list[dict]:
+    from vllm import SamplingParams
+
+    params = SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=1024)
+    rows = []
+    for batch, prompt_len in parse_shapes(shapes):
+        runs = [(None, None)]  # the timed run, then (once) the profiled one: profiling slows steps
+        if batch == profile_batch:
+            runs.append((llm.start_profile, llm.stop_profile))
+        for hooks in runs:
+            row = time_decode_steps(llm.llm_engine, params, batch, prompt_len, vocab,
+                                    wrap=lambda ids: {"prompt_token_ids": ids}, around_timed=hooks)
+            row.update(engine=engine + (" (profiled)" if hooks[0] else ""))
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
     parser.add_argument("--workloads", nargs="+", choices=["b2", "b3"], default=["b3", "b2"])
     parser.add_argument("--num-iters", type=int, default=3)
+    parser.add_argument("--decode-shapes", default="1:512,4:512,16:512,256:1024",
+                        help="BATCH:PROMPT_LEN,... ('' for none)")
+    parser.add_argument("--profile-batch", type=int, default=None,
+                        help="profile the timed steps of this batch (kernel table in --profile-dir)")
+    parser.add_argument("--profile-dir", default="vllm_profile")
     args = parser.parse_args(argv)
     import vllm
     from vllm import LLM
 
     model_dir = write_hf_model_dir(dict(LLAMA_3_1_8B), tempfile.mkdtemp(prefix="llama8b-"))
     start = time.perf_counter()
-    llm = LLM(model=model_dir, load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16", seed=0)
+    profiler = {}
+    if args.profile_batch:  # only what the table needs: no stacks, no shapes
+        profiler = dict(profiler_config={"profiler": "torch", "torch_profiler_dir": args.profile_dir,
+                                         "torch_profiler_with_stack": False})
+    llm = LLM(model=model_dir, load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16", seed=0,
+              **profiler)
     startup = time.perf_counter() - start
     engine = f"vLLM {vllm.__version__}"
     vocab = LLAMA_3_1_8B["vocab_size"]
@@ -93,10 +126,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
         row.update(startup_s=startup, hardware=hardware(), date=time.strftime("%Y-%m-%d"), **settings)
         print(json.dumps(row), flush=True)
         rows.append(row)
+    if args.decode_shapes:
+        steps = decode_steps(llm, vocab, engine, args.decode_shapes, args.profile_batch)
+        for row in steps:
+            row.update(workload="decode steps", startup_s=startup, hardware=hardware(), **settings)
+        rows += steps
     with open(args.out, "w") as handle:
         json.dump(rows, handle, indent=2)
     print(markdown_table(["workload", "engine", "seconds", "output tok/s", "start-up s"],
-                         [[r["workload"], r["engine"], r["seconds"], r["output_tok_s"], startup] for r in rows]))
+                         [[r["workload"], r["engine"], r["seconds"], r["output_tok_s"], startup]
+                          for r in rows if "seconds" in r]))
+    print(markdown_table(["engine", "batch", "prompt", "step ms", "prefill steps"],
+                         [[r["engine"], r["batch"], r["prompt_len"], r["step_ms"], r["prefill_steps"]]
+                          for r in rows if "step_ms" in r]))
     return rows
 
 

@@ -47,3 +47,28 @@ def test_latency_counts_the_timed_iterations_only(tiny_args):
     assert steps["mixed_prompt_tokens_per_step"] == 2 * 16
     assert steps["decode_steps"] == 2 * 4
     assert steps["decode_rows_per_step"] == 2
+
+
+def test_decode_step_timer_times_decode_only_steps_and_frees_everything(tiny_args):
+    """``time_decode_steps`` (the same-run vLLM comparison's timer): the timed steps are
+    decode-only steps of the whole batch, and its requests leave nothing behind."""
+    import argparse
+
+    from phase3_scheduling.benchmark import add_model_args, build_llm, time_decode_steps
+    from phase3_scheduling.sampling_params import SamplingParams
+    from phase3_scheduling.step_timeline import summarize_window
+
+    parser = argparse.ArgumentParser()
+    add_model_args(parser)
+    llm, _ = build_llm(parser.parse_args(tiny_args + ["--max-num-batched-tokens", "32"]))
+    engine = llm.engine
+    free = engine.kv_manager.pool.num_free_blocks
+    before = engine.core.step_clock.counters.copy()
+    row = time_decode_steps(engine, SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=64),
+                            batch=3, prompt_len=20, vocab=TINY["vocab_size"], warm=2, timed=5)
+    assert row["prefill_steps"] >= 2  # 60 prompt tokens at 32 a step
+    assert row["step_ms"] > 0 and row["timed_steps"] == 5
+    assert not engine.has_unfinished_requests()
+    assert engine.kv_manager.pool.num_free_blocks == free
+    steps = summarize_window(before, engine.core.step_clock.counters)
+    assert steps["decode_steps"] >= 2 + 5 and steps["decode_rows_per_step"] <= 3

@@ -236,6 +236,53 @@ def latency_main(argv: list[str] | None = None) -> list[dict]:
     return rows
 
 
+def parse_shapes(spec: str) -> list[tuple[int, int]]:
+    """``"1:512,16:512"`` -> ``[(1, 512), (16, 512)]`` (decode-step shapes: batch, prompt length)."""
+    shapes = []
+    for part in spec.split(","):
+        batch, _, prompt_len = part.partition(":")
+        shapes.append((int(batch), int(prompt_len)))
+    return shapes
+
+
+def time_decode_steps(engine, params, batch: int, prompt_len: int, vocab: int,
+                      wrap=lambda ids: ids, warm: int = 4, timed: int = 16,
+                      around_timed=(None, None)) -> dict:
+    """Mean wall time of one engine step while ``batch`` sequences of ``prompt_len``-token prompts
+    decode together, no prompt in the step: the requests are added, the engine steps until each
+    has its first token, ``warm`` steps more, then ``timed`` steps are timed and the requests
+    aborted. ``engine`` is ours (``LLMEngine``) or vLLM's (the same ``add_request``, ``step``,
+    ``abort_request``, ``has_unfinished_requests``; ``wrap`` makes vLLM's prompt from the ids), so
+    both engines' decode steps are timed the same way. ``params`` must outlast the prefill.
+    ``around_timed``: two callables (or None) run just before and just after the timed steps
+    (vLLM's ``start_profile``/``stop_profile``)."""
+    work = make_workload(batch, (prompt_len, prompt_len), (1, 1), vocab, 7)
+    ids = [f"decode-{batch}x{prompt_len}-{i}" for i in range(batch)]
+    for rid, prompt in zip(ids, work.prompts):
+        engine.add_request(rid, wrap(prompt), params)
+    started: set[str] = set()
+    prefill_steps = 0
+    while len(started) < batch:
+        prefill_steps += 1
+        started.update(o.request_id for o in engine.step() if o.outputs and o.outputs[0].token_ids)
+    for _ in range(warm):
+        engine.step()
+    before, after = around_timed
+    if before:
+        before()
+    start = time.perf_counter()
+    for _ in range(timed):
+        engine.step()
+    elapsed = time.perf_counter() - start
+    if after:
+        after()
+    engine.abort_request(ids)
+    while engine.has_unfinished_requests():
+        engine.step()
+    return dict(batch=batch, prompt_len=prompt_len, step_ms=1e3 * elapsed / timed,
+                prefill_steps=prefill_steps, timed_steps=timed)
+
+
 def step_profile(llm) -> str:
     """Where a step's time went: scheduler, input preparation, model + sampler, bookkeeping."""
     eng, core = llm.engine.timings, llm.engine.core.timings
