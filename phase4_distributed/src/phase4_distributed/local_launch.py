@@ -12,7 +12,6 @@ import importlib
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,18 +19,13 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from .executors.processes import free_port
+
 logger = logging.getLogger(__name__)
 
 
 class LaunchError(RuntimeError):
     """A rank exited with an error or did not finish in time."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now (for the rendezvous)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def launch_local_ranks(target: str, world_size: int, kwargs: dict | None = None,

@@ -14,11 +14,24 @@ import time
 logger = logging.getLogger(__name__)
 
 
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct TCP ports that nobody listens on right now. Every socket stays bound
+    until all are picked: ports taken one after another can repeat (the kernel may hand the port
+    it just got back out again), and a rendezvous port that equals a worker's gRPC port makes the
+    rank that listens there fail with EADDRINUSE and the others talk to the wrong server."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind((host, 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nobody listens on right now (for the torch.distributed rendezvous)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    return free_ports(1, host)[0]
 
 
 def cpu_share(rank: int, ranks_on_host: int) -> str:

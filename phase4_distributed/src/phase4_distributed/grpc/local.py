@@ -14,7 +14,7 @@ import grpc
 
 from phase1_kernels.cpu_threads import restore_process_affinity
 
-from ..executors.processes import cpu_worker_env, free_port, stop_processes
+from ..executors.processes import cpu_worker_env, free_ports, stop_processes
 from .health import probe
 
 STARTUP_S = 60.0
@@ -43,8 +43,7 @@ def wait_healthy(address: str, proc: subprocess.Popen, timeout_s: float = STARTU
 def local_workers(world_size: int) -> Iterator[tuple[list[str], list[subprocess.Popen]]]:
     """``world_size`` workers (one torch.distributed world); their addresses and processes.
     They share this host, so each gets its share of the cores if it runs on the CPU."""
-    master_port = free_port()
-    ports = [free_port() for _ in range(world_size)]
+    master_port, *ports = free_ports(world_size + 1)
     procs: list[subprocess.Popen] = []
     try:
         for rank, port in enumerate(ports):

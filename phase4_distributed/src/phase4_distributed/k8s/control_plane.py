@@ -21,8 +21,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..executors.processes import free_ports
 from .certs import ControlPlaneCerts, generate_certs
-from .processes import ComponentFailed, free_port, log_tail, start, stop, wait_until
+from .processes import ComponentFailed, log_tail, start, stop, wait_until
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class _Ports:
 
     @classmethod
     def pick(cls) -> _Ports:
-        return cls(*(free_port() for _ in range(5)))
+        return cls(*free_ports(5))
 
 
 class LocalControlPlane:

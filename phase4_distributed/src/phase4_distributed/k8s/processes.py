@@ -12,18 +12,13 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ..executors.processes import free_port
+
 logger = logging.getLogger(__name__)
 
 
 class ComponentFailed(RuntimeError):
     """A local component exited or did not become ready in time."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def free_udp_tcp_port() -> int:

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .manifests import GPU_RESOURCE
-from .processes import free_port, start, stop, wait_until
+from ..executors.processes import free_port
+from .processes import start, stop, wait_until
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
