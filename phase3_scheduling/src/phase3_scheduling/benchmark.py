@@ -257,7 +257,8 @@ def time_decode_steps(engine, params, batch: int, prompt_len: int, vocab: int,
     ``around_timed``: two callables (or None) run just before and just after the timed steps
     (vLLM's ``start_profile``/``stop_profile``)."""
     work = make_workload(batch, (prompt_len, prompt_len), (1, 1), vocab, 7)
-    ids = [f"decode-{batch}x{prompt_len}-{i}" for i in range(batch)]
+    tag = f"decode-{batch}x{prompt_len}-{time.monotonic_ns()}"  # unique: a shape may run twice
+    ids = [f"{tag}-{i}" for i in range(batch)]
     for rid, prompt in zip(ids, work.prompts):
         engine.add_request(rid, wrap(prompt), params)
     started: set[str] = set()
