@@ -147,7 +147,9 @@ async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, co
             length = int(headers.get("content-length", 0))
             raw = await reader.readexactly(length) if length else b""
             route, opts = _options(path)
-            if method == "GET" and route == "/v1/models":
+            if method == "GET" and route == "/health":  # as a real server's, for run_b4.py
+                writer.write(_json_response("200 OK", {}))
+            elif method == "GET" and route == "/v1/models":
                 writer.write(_json_response("200 OK", {"object": "list", "data": [
                     {"id": "stub", "object": "model", "owned_by": "stub"}]}))
             elif method == "POST" and route == "/v1/completions":

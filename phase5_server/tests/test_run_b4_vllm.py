@@ -43,3 +43,44 @@ def test_a_preset_without_a_model_shape_is_refused(run_b4):
     args = argparse.Namespace(preset="cpu", serve_args="", port=8799)
     with pytest.raises(SystemExit, match="model shape"):
         run_b4.vllm_server(run_b4.PRESETS["cpu"], args)
+
+
+FAKE_VLLM_MAIN = '''
+"""A stand-in for ``python -m vllm.entrypoints.cli.main serve DIR ... --port P``: records its
+arguments, then serves the bench client's stub on port P (stopped by run_b4's SIGINT)."""
+import json, os, sys
+args = sys.argv[1:]
+with open(os.environ["FAKE_VLLM_ARGS"], "w") as handle:
+    json.dump(args, handle)
+stub = os.environ["FAKE_VLLM_STUB"]
+sys.argv = [stub, "stub", "--loop", "asyncio", "--port", args[args.index("--port") + 1]]
+sys.path.insert(0, os.path.dirname(stub))
+import runpy
+runpy.run_path(stub, run_name="__main__")
+'''
+
+
+def test_run_b4_drives_vllm_serve_end_to_end(run_b4, tmp_path, monkeypatch):
+    """The whole ``--engine vllm`` path on the CPU: the server command, the wait for /health, the
+    client's rates, the stop by PID; a stand-in for vLLM serves the client's stub."""
+    package = tmp_path / "fake" / "vllm" / "entrypoints" / "cli"
+    package.mkdir(parents=True)
+    for level in (package.parents[1], package.parents[0], package):
+        (level / "__init__.py").write_text("")
+    (package / "main.py").write_text(FAKE_VLLM_MAIN)
+    recorded = tmp_path / "args.json"
+    monkeypatch.setenv("FAKE_VLLM_ARGS", str(recorded))
+    monkeypatch.setenv("FAKE_VLLM_STUB", str(RUN_B4.parent / "client_capacity.py"))
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path / 'fake'}:{__import__('os').environ.get('PYTHONPATH', '')}")
+    from phase4_distributed.executors.processes import free_port
+
+    out = tmp_path / "b4.json"
+    run_b4.main(["--engine", "vllm", "--preset", "h200-16rps", "--port", str(free_port()),
+                 "--out", str(out), "--extra-bench", "--num-prompts", "6", "--output-len", "5",
+                 "--request-rate", "inf"])
+    rows = json.loads(out.read_text())
+    assert len(rows) == 1 and rows[0]["engine"] == "vllm"
+    assert (rows[0]["completed"], rows[0]["failed"], rows[0]["output_tokens"]) == (6, 0, 30)
+    assert rows[0]["server_cmd"].startswith("vllm serve ")
+    served = json.loads(recorded.read_text())
+    assert served[0] == "serve" and "--skip-tokenizer-init" in served
