@@ -5,7 +5,7 @@
         --max-num-batched-tokens 16384 --shapes 1:512,4:512,16:512,256:1024 --out steps.json
 
 For each ``BATCH:PROMPT_LEN``, ``time_decode_steps`` (phase3_scheduling.benchmark) adds BATCH
-requests of PROMPT_LEN random tokens, steps until each has its first token, then times 16 engine
+requests of PROMPT_LEN random tokens, steps until each has its first token, then times 64 engine
 steps in which they all decode and nothing else runs: the step time of the engine loop as a whole
 (scheduling, input preparation, the CUDA graph, sampling, outputs), not of the graph alone
 (``b2_step_profile.py`` takes that apart). ``vllm_offline.py --decode-shapes`` times vLLM's
@@ -33,13 +33,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(parser)
     parser.add_argument("--shapes", default="1:512,4:512,16:512,256:1024")
+    parser.add_argument("--timed-steps", type=int, default=64,
+                        help="steps timed per shape (vLLM's core runs ahead of step() by up to a "
+                             "step or two, so more steps make its figure firmer; 16 until 2026-12-07)")
     args = parser.parse_args(argv)
     llm, startup = build_llm(args)
     vocab = llm.engine.model_config.vocab_size
     params = SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=1024)
     rows = []
     for batch, prompt_len in parse_shapes(args.shapes):
-        row = time_decode_steps(llm.engine, params, batch, prompt_len, vocab)
+        row = time_decode_steps(llm.engine, params, batch, prompt_len, vocab, timed=args.timed_steps)
         row.update(engine="LightvLLM", hardware=hardware())
         print(json.dumps(row), flush=True)
         rows.append(row)

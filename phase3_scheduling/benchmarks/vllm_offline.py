@@ -74,18 +74,20 @@ def b2(llm, vocab: int, engine: str, num_iters: int) -> dict:
                 iteration_seconds=times)
 
 
-def decode_steps(llm, vocab: int, engine: str, shapes: str, profile_batch: int | None) -> list[dict]:
+def decode_steps(llm, vocab: int, engine: str, shapes: str, profile_batch: int | None,
+                 timed: int) -> list[dict]:
     from vllm import SamplingParams
 
     params = SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=1024)
     rows = []
     for batch, prompt_len in parse_shapes(shapes):
-        runs = [(None, None)]  # the timed run, then (once) the profiled one: profiling slows steps
+        runs = [(None, None)]  # the timed run, then (once) the profiled one: the profiler stays out of it
         if batch == profile_batch:
             runs.append((llm.start_profile, llm.stop_profile))
         for hooks in runs:
             row = time_decode_steps(llm.llm_engine, params, batch, prompt_len, vocab,
-                                    wrap=lambda ids: {"prompt_token_ids": ids}, around_timed=hooks)
+                                    wrap=lambda ids: {"prompt_token_ids": ids}, around_timed=hooks,
+                                    timed=timed)
             row.update(engine=engine + (" (profiled)" if hooks[0] else ""))
             print(json.dumps(row), flush=True)
             rows.append(row)
@@ -102,6 +104,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--profile-batch", type=int, default=None,
                         help="profile the timed steps of this batch (kernel table in --profile-dir)")
     parser.add_argument("--profile-dir", default="vllm_profile")
+    parser.add_argument("--timed-steps", type=int, default=64,
+                        help="decode steps timed per shape (vLLM's engine-core process runs ahead "
+                             "of step() by up to a step or two; 16 until 2026-12-07)")
     args = parser.parse_args(argv)
     import vllm
     from vllm import LLM
@@ -127,7 +132,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(json.dumps(row), flush=True)
         rows.append(row)
     if args.decode_shapes:
-        steps = decode_steps(llm, vocab, engine, args.decode_shapes, args.profile_batch)
+        steps = decode_steps(llm, vocab, engine, args.decode_shapes, args.profile_batch, args.timed_steps)
         for row in steps:
             row.update(workload="decode steps", startup_s=startup, hardware=hardware(), **settings)
         rows += steps
