@@ -7,6 +7,8 @@
 #   here, once:  bash scripts/vllm_wheels.sh                    # .whl/v1 (needs + part aa), v2, v3
 #   calls:       bash scripts/gpu_session.sh stash .whl/vN /tmp/vparts   # carry [".whl/vN"], one
 #                call per folder, back to back (each within 30 s of the last), then stage2
+#                (a call saved: the last, small folder can ride with stage2's .whl/p2 if p2's FA4
+#                part cu13.part-ab is moved out first -- FA4 then stays out, everything else installs)
 #
 # The slim wheel: vLLM's wheel less three files that a Llama on a Hopper GPU never loads -- FA2's
 # kernels (Hopper runs FA3, vllm_flash_attn/flash_attn_interface.py imports each version in its
