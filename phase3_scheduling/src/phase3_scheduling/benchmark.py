@@ -246,7 +246,7 @@ def parse_shapes(spec: str) -> list[tuple[int, int]]:
 
 
 def time_decode_steps(engine, params, batch: int, prompt_len: int, vocab: int,
-                      wrap=lambda ids: ids, warm: int = 4, timed: int = 16,
+                      wrap=lambda ids: ids, warm: int = 4, timed: int = 64,
                       around_timed=(None, None)) -> dict:
     """Mean wall time of one engine step while ``batch`` sequences of ``prompt_len``-token prompts
     decode together, no prompt in the step: the requests are added, the engine steps until each
