@@ -9,9 +9,6 @@ from phase2_attention import CacheConfig
 
 logger = logging.getLogger(__name__)
 
-
-
-
 # async scheduling in the engine process: how long before the running step ends the next one is
 # queued (docs/phase3.md; H100, B4 at 4 and 16 req/s: TTFT p50 -3.5 and -2.6 ms, TPOT unchanged)
 DEFAULT_SCHEDULE_LEAD_MS = 2.0
