@@ -29,7 +29,8 @@
 #            with --no-async-scheduling (the same-run baseline); b2hf: B2 next to HF generate
 #   b2nomixed b3nomixed b4nomixed: the same with --mixed-cuda-graph-max-tokens 0 (mixed
 #            prefill+decode steps eager: the piecewise graphs' same-run baseline)
-#   gaps     replay_gaps.py: GPU idle between decode steps, sync vs async (batch 1 with traces, 32)
+#   gaps     replay_gaps.py: GPU idle between decode steps, sync vs async (batch 1 with traces, 32);
+#            gaps256: the same at B3's largest decode batch, 256 sequences of 1024-token prompts
 #   b4cap    B4 with the prompt cap --max-prefill-tokens-while-decoding 256 (vs b4, the default)
 #   coldstart the server's start-up with an empty Triton cache (a machine that never ran it), with
 #            and without the parallel compile-ahead pass (LIGHTVLLM_COMPILE_AHEAD=1 0 1 0)
@@ -404,6 +405,8 @@ except RuntimeError as e:
     gaps) $PY phase3_scheduling/benchmarks/replay_gaps.py --batch 1 --out "$R/gaps_b1.json" \
           --trace-dir "$R/traces" && $PY phase3_scheduling/benchmarks/replay_gaps.py --batch 32 \
           --out "$R/gaps_b32.json" ;;
+    gaps256) $PY phase3_scheduling/benchmarks/replay_gaps.py --batch 256 --prompt-len 1024 \
+          --steps 16 --out "$R/gaps256.json" ;;
     b4nocap) $PY phase5_server/benchmarks/run_b4.py --preset h200 --out "$R/b4nocap.json" \
           --serve-args "--max-prefill-tokens-while-decoding 0" --server-log "$R/b4nocap_server.log" ;;
     fa4) timeout 150 $PY scripts/h200_fa4/smoke.py; $PYTEST $FA4_TESTS ;;
@@ -423,7 +426,7 @@ except RuntimeError as e:
 }
 
 declare -A LIMIT=([tests]=420 [b1]=150 [b2]=150 [b2sync]=150 [b2hf]=150 [b3]=150 [b3sync]=150
-                  [b3hf]=240 [b4]=330 [b4nocap]=330 [b4nomixed]=330 [b4cap]=330 [gaps]=200 [b2nomixed]=150 [b3nomixed]=150 [b2fa4]=150 [b2cublas]=150 [b2noprefetch]=150 [b2nosilu]=150 [b2next]=150 [b2nofuse]=150 [b2auto]=150 [b2nopdl]=150 [b2tuned]=150 [b3tuned]=150 [gemm]=150 [b1norm]=200 [b1fused]=120 [b1inplace]=120 [b3cublas]=150 [b1nopdl]=120 [b4low]=180 [b4lowcublas]=180 [attnsmall]=150 [b4mid]=150 [b4midauto]=150 [b4midlead]=150 [b4lowlead]=180 [profiletuned]=180 [profileb3]=200 [quick]=180 [kernels]=150 [libdiag]=60 [fa4]=360
+                  [b3hf]=240 [b4]=330 [b4nocap]=330 [b4nomixed]=330 [b4cap]=330 [gaps]=200 [gaps256]=200 [b2nomixed]=150 [b3nomixed]=150 [b2fa4]=150 [b2cublas]=150 [b2noprefetch]=150 [b2nosilu]=150 [b2next]=150 [b2nofuse]=150 [b2auto]=150 [b2nopdl]=150 [b2tuned]=150 [b3tuned]=150 [gemm]=150 [b1norm]=200 [b1fused]=120 [b1inplace]=120 [b3cublas]=150 [b1nopdl]=120 [b4low]=180 [b4lowcublas]=180 [attnsmall]=150 [b4mid]=150 [b4midauto]=150 [b4midlead]=150 [b4lowlead]=180 [profiletuned]=180 [profileb3]=200 [quick]=180 [kernels]=150 [libdiag]=60 [fa4]=360
                   [profile]=180 [profile_fa4]=180 [parity]=240 [engine]=180
                   [vb23]=360 [steps]=150 [vb4]=420 [vb4mid]=240 [vb4low]=240)
 

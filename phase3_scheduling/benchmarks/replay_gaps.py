@@ -62,10 +62,16 @@ def gap_stats(kernels: list[tuple[float, float]], steps: int) -> dict[str, float
             "step_gap_us_max": gaps[0]}
 
 
-def build(async_scheduling: bool, batch: int) -> LLM:
+def kv_blocks(batch: int, tokens_per_request: int, block_size: int = 16) -> int:
+    """KV blocks for ``batch`` requests of ``tokens_per_request`` tokens each, at least 2048."""
+    return max(2048, batch * -(-tokens_per_request // block_size) + 64)
+
+
+def build(async_scheduling: bool, batch: int, tokens_per_request: int) -> LLM:
     return LLM.from_engine_args(EngineArgs(
         load_format="dummy", hf_config=hf_config("llama-3.1-8b"), dtype="bfloat16", max_num_seqs=max(8, batch),
-        num_gpu_blocks_override=2048, async_scheduling=async_scheduling))
+        num_gpu_blocks_override=kv_blocks(batch, tokens_per_request),
+        async_scheduling=async_scheduling))
 
 
 def start_decodes(llm: LLM, batch: int, prompt_len: int, max_tokens: int) -> None:
@@ -96,8 +102,9 @@ def profile_steps(llm: LLM, steps: int, trace: Path | None) -> list[tuple[float,
 
 
 def measure(mode: str, args) -> dict:
-    llm = build(mode == "async", args.batch)
-    start_decodes(llm, args.batch, args.prompt_len, args.steps + 64)
+    max_tokens = args.steps + 64
+    llm = build(mode == "async", args.batch, args.prompt_len + max_tokens)
+    start_decodes(llm, args.batch, args.prompt_len, max_tokens)
     trace = Path(args.trace_dir) / f"replay_gaps_{mode}.json" if args.trace_dir else None
     stats = gap_stats(profile_steps(llm, args.steps, trace), args.steps)
     llm.engine.shutdown()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from replay_gaps import gap_stats, merge  # noqa: E402
+from replay_gaps import gap_stats, kv_blocks, merge  # noqa: E402
 
 
 def test_merge_joins_overlapping_and_touching_kernels():
@@ -30,3 +30,9 @@ def test_gap_stats_of_a_known_timeline():
     assert stats["idle_us_per_step"] == pytest.approx((490 - 4 * 98) / 4)
     with pytest.raises(ValueError):
         gap_stats([(0, 1)], steps=4)
+
+
+def test_kv_blocks_hold_every_request_of_a_large_batch():
+    assert kv_blocks(1, 160) == 2048  # small runs keep the old pool
+    blocks = kv_blocks(256, 1024 + 80)  # 69 blocks of 16 tokens a request
+    assert blocks >= 256 * 69 and (blocks - 256 * 69) < 256
