@@ -49,7 +49,9 @@
 #            b4mid, b4midauto: its 16 req/s run alone (preset h200-16rps), tuned and auto (the
 #            Triton skinny GEMM a candidate too, up to 16 rows); b4midlead, b4lowlead: the 16 and
 #            4 req/s runs with --schedule-lead-ms 2 (the default since the eleventh session);
-#            b4midnolead, b4lownolead: the same with --schedule-lead-ms 0 (their TTFT baselines)
+#            b4midnolead, b4lownolead: the same with --schedule-lead-ms 0 (their TTFT baselines);
+#            b4inf, b4inf256: its unlimited run alone (preset h200-inf), our default max_num_seqs
+#            (1024 on an 80 GB GPU) and the earlier 256 (its baseline)
 #   gemm     bench_decode_gemm.py: the 8B decode GEMMs at 1-16 rows in CUDA graphs, cuBLAS vs
 #            our CUDA (1-8 rows) and Triton (1-16) kernels
 #   attnsmall bench_attention.py --tune-small: decode attention at 1/4/16 x 512 tokens, splits and
@@ -81,10 +83,10 @@
 #   profileb3 the same for a B3-like decode step: 256 sequences of 1024-token prompts (the K/V
 #            read weighs as much as the weights there)
 #   parity engine  single test files (HF parity, engine) as in the older gpu_run.sh
-#   vb23 vb4 vb4mid vb4low  the same-run vLLM baseline (vLLM 0.26.0 with its defaults, the same
+#   vb23 vb4 vb4mid vb4low vb4inf  the same-run vLLM baseline (vLLM 0.26.0 with its defaults, the same
 #            model shape, random bf16 weights, no tokenizer): B3 then B2 through vLLM's LLM
 #            (phase3_scheduling/benchmarks/vllm_offline.py, our workloads' exact requests), and B4
-#            / its 16 or 4 req/s run alone against `vllm serve` (run_b4.py --engine vllm, our
+#            / its 16 or 4 req/s or unlimited run alone against `vllm serve` (run_b4.py --engine vllm, our
 #            client). vLLM's ~300 MB wheel and its needs travel in .whl/v1..vN (each under 60 MB),
 #            one back-to-back call each before stage2: `stash .whl/vN /tmp/vparts` (carry
 #            [".whl/vN"]); the first vb* section joins and installs them into $VSITE, apart from
@@ -324,6 +326,10 @@ section() {  # the command of one section (run under timeout by run_sections)
           --server-log "$R/b4low_server.log" ;;
     b4mid) $PY phase5_server/benchmarks/run_b4.py --preset h200-16rps --out "$R/b4mid.json" \
           --server-log "$R/b4mid_server.log" ;;
+    b4inf) $PY phase5_server/benchmarks/run_b4.py --preset h200-inf --out "$R/b4inf.json" \
+          --server-log "$R/b4inf_server.log" ;;
+    b4inf256) $PY phase5_server/benchmarks/run_b4.py --preset h200-inf --out "$R/b4inf256.json" \
+          --serve-args "--max-num-seqs 256" --server-log "$R/b4inf256_server.log" ;;
     b4midauto) LIGHTVLLM_GPU_LINEAR=auto $PY phase5_server/benchmarks/run_b4.py --preset \
           h200-16rps --out "$R/b4midauto.json" --server-log "$R/b4midauto_server.log" ;;
     b4midlead) $PY phase5_server/benchmarks/run_b4.py --preset h200-16rps --out "$R/b4midlead.json" \
@@ -392,8 +398,8 @@ except RuntimeError as e:
           --max-num-batched-tokens 16384 --out "$R/steps.json" ;;
     vb4) vllm_install && VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONPATH=$VBASE_PYTHONPATH $PY phase5_server/benchmarks/run_b4.py --engine vllm \
           --preset h200 --out "$R/vb4.json" --server-log "$R/vb4_server.log" ;;
-    vb4mid|vb4low) vllm_install && VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONPATH=$VBASE_PYTHONPATH $PY phase5_server/benchmarks/run_b4.py \
-          --engine vllm --preset $([ $1 = vb4mid ] && echo h200-16rps || echo h200-4rps) \
+    vb4mid|vb4low|vb4inf) vllm_install && VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONPATH=$VBASE_PYTHONPATH $PY phase5_server/benchmarks/run_b4.py \
+          --engine vllm --preset $(case $1 in vb4mid) echo h200-16rps;; vb4low) echo h200-4rps;; *) echo h200-inf;; esac) \
           --out "$R/$1.json" --server-log "$R/$1_server.log" ;;
     aheadtest) $PYTEST -m gpu phase3_scheduling/tests/test_compile_ahead_gpu.py -s ;;
     b4) $PY phase5_server/benchmarks/run_b4.py --preset h200 --out "$R/b4.json" \
@@ -428,7 +434,7 @@ except RuntimeError as e:
 declare -A LIMIT=([tests]=420 [b1]=150 [b2]=150 [b2sync]=150 [b2hf]=150 [b3]=150 [b3sync]=150
                   [b3hf]=240 [b4]=330 [b4nocap]=330 [b4nomixed]=330 [b4cap]=330 [gaps]=200 [gaps256]=200 [b2nomixed]=150 [b3nomixed]=150 [b2fa4]=150 [b2cublas]=150 [b2noprefetch]=150 [b2nosilu]=150 [b2next]=150 [b2nofuse]=150 [b2auto]=150 [b2nopdl]=150 [b2tuned]=150 [b3tuned]=150 [gemm]=150 [b1norm]=200 [b1fused]=120 [b1inplace]=120 [b3cublas]=150 [b1nopdl]=120 [b4low]=180 [b4lowcublas]=180 [attnsmall]=150 [b4mid]=150 [b4midauto]=150 [b4midlead]=150 [b4lowlead]=180 [profiletuned]=180 [profileb3]=200 [quick]=180 [kernels]=150 [libdiag]=60 [fa4]=360
                   [profile]=180 [profile_fa4]=180 [parity]=240 [engine]=180
-                  [vb23]=360 [steps]=150 [vb4]=420 [vb4mid]=240 [vb4low]=240)
+                  [vb23]=360 [steps]=150 [vb4]=420 [vb4mid]=240 [vb4low]=240 [vb4inf]=240 [b4inf]=150 [b4inf256]=150)
 
 run_sections() {
   local status=()

@@ -51,6 +51,7 @@ for _p in ("shared", "phase1_kernels", "phase2_attention", "phase3_scheduling"):
 
 from phase3_scheduling import LLM, SamplingParams  # noqa: E402
 from phase3_scheduling.cli_args import add_engine_args, engine_args  # noqa: E402
+from phase3_scheduling.config import DEFAULT_MAX_NUM_SEQS  # noqa: E402
 from shared.bench import (copy_bandwidth_gbs, cuda_seconds_per_call, hardware,  # noqa: E402
                           markdown_table)
 
@@ -320,7 +321,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.tiny:
         args.hf_config, args.device = None, args.device or "cpu"
         args.steps, args.warm_steps, args.timed_steps = min(args.steps, 4), 2, 4
-    args.max_num_seqs = max(args.max_num_seqs, args.batch)
+    args.max_num_seqs = max(args.max_num_seqs or DEFAULT_MAX_NUM_SEQS, args.batch)
     if args.num_gpu_blocks_override is None:  # every sequence's prompt and decode, at least 16k
         tokens = max(16384, args.batch * (args.prompt_len + decode_budget(args)))
         args.num_gpu_blocks_override = args.batch * 2 + -(-tokens // args.block_size) + 1

@@ -41,6 +41,7 @@ if str(HERE) not in sys.path:
 import b2_step_profile as step_profile  # noqa: E402  (engine build, family ranges, kernel attribution)
 from phase3_scheduling import LLM, SamplingParams  # noqa: E402
 from phase3_scheduling.cli_args import add_engine_args, engine_args  # noqa: E402
+from phase3_scheduling.config import DEFAULT_MAX_NUM_SEQS  # noqa: E402
 from shared.bench import cuda_seconds_per_call, hardware, markdown_table  # noqa: E402
 
 GEMM_FAMILIES = ("qkv", "o", "gate_up", "down", "lm_head")
@@ -196,7 +197,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.tokens % args.prompts:
         parser.error("--tokens must be a multiple of --prompts")
     args.max_num_batched_tokens = max(args.max_num_batched_tokens or 0, args.tokens)
-    args.max_num_seqs = max(args.max_num_seqs, args.prompts)
+    args.max_num_seqs = max(args.max_num_seqs or DEFAULT_MAX_NUM_SEQS, args.prompts)
     args.max_model_len = max(args.max_model_len or 0, args.tokens // args.prompts + 16)
     if args.num_gpu_blocks_override is None:  # one step's prompts, twice over
         args.num_gpu_blocks_override = 2 * (-(-args.tokens // args.block_size) + args.prompts)

@@ -88,3 +88,14 @@ def test_mixed_graph_token_limit_reaches_the_config_and_picks_the_sizes():
     assert resolve_engine_config(_parse(base)).mixed_cuda_graph_max_tokens == 1024
     with pytest.raises(ValueError, match="mixed_cuda_graph_max_tokens must be >= 0"):
         resolve_engine_config(_parse(base + ["--mixed-cuda-graph-max-tokens", "-1"]))
+
+
+def test_max_num_seqs_default_follows_the_device_and_a_flag_wins():
+    args = _parse([])
+    assert args.max_num_seqs is None
+    assert args.scheduler_config(4096).max_num_seqs == 256  # the CPU
+    assert args.scheduler_config(4096, "cuda", 44.0).max_num_seqs == 256  # a smaller GPU
+    assert args.scheduler_config(4096, "cuda", 79.2).max_num_seqs == 1024  # an H100 80 GB
+    assert args.scheduler_config(4096, "cuda", 139.8).max_num_seqs == 1024  # an H200
+    assert _parse(["--max-num-seqs", "64"]).scheduler_config(
+        4096, "cuda", 139.8).max_num_seqs == 64

@@ -30,31 +30,36 @@ import time
 
 import httpx
 
+# the 8B shape with our defaults (max_num_seqs: 1024 on an 80 GB GPU since the thirteenth session;
+# --serve-args "--max-num-seqs 256" gives the earlier runs' setting)
+SERVE_8B = ["--load-format", "dummy", "--hf-config", "llama-3.1-8b", "--dtype", "bfloat16",
+            "--max-model-len", "2048"]
 PRESETS = {
     "h100": dict(
-        serve=["--load-format", "dummy", "--hf-config", "llama-3.1-8b", "--dtype", "bfloat16",
-               "--max-num-seqs", "256", "--max-model-len", "2048"],
+        serve=SERVE_8B,
         bench=["--num-prompts", "500", "--input-len", "512", "--output-len", "128",
                "--request-rate", "4", "16", "inf", "--vocab-size", "128000", "--workload", "B4"]),
     "h200": dict(  # issue 8: 300 requests at 4 req/s, 500 at 16 and unlimited
-        serve=["--load-format", "dummy", "--hf-config", "llama-3.1-8b", "--dtype", "bfloat16",
-               "--max-num-seqs", "256", "--max-model-len", "2048"],
+        serve=SERVE_8B,
         bench=["--input-len", "512", "--output-len", "128", "--vocab-size", "128000",
                "--workload", "B4"],
         runs=[["--num-prompts", "300", "--request-rate", "4"],
               ["--num-prompts", "500", "--request-rate", "16", "inf"]]),
     "h200-4rps": dict(  # the 4 req/s run of h200 alone (an A/B of the decode step in one call)
-        serve=["--load-format", "dummy", "--hf-config", "llama-3.1-8b", "--dtype", "bfloat16",
-               "--max-num-seqs", "256", "--max-model-len", "2048"],
+        serve=SERVE_8B,
         bench=["--input-len", "512", "--output-len", "128", "--vocab-size", "128000",
                "--workload", "B4"],
         runs=[["--num-prompts", "300", "--request-rate", "4"]]),
     "h200-16rps": dict(  # the 16 req/s run of h200 alone (decode steps of ~16 rows: an A/B)
-        serve=["--load-format", "dummy", "--hf-config", "llama-3.1-8b", "--dtype", "bfloat16",
-               "--max-num-seqs", "256", "--max-model-len", "2048"],
+        serve=SERVE_8B,
         bench=["--input-len", "512", "--output-len", "128", "--vocab-size", "128000",
                "--workload", "B4"],
         runs=[["--num-prompts", "500", "--request-rate", "16"]]),
+    "h200-inf": dict(  # the unlimited run of h200 alone (500 requests at once: max_num_seqs A/B)
+        serve=SERVE_8B,
+        bench=["--input-len", "512", "--output-len", "128", "--vocab-size", "128000",
+               "--workload", "B4"],
+        runs=[["--num-prompts", "500", "--request-rate", "inf"]]),
     "cpu-api": dict(  # the API process's own load: a tiny model whose steps take milliseconds
         tiny=True,
         serve=["--dtype", "float32", "--max-num-seqs", "256", "--max-model-len", "512",

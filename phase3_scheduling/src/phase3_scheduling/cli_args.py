@@ -25,8 +25,9 @@ HELP = {
                  f"config.json path",
     "seed": "seed of the random weights and of unseeded sampling",
     "max_model_len": "context length (default: the model's, capped at 4096)",
-    "max_num_seqs": "most sequences in one step",
-    "max_num_batched_tokens": "token budget of one step (default: 2048 with chunked prefill)",
+    "max_num_seqs": "most sequences in one step (default: 256; 1024 on a GPU of 70 GiB or more)",
+    "max_num_batched_tokens": "token budget of one step (default with chunked prefill: 2048 on "
+                              "the CPU, 8192 on a GPU)",
     "enable_chunked_prefill": "split long prompts across steps",
     "block_size": "tokens per KV-cache block",
     "gpu_memory_utilization": "share of GPU memory the engine may use (weights + KV cache)",

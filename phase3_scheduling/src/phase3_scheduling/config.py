@@ -13,6 +13,20 @@ logger = logging.getLogger(__name__)
 # queued (docs/phase3.md; H100, B4 at 4 and 16 req/s: TTFT p50 -3.5 and -2.6 ms, TPOT unchanged)
 DEFAULT_SCHEDULE_LEAD_MS = 2.0
 
+# Most sequences in one step when not given: 256, and 1024 on a GPU of at least 70 GiB (vLLM
+# 0.26's rule). B4's unlimited run sends 500 requests at once; 256 left half of them waiting
+# until the first half finished (docs/benchmarks.md, thirteenth session).
+DEFAULT_MAX_NUM_SEQS = 256
+LARGE_GPU_MAX_NUM_SEQS = 1024
+LARGE_GPU_GIB = 70.0
+
+
+def default_max_num_seqs(device_type: str, device_memory_gib: float = 0.0) -> int:
+    """The ``max_num_seqs`` a user gets without asking: more on a large GPU."""
+    if device_type == "cuda" and device_memory_gib >= LARGE_GPU_GIB:
+        return LARGE_GPU_MAX_NUM_SEQS
+    return DEFAULT_MAX_NUM_SEQS
+
 
 @dataclass
 class SchedulerConfig:
@@ -86,7 +100,7 @@ class EngineArgs:
     hf_config: dict | None = None  # config.json-style dict for load_format="dummy" without files
     seed: int = 0
     max_model_len: int | None = None  # default: the model's, capped at 4096
-    max_num_seqs: int = 256
+    max_num_seqs: int | None = None  # default: default_max_num_seqs(device)
     max_num_batched_tokens: int | None = None
     enable_chunked_prefill: bool = True
     block_size: int = 16
@@ -121,10 +135,12 @@ class EngineArgs:
                            cpu_kv_cache_gib=self.kv_cache_gib, num_blocks=self.num_gpu_blocks_override,
                            enable_prefix_caching=self.enable_prefix_caching)
 
-    def scheduler_config(self, model_max_len: int, device_type: str = "cpu") -> SchedulerConfig:
+    def scheduler_config(self, model_max_len: int, device_type: str = "cpu",
+                         device_memory_gib: float = 0.0) -> SchedulerConfig:
         """Limits for the scheduler. The default token budget is 2048 on the CPU (a step's
         latency grows with it) and 8192 on a GPU, where a step of 8k tokens still costs little
-        more than a decode step's weight reads (vLLM's default on large GPUs too)."""
+        more than a decode step's weight reads (vLLM's default on large GPUs too); the default
+        ``max_num_seqs`` is 256, 1024 on a GPU of 70 GiB or more."""
         max_len = self.max_model_len or min(model_max_len, 4096)
         if max_len > model_max_len:
             raise ValueError(f"max_model_len {max_len} exceeds the model's limit {model_max_len}")
@@ -132,7 +148,8 @@ class EngineArgs:
         batched = self.max_num_batched_tokens or (default_budget if self.enable_chunked_prefill
                                                   else max(max_len, default_budget))
         async_scheduling = self._async_scheduling(device_type)
-        return SchedulerConfig(self.max_num_seqs, batched, max_len, self.enable_chunked_prefill,
+        max_num_seqs = self.max_num_seqs or default_max_num_seqs(device_type, device_memory_gib)
+        return SchedulerConfig(max_num_seqs, batched, max_len, self.enable_chunked_prefill,
                                async_scheduling, self.max_prefill_tokens_while_decoding,
                                self._schedule_lead_ms(async_scheduling))
 

@@ -58,7 +58,8 @@ def resolve_engine_config(args: EngineArgs) -> EngineConfig:
     else:
         model_dir = resolve_model(args.model)
         model_config = ModelConfig.from_pretrained(model_dir)
-    scheduler = args.scheduler_config(model_config.max_position_embeddings, device_type)
+    scheduler = args.scheduler_config(model_config.max_position_embeddings, device_type,
+                                      _device_memory_gib(device))
     backend = args.attention_backend or best_paged_backend(device_type, args.block_size)
     tokenizer_dir = args.tokenizer or (str(model_dir) if model_dir is not None else None)
     config = EngineConfig(
@@ -74,6 +75,13 @@ def resolve_engine_config(args: EngineArgs) -> EngineConfig:
                 model_dir or "dummy weights", device_type, config.dtype, backend,
                 scheduler.max_model_len, scheduler.max_num_seqs, scheduler.max_num_batched_tokens)
     return config
+
+
+def _device_memory_gib(device: str) -> float:
+    """Total memory of the engine's GPU in GiB (0 on the CPU): larger GPUs get more sequences."""
+    if torch.device(device).type != "cuda":
+        return 0.0
+    return torch.cuda.get_device_properties(torch.device(device)).total_memory / 2**30
 
 
 def _check_graph_sizes(sizes: list[int] | None) -> list[int] | None:
