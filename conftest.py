@@ -1,5 +1,6 @@
 """Repository-wide pytest setup: markers and the CPU defaults every phase's tests rely on."""
 
+import gc
 import os
 
 import pytest
@@ -18,6 +19,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True)
+def _heap_back_to_the_collector():
+    """A GPU engine freezes the heap until its shutdown (phase3_scheduling/gc_heap.py): a test
+    that drops one without shutting it down must not leave the heap frozen, its engine's
+    reference cycles (and their GPU memory) uncollectable, for the rest of the run."""
+    yield
+    if gc.get_freeze_count():
+        gc.unfreeze()
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,8 @@
 #   b1       phase-1 kernel bandwidth, % of the copy bandwidth measured in the same run
 #   b2 b3    DESIGN.md's B2 (latency) and B3 (throughput), dummy 8B bf16; b2sync, b3sync: the same
 #            with --no-async-scheduling (the same-run baseline); b2hf: B2 next to HF generate
+#   b2nofreeze b3nofreeze stepsnofreeze: B2, B3 and the decode steps with LIGHTVLLM_GC_FREEZE=0
+#            (the offline engine's heap not frozen: the freeze's same-run baseline)
 #   b2nomixed b3nomixed b4nomixed: the same with --mixed-cuda-graph-max-tokens 0 (mixed
 #            prefill+decode steps eager: the piecewise graphs' same-run baseline)
 #   gaps     replay_gaps.py: GPU idle between decode steps, sync vs async (batch 1 with traces, 32);
@@ -299,11 +301,15 @@ sync_flag() {  # sections named *sync run the engine without async scheduling (t
   case $1 in *sync) echo --no-async-scheduling ;; *nomixed) echo --mixed-cuda-graph-max-tokens 0 ;; esac
 }
 
+gc_env() {  # sections named *nofreeze: the offline engine's heap not frozen (the freeze's baseline)
+  case $1 in *nofreeze) echo LIGHTVLLM_GC_FREEZE=0 ;; *) echo LIGHTVLLM_GC_FREEZE=${LIGHTVLLM_GC_FREEZE:-1} ;; esac
+}
+
 section() {  # the command of one section (run under timeout by run_sections)
   case $1 in
     tests) $PYTEST -m gpu $(gpu_test_files | tr '\n' ' ') ;;
     b1) $PY phase1_kernels/benchmarks/bench_kernels.py --out "$R/b1.json" ;;
-    b2|b2sync|b2nomixed) $BENCH latency $DUMMY8B --input-len 128 --output-len 256 --num-iters 3 \
+    b2|b2sync|b2nomixed|b2nofreeze) env $(gc_env $1) $BENCH latency $DUMMY8B --input-len 128 --output-len 256 --num-iters 3 \
           --max-num-seqs 8 $(sync_flag $1) --workload B2 --out "$R/$1.json" ;;
     b2nofuse) LIGHTVLLM_FUSE_ROPE_STORE=0 $BENCH latency $DUMMY8B --input-len 128 --output-len 256 \
           --num-iters 3 --max-num-seqs 8 --workload B2 --out "$R/b2nofuse.json" ;;
@@ -380,7 +386,7 @@ except RuntimeError as e:
           --out "$R/b2fa4.json" ;;
     b2hf) $BENCH latency $DUMMY8B --input-len 128 --output-len 256 --num-iters 3 --max-num-seqs 8 \
           --hf --hf-output-len 32 --workload B2 --out "$R/b2hf.json" ;;
-    b3|b3sync|b3nomixed) $BENCH throughput $DUMMY8B --num-prompts 256 --input-len 100 1024 --output-len 100 \
+    b3|b3sync|b3nomixed|b3nofreeze) env $(gc_env $1) $BENCH throughput $DUMMY8B --num-prompts 256 --input-len 100 1024 --output-len 100 \
           1024 --max-num-batched-tokens 8192 $(sync_flag $1) --workload B3 --out "$R/$1.json" ;;
     b3hf) $BENCH throughput $DUMMY8B --num-prompts 128 --input-len 128 --output-len 128 \
           --max-num-seqs 128 --hf --workload B3-128x128 --out "$R/b3hf.json" ;;
@@ -396,6 +402,8 @@ except RuntimeError as e:
           --profile-batch 16 --profile-dir "$R/vprof" --out "$R/vb23.json" ;;
     steps) $PY phase3_scheduling/benchmarks/decode_steps.py $DUMMY8B --max-num-seqs 256 \
           --max-num-batched-tokens 16384 --out "$R/steps.json" ;;
+    stepsnofreeze) LIGHTVLLM_GC_FREEZE=0 $PY phase3_scheduling/benchmarks/decode_steps.py $DUMMY8B \
+          --max-num-seqs 256 --max-num-batched-tokens 16384 --out "$R/stepsnofreeze.json" ;;
     vb4) vllm_install && VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONPATH=$VBASE_PYTHONPATH $PY phase5_server/benchmarks/run_b4.py --engine vllm \
           --preset h200 --out "$R/vb4.json" --server-log "$R/vb4_server.log" ;;
     vb4mid|vb4low|vb4inf) vllm_install && VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONPATH=$VBASE_PYTHONPATH $PY phase5_server/benchmarks/run_b4.py \
@@ -434,7 +442,7 @@ except RuntimeError as e:
 declare -A LIMIT=([tests]=420 [b1]=150 [b2]=150 [b2sync]=150 [b2hf]=150 [b3]=150 [b3sync]=150
                   [b3hf]=240 [b4]=330 [b4nocap]=330 [b4nomixed]=330 [b4cap]=330 [gaps]=200 [gaps256]=200 [b2nomixed]=150 [b3nomixed]=150 [b2fa4]=150 [b2cublas]=150 [b2noprefetch]=150 [b2nosilu]=150 [b2next]=150 [b2nofuse]=150 [b2auto]=150 [b2nopdl]=150 [b2tuned]=150 [b3tuned]=150 [gemm]=150 [b1norm]=200 [b1fused]=120 [b1inplace]=120 [b3cublas]=150 [b1nopdl]=120 [b4low]=180 [b4lowcublas]=180 [attnsmall]=150 [b4mid]=150 [b4midauto]=150 [b4midlead]=150 [b4lowlead]=180 [profiletuned]=180 [profileb3]=200 [quick]=180 [kernels]=150 [libdiag]=60 [fa4]=360
                   [profile]=180 [profile_fa4]=180 [parity]=240 [engine]=180
-                  [vb23]=360 [steps]=150 [vb4]=420 [vb4mid]=240 [vb4low]=240 [vb4inf]=240 [b4inf]=150 [b4inf256]=150)
+                  [vb23]=360 [steps]=150 [vb4]=420 [vb4mid]=240 [vb4low]=240 [vb4inf]=240 [b4inf]=150 [b4inf256]=150 [stepsnofreeze]=150 [b3nofreeze]=150 [b2nofreeze]=150)
 
 run_sections() {
   local status=()
@@ -451,7 +459,7 @@ run_sections() {
     [ $limit -gt $left ] && limit=$left
     echo "=== $s (limit ${limit} s) $(date -u +%H:%M:%S)" | tee -a "$LOG"
     # timeout signals the section's whole process group (servers and engine processes too)
-    timeout -k 15 "$limit" bash -c "$(declare -f section sync_flag gpu_test_files vllm_install); \
+    timeout -k 15 "$limit" bash -c "$(declare -f section sync_flag gc_env gpu_test_files vllm_install); \
       PY='$PY' SECTIONS='$SECTIONS' R='$R' BENCH='$BENCH' DUMMY8B='$DUMMY8B' PYTEST='$PYTEST' \
       FA4_TESTS='$FA4_TESTS' VSITE='$VSITE' VPARTS='$VPARTS'; section $s" 2>&1 | grep --line-buffered -v -E "it/s\]|capturing" \
       | tee "$R/$s.log" | tee -a "$LOG"

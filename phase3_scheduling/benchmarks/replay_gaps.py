@@ -81,8 +81,9 @@ def start_decodes(llm: LLM, batch: int, prompt_len: int, max_tokens: int) -> Non
     for _ in range(batch):
         llm.engine.add_request(None, [rng.randrange(10, vocab - 10) for _ in range(prompt_len)],
                                params)
-    while llm.engine.generation_tokens < batch:
-        llm.engine.step()
+    started: set[str] = set()  # until every request has its first token: decode steps only after
+    while len(started) < batch:
+        started.update(o.request_id for o in llm.engine.step() if o.outputs and o.outputs[0].token_ids)
 
 
 def profile_steps(llm: LLM, steps: int, trace: Path | None) -> list[tuple[float, float]]:

@@ -66,3 +66,23 @@ def test_the_switch_leaves_the_heap_alone(fresh_gc, monkeypatch):
     threshold = gc.get_threshold()
     assert freeze_heap() is False
     assert gc.get_freeze_count() == 0 and gc.get_threshold() == threshold
+
+
+def test_a_gpu_engine_in_the_callers_process_freezes_until_shutdown(fresh_gc, monkeypatch):
+    """``LLMEngine`` (the offline path) freezes the heap on a GPU only, and its shutdown gives
+    the frozen objects back and restores the thresholds (the caller's process goes on)."""
+    from dataclasses import replace
+
+    from phase3_scheduling import LLMEngine
+    from test_step_failure import tiny_engine_args
+
+    monkeypatch.delenv(ENV, raising=False)
+    threshold = gc.get_threshold()
+    cpu = LLMEngine(tiny_engine_args())
+    assert gc.get_freeze_count() == 0  # on the CPU the model's compute hides any pause
+    cpu.config = replace(cpu.config, device="cuda")  # what a GPU engine decides at start-up
+    cpu._gc_threshold = cpu._freeze_heap_on_gpu()
+    assert cpu._gc_threshold == threshold
+    assert gc.get_freeze_count() > 1000 and gc.get_threshold()[2] == GEN2_EVERY
+    cpu.shutdown()
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == threshold

@@ -9,6 +9,7 @@ class is the offline path (``LLM``) and the reference the multiprocess path is t
 
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
 import time
@@ -22,6 +23,7 @@ from .config import EngineArgs
 from .engine_config import EngineConfig, resolve_engine_config
 from .engine_core import EngineCore
 from .executor import Executor
+from .gc_heap import freeze_heap, unfreeze_heap
 from .input_processor import InputProcessor, ModelLimits
 from .output_processor import OutputProcessor
 from .outputs import EngineStats, RequestOutput
@@ -55,6 +57,15 @@ class LLMEngine:
         self.prompt_tokens = 0
         self.generation_tokens = 0
         self.timings: dict[str, float] = defaultdict(float)
+        self._gc_threshold = self._freeze_heap_on_gpu()
+
+    def _freeze_heap_on_gpu(self) -> tuple[int, int, int] | None:
+        """On a GPU the host must keep pace with the device: the start-up heap goes out of the
+        collector's way (gc_heap.py) until shutdown. Returns the thresholds to restore."""
+        threshold = gc.get_threshold()
+        if self.config.device != "cuda" or not freeze_heap():
+            return None
+        return threshold
 
     # ---- what callers read ---------------------------------------------------------------------
     @property
@@ -147,3 +158,6 @@ class LLMEngine:
 
     def shutdown(self) -> None:
         self.core.shutdown()
+        if self._gc_threshold is not None:
+            unfreeze_heap(self._gc_threshold)
+            self._gc_threshold = None
