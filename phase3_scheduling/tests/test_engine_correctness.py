@@ -83,6 +83,24 @@ def test_prefix_cache_hits_give_identical_outputs(smol_llm, reference):
     assert any(o.num_cached_tokens > 0 for o in warm)
 
 
+def test_repetition_penalty_through_the_engine_equals_hf_generate(smol_llm, hf_smol):
+    """The runner hands the sampler each row's prompt and output ids only when a penalty needs
+    them: a penalised request batched with plain greedy ones matches HF's
+    ``repetition_penalty`` (over prompt and generated ids), the plain ones HF's greedy."""
+    tok = smol_llm.get_tokenizer()
+    penalised = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, repetition_penalty=1.3)
+    outs = smol_llm.generate(PROMPTS[:3], [GREEDY, penalised, GREEDY], use_tqdm=False)
+    ids = tok.encode(PROMPTS[1])
+    x = torch.tensor([ids])
+    hf = hf_smol.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=16, min_new_tokens=16,
+                          do_sample=False, repetition_penalty=1.3, eos_token_id=None, pad_token_id=0)
+    assert outs[1].outputs[0].token_ids == hf[0, len(ids):].tolist()
+    assert outs[1].outputs[0].token_ids != hf_greedy(hf_smol, ids, 16)  # the penalty mattered
+    assert [outs[0].outputs[0].token_ids, outs[2].outputs[0].token_ids] == [
+        hf_greedy(hf_smol, tok.encode(PROMPTS[i]), 24) for i in (0, 2)]
+    assert pool_is_full(smol_llm)
+
+
 def test_seeded_sampling_is_independent_of_batch_composition(smol_llm):
     p = SamplingParams(temperature=0.9, top_p=0.95, top_k=50, seed=1234, max_tokens=20)
     alone = smol_llm.generate([PROMPTS[1]], p, use_tqdm=False)[0].outputs[0].text

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -30,10 +31,17 @@ class SamplingInputs:
     """What the sampler needs about the requests behind each row of logits."""
 
     params: list[SamplingParams | WireSamplingParams]  # the runner's come from the step
-    output_token_ids: list[list[int]]
+    output_token_ids: list[list[int]]  # empty lists allowed unless needs_token_history(params)
     prompt_token_ids: list[list[int]]
     generators: list[torch.Generator | None]
     min_tokens_block: list[list[int]]  # per row: ids to forbid (eos, stop ids) until min_tokens
+
+
+def needs_token_history(params: Sequence[SamplingParams | WireSamplingParams]) -> bool:
+    """Whether any row's penalties read its prompt and output ids (``SamplingInputs``' token
+    lists); without penalties the caller may pass empty lists and copy nothing each step."""
+    return any(p.repetition_penalty != 1 or p.frequency_penalty or p.presence_penalty
+               for p in params)
 
 
 @dataclass
@@ -132,7 +140,7 @@ class Sampler:
     def _apply_penalties(logits: torch.Tensor, inputs: SamplingInputs) -> None:
         params = inputs.params
         rows, vocab = logits.shape
-        if not any(p.repetition_penalty != 1 or p.frequency_penalty or p.presence_penalty for p in params):
+        if not needs_token_history(params):
             return
         device = logits.device
         width = max(1, max(len(o) for o in inputs.output_token_ids))

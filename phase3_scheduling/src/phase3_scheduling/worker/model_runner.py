@@ -29,7 +29,7 @@ from phase2_attention.kv_cache_manager import cdiv
 
 from ..engine_config import EngineConfig
 from ..protocol import ModelRunnerOutput, SchedulerOutput
-from ..sampler import Sampler, SamplingInputs
+from ..sampler import Sampler, SamplingInputs, needs_token_history
 from .async_output import AsyncStepOutput, ReadyOutput, StepOutput
 from .compile_ahead import compile_start_up_kernels
 from .cuda_graphs import DecodeGraphs
@@ -268,10 +268,12 @@ class ModelRunner:
         """Sample on the device, remember the ids for the next step's inputs, start the copy
         to the host."""
         states = [plan.states[i] for i in plan.sample_rows]
+        params = [s.params for s in states]
+        history = needs_token_history(params)  # else no per-step copy of every token list
         inputs = SamplingInputs(
-            params=[s.params for s in states],
-            output_token_ids=[s.output_token_ids for s in states],
-            prompt_token_ids=[s.token_ids[:s.prompt_len] for s in states],
+            params=params,
+            output_token_ids=[s.output_token_ids if history else [] for s in states],
+            prompt_token_ids=[s.token_ids[:s.prompt_len] if history else [] for s in states],
             generators=[s.generator for s in states],
             min_tokens_block=[s.params.min_tokens_block
                               if len(s.token_ids) - s.prompt_len < s.params.min_tokens else []
