@@ -99,3 +99,5 @@ def test_max_num_seqs_default_follows_the_device_and_a_flag_wins():
     assert args.scheduler_config(4096, "cuda", 139.8).max_num_seqs == 1024  # an H200
     assert _parse(["--max-num-seqs", "64"]).scheduler_config(
         4096, "cuda", 139.8).max_num_seqs == 64
+    with pytest.raises(ValueError, match="max_num_seqs must be >= 1"):
+        EngineArgs(max_num_seqs=0).scheduler_config(4096, "cuda", 79.2)  # not the default

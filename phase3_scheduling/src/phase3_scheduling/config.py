@@ -148,7 +148,8 @@ class EngineArgs:
         batched = self.max_num_batched_tokens or (default_budget if self.enable_chunked_prefill
                                                   else max(max_len, default_budget))
         async_scheduling = self._async_scheduling(device_type)
-        max_num_seqs = self.max_num_seqs or default_max_num_seqs(device_type, device_memory_gib)
+        max_num_seqs = (default_max_num_seqs(device_type, device_memory_gib)
+                        if self.max_num_seqs is None else self.max_num_seqs)
         return SchedulerConfig(max_num_seqs, batched, max_len, self.enable_chunked_prefill,
                                async_scheduling, self.max_prefill_tokens_while_decoding,
                                self._schedule_lead_ms(async_scheduling))
