@@ -28,8 +28,9 @@ from phase2_attention.kv_cache import KVCacheModel
 from phase2_attention.kv_cache_manager import cdiv
 
 from ..engine_config import EngineConfig
-from ..protocol import ModelRunnerOutput, SchedulerOutput
+from ..protocol import ModelRunnerOutput, SchedulerOutput, WireSamplingParams
 from ..sampler import Sampler, SamplingInputs, needs_token_history
+from ..sampling_params import SamplingParams
 from .async_output import AsyncStepOutput, ReadyOutput, StepOutput
 from .compile_ahead import compile_start_up_kernels
 from .cuda_graphs import DecodeGraphs
@@ -268,7 +269,7 @@ class ModelRunner:
         """Sample on the device, remember the ids for the next step's inputs, start the copy
         to the host."""
         states = [plan.states[i] for i in plan.sample_rows]
-        params = [s.params for s in states]
+        params: list[SamplingParams | WireSamplingParams] = [s.params for s in states]
         history = needs_token_history(params)  # else no per-step copy of every token list
         inputs = SamplingInputs(
             params=params,
