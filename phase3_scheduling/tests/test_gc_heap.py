@@ -69,20 +69,21 @@ def test_the_switch_leaves_the_heap_alone(fresh_gc, monkeypatch):
 
 
 def test_a_gpu_engine_in_the_callers_process_freezes_until_shutdown(fresh_gc, monkeypatch):
-    """``LLMEngine`` (the offline path) freezes the heap on a GPU only, and its shutdown gives
-    the frozen objects back and restores the thresholds (the caller's process goes on)."""
-    from dataclasses import replace
-
+    """The offline path freezes the heap on a GPU only; ``unfreeze_heap`` (its shutdown) gives
+    the frozen objects back and restores the thresholds, since the caller's process goes on."""
     from phase3_scheduling import LLMEngine
+    from phase3_scheduling.gc_heap import freeze_heap_for_engine, unfreeze_heap
     from test_step_failure import tiny_engine_args
 
     monkeypatch.delenv(ENV, raising=False)
     threshold = gc.get_threshold()
-    cpu = LLMEngine(tiny_engine_args())
-    assert gc.get_freeze_count() == 0  # on the CPU the model's compute hides any pause
-    cpu.config = replace(cpu.config, device="cuda")  # what a GPU engine decides at start-up
-    cpu._gc_threshold = cpu._freeze_heap_on_gpu()
-    assert cpu._gc_threshold == threshold
+    engine = LLMEngine(tiny_engine_args())  # a CPU engine: the model's compute hides any pause
+    assert gc.get_freeze_count() == 0
+    engine.shutdown()
+    assert freeze_heap_for_engine("cpu") is None and gc.get_freeze_count() == 0
+    assert freeze_heap_for_engine("cuda") == threshold
     assert gc.get_freeze_count() > 1000 and gc.get_threshold()[2] == GEN2_EVERY
-    cpu.shutdown()
+    unfreeze_heap(threshold)
     assert gc.get_freeze_count() == 0 and gc.get_threshold() == threshold
+    monkeypatch.setenv(ENV, "0")  # the measured baseline: nothing frozen, nothing to restore
+    assert freeze_heap_for_engine("cuda") is None and gc.get_freeze_count() == 0

@@ -69,3 +69,13 @@ def unfreeze_heap(threshold: tuple[int, int, int]) -> None:
     before the freeze)."""
     gc.unfreeze()
     gc.set_threshold(*threshold)
+
+
+def freeze_heap_for_engine(device: str) -> tuple[int, int, int] | None:
+    """An engine in the caller's process: on a GPU (the host must keep pace with the device)
+    freeze the heap and return the thresholds ``unfreeze_heap`` restores at shutdown; on the CPU
+    (the model's compute hides any pause), or when disabled, do nothing and return None."""
+    threshold = gc.get_threshold()
+    if device != "cuda" or not freeze_heap():
+        return None
+    return threshold

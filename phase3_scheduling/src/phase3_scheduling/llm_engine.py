@@ -9,7 +9,6 @@ class is the offline path (``LLM``) and the reference the multiprocess path is t
 
 from __future__ import annotations
 
-import gc
 import itertools
 import logging
 import time
@@ -23,7 +22,7 @@ from .config import EngineArgs
 from .engine_config import EngineConfig, resolve_engine_config
 from .engine_core import EngineCore
 from .executor import Executor
-from .gc_heap import freeze_heap, unfreeze_heap
+from .gc_heap import freeze_heap_for_engine, unfreeze_heap
 from .input_processor import InputProcessor, ModelLimits
 from .output_processor import OutputProcessor
 from .outputs import EngineStats, RequestOutput
@@ -57,15 +56,8 @@ class LLMEngine:
         self.prompt_tokens = 0
         self.generation_tokens = 0
         self.timings: dict[str, float] = defaultdict(float)
-        self._gc_threshold = self._freeze_heap_on_gpu()
-
-    def _freeze_heap_on_gpu(self) -> tuple[int, int, int] | None:
-        """On a GPU the host must keep pace with the device: the start-up heap goes out of the
-        collector's way (gc_heap.py) until shutdown. Returns the thresholds to restore."""
-        threshold = gc.get_threshold()
-        if self.config.device != "cuda" or not freeze_heap():
-            return None
-        return threshold
+        # on a GPU the start-up heap stays out of the collector's way until shutdown (gc_heap.py)
+        self._gc_threshold = freeze_heap_for_engine(self.config.device)
 
     # ---- what callers read ---------------------------------------------------------------------
     @property
