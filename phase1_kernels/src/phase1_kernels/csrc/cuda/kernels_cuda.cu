@@ -17,81 +17,11 @@
 #include <utility>
 
 #include "../common.h"
+#include "device_utils.cuh"
+#include "launch_utils.cuh"
 
 namespace lightvllm {
 namespace {
-
-// N elements of T moved as one access of N * sizeof(T) bytes (16 for the vector paths).
-template <typename T, int N>
-struct alignas(sizeof(T) * N) Vec {
-  T v[N];
-};
-
-template <typename T>
-__host__ __device__ constexpr int vec_width() {
-  return 16 / sizeof(T);
-}
-
-inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
-// Programmatic dependent launch (Hopper; on by default, env LIGHTVLLM_PDL=0 turns it off; B2 on
-// an H100 +1.3%, docs/benchmarks.md): a kernel launched
-// with it may start while the kernel before it (a GEMM, say) drains its last blocks; it waits in
-// griddepcontrol.wait until that kernel has finished and its writes are visible, so it must call
-// pdl_wait() before it reads anything. Without the launch attribute the wait returns at once.
-__device__ __forceinline__ void pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-
-// The other half of PDL: from here on the next kernel in the stream (if launched with PDL) may be
-// scheduled onto free SMs while this one runs; it still waits in its own pdl_wait() for this
-// kernel's completion before reading. Our kernels call it right after their wait, so a GEMM of
-// ours that follows a one-row norm is resident, and fetching its weights, while the norm runs.
-__device__ __forceinline__ void pdl_launch_dependents() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-
-bool pdl_requested() {
-  const char* env = std::getenv("LIGHTVLLM_PDL");
-  if (env != nullptr && std::string(env) == "0") return false;
-  static int major_of[64] = {};  // compute capability per device, 0 = not asked yet
-  int device = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
-  if (device >= 64) return false;
-  if (major_of[device] == 0)
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&major_of[device], cudaDevAttrComputeCapabilityMajor, device));
-  return major_of[device] >= 9;
-}
-
-// kernel<<<grid, block, 0, stream>>>(args...), with the programmatic-serialisation attribute
-// when PDL is requested.
-template <typename... KernelArgs, typename... Args>
-void launch(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, cudaStream_t stream,
-            Args&&... args) {
-#if defined(CUDART_VERSION) && CUDART_VERSION >= 12000
-  if (!pdl_requested()) {
-    kernel<<<grid, block, 0, stream>>>(std::forward<Args>(args)...);
-    return;
-  }
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t config = {};
-  config.gridDim = grid;
-  config.blockDim = block;
-  config.dynamicSmemBytes = 0;
-  config.stream = stream;
-  config.attrs = attr;
-  config.numAttrs = 1;
-  C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
-#else  // no launch attributes before CUDA 12: always the plain launch
-  kernel<<<grid, block, 0, stream>>>(std::forward<Args>(args)...);
-#endif
-}
 
 // Sum of `v` over the whole block (blockDim.x a multiple of 32): shuffle within each warp, then
 // one shared-memory slot per warp, then shuffle again in warp 0. Every thread gets the result.
@@ -555,22 +485,6 @@ void silu_and_mul(at::Tensor& out, const at::Tensor& input) {
 // they should not push x out of the caches.
 constexpr int kLinearWarps = 4;
 
-template <typename V>
-__device__ __forceinline__ V load_streaming(const V* p) {
-  static_assert(sizeof(V) == 16, "16-byte vectors");
-  const uint4 u = __ldcs(reinterpret_cast<const uint4*>(p));
-  return *reinterpret_cast<const V*>(&u);
-}
-
-// The weights do not depend on the kernel before (only x does), so a warp may ask L2 for its
-// weight rows before pdl_wait(): while a one-row norm or the attention merge before it runs, the
-// first `prefetch_bytes` of the matrix are already on their way from HBM. A prefetch is a hint
-// (L2 is where every write becomes visible), so it can never return stale data.
-__device__ __forceinline__ void prefetch_to_l2(const char* p, int64_t bytes, int lane) {
-  for (int64_t off = static_cast<int64_t>(lane) * 128; off < bytes; off += 32 * 128)
-    asm volatile("prefetch.global.L2 [%0];" ::"l"(p + off));
-}
-
 // GLU (gate_up with SiLU·mul, weight [2d, K] = gate rows then up rows, out [M, d]): a warp owns
 // COLS / 2 outputs j and reads the gate row j and the up row d + j of each, so both halves of an
 // output meet in one warp and the activation is its epilogue: the [M, 2d] intermediate, its
@@ -585,12 +499,6 @@ __device__ __forceinline__ int weight_row(int first, int c, int outputs) {
   } else {
     return min(first + c, outputs - 1);
   }
-}
-
-template <typename T>
-__device__ __forceinline__ T silu_mul(float gate, float up) {
-  const float a = static_cast<float>(static_cast<T>(gate));
-  return static_cast<T>(a / (1.f + __expf(-a)) * static_cast<float>(static_cast<T>(up)));
 }
 
 template <typename T, int ROWS, int COLS, bool GLU>
@@ -677,18 +585,6 @@ void with_rows(int64_t rows, F&& f) {
   }
 }
 
-
-// How much of a small-batch GEMM's weight its warps prefetch into L2 before waiting for the
-// kernel before (env LIGHTVLLM_GEMV_PREFETCH_MB, default 16; 0 turns it off, the baseline). The
-// window is that kernel's few microseconds, and L2 (50 MB) must not be flooded: lm_head is 1 GB.
-int64_t linear_prefetch_bytes() {
-  static const int64_t bytes = [] {
-    const char* env = std::getenv("LIGHTVLLM_GEMV_PREFETCH_MB");
-    const int64_t mb = env != nullptr && *env != '\0' ? std::max<int64_t>(0, std::atoll(env)) : 16;
-    return mb << 20;
-  }();
-  return bytes;
-}
 
 template <typename T, bool GLU>
 void small_batch_linear_typed(at::Tensor& out, const at::Tensor& input, const at::Tensor& weight,
