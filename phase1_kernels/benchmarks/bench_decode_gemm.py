@@ -6,8 +6,9 @@ its weight from memory as in a real step) is multiplied in turn by an x of M row
 graph, as the engine replays them; µs per call is the replay time over the number of weights.
 GB/s counts the weight bytes (x and the output are negligible), next to the device's copy
 bandwidth measured in the same run: the weights' floor. Kernels: ``cublas`` (``F.linear``),
-``gemv1/2/4`` (``small_batch_linear`` with 1, 2, 4 output columns per warp; up to 8 rows) and
-``skinnyNxK`` (the Triton skinny GEMM, ``tl.dot`` on rows padded to 16, one config each; up to
+``gemv1/2/4`` (``small_batch_linear`` with 1, 2, 4 output columns per warp; up to 8 rows),
+``mma4/8`` (``mma_linear``, the tensor-core weight stream with 4 or 8 warps splitting K in a
+block; up to 16 rows) and ``skinnyNxK`` (the Triton skinny GEMM, ``tl.dot`` on rows padded to 16, one config each; up to
 16 rows: ``LIGHTVLLM_GPU_LINEAR=auto`` lets the engine choose it).
 
     python phase1_kernels/benchmarks/bench_decode_gemm.py --out decode_gemm.json
@@ -28,8 +29,8 @@ for p in (ROOT / "shared" / "src", ROOT / "phase1_kernels" / "src"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from phase1_kernels.layers.gpu_linear import GEMV_COLS, GEMV_MAX_ROWS  # noqa: E402
-from phase1_kernels.ops import compiled, skinny_gemm  # noqa: E402
+from phase1_kernels.layers.gpu_linear import GEMV_COLS, GEMV_MAX_ROWS, MMA_WARPS  # noqa: E402
+from phase1_kernels.ops import compiled, extension, skinny_gemm  # noqa: E402
 from shared.bench import copy_bandwidth_gbs, hardware, markdown_table  # noqa: E402
 
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096),
@@ -37,13 +38,16 @@ SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096),
 L2_MARGIN_BYTES = 4 * 50 * 2**20  # the stack of weights is at least 4x an H100/H200 L2
 
 
-def kernels(rows: int) -> dict:
-    """The kernels that take ``rows`` rows, by label."""
+def kernels(rows: int, skinny: bool = True) -> dict:
+    """The kernels that take ``rows`` rows, by label (``skinny``: the Triton one too)."""
     runs = {"cublas": lambda x, w: F.linear(x, w)}
     if rows <= GEMV_MAX_ROWS:
         for cols in GEMV_COLS:
             runs[f"gemv{cols}"] = lambda x, w, cols=cols: compiled.small_batch_linear(x, w, cols)
-    if rows <= skinny_gemm.MAX_ROWS and not skinny_gemm.why_unavailable("cuda"):
+    if rows <= 16 and not extension.why_unavailable("cuda"):
+        for warps in MMA_WARPS:
+            runs[f"mma{warps}"] = lambda x, w, warps=warps: compiled.mma_linear(x, w, warps)
+    if skinny and rows <= skinny_gemm.MAX_ROWS and not skinny_gemm.why_unavailable("cuda"):
         for c in skinny_gemm.CONFIGS:
             runs[f"skinny{c.block_n}x{c.block_k}"] = (
                 lambda x, w, c=c: skinny_gemm.skinny_linear(x, w, c))
@@ -75,6 +79,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--rows", default="1,2,4,8,16")
     ap.add_argument("--replays", type=int, default=20)
+    ap.add_argument("--no-skinny", action="store_true", help="leave the Triton skinny GEMM out")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
     device = torch.device("cuda")
@@ -88,7 +93,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         weights = [torch.randn(n, k, device=device).mul_(0.02).bfloat16() for _ in range(count)]
         for rows in (int(r) for r in args.rows.split(",")):
             x = torch.randn(rows, k, device=device).bfloat16()
-            for label, run in kernels(rows).items():
+            for label, run in kernels(rows, not args.no_skinny).items():
                 us = graph_us_per_call(run, x, weights, args.replays)
                 gbs = nbytes / us / 1e3
                 results.append({"shape": name, "n": n, "k": k, "rows": rows, "kernel": label,

@@ -36,8 +36,7 @@ def test_round_trip_keeps_other_entries():
 
 def test_a_recorded_choice_is_reused_without_timing(monkeypatch):
     key = ("H100", torch.bfloat16, "tuned", (4096, 4096), (1, 2, 4, 8), False)
-    versions = f"torch {torch.__version__} cuda {torch.version.cuda}"
-    disk_key = cache.key("H100", versions, str(torch.bfloat16), "tuned", (4096, 4096), (1, 2, 4, 8))
+    disk_key = gpu_linear.disk_key(key, fake_kernels())
     cache.store(disk_key, {1: "gemv2", 2: "gemv4"}, {1: {"cublas": 15.7, "gemv2": 13.6}})
 
     def no_timing(*args, **kwargs):
@@ -51,8 +50,7 @@ def test_a_recorded_choice_is_reused_without_timing(monkeypatch):
 
 def test_a_record_naming_an_unknown_kernel_is_measured_again(monkeypatch):
     key = ("H100", torch.bfloat16, "tuned", (4096, 4096), (1,), False)
-    versions = f"torch {torch.__version__} cuda {torch.version.cuda}"
-    disk_key = cache.key("H100", versions, str(torch.bfloat16), "tuned", (4096, 4096), (1,))
+    disk_key = gpu_linear.disk_key(key, fake_kernels())
     cache.store(disk_key, {1: "gemv8"}, {})
     fresh = gpu_linear.ShapeChoice(configs={}, timings_us={1: {"cublas": 1.0}})
     monkeypatch.setattr(gpu_linear, "_measure_shape", lambda *a, **k: fresh)
@@ -63,8 +61,8 @@ def test_a_record_naming_an_unknown_kernel_is_measured_again(monkeypatch):
 def test_a_gate_up_measured_with_its_activation_has_its_own_record(monkeypatch):
     """gate|up timed with SiLU·mul (cuBLAS + silu_and_mul vs our fused kernel) is another
     measurement than the plain GEMM of the same shape: neither may stand in for the other."""
-    versions = f"torch {torch.__version__} cuda {torch.version.cuda}"
-    plain = cache.key("H100", versions, str(torch.bfloat16), "tuned", (28672, 4096), (1,))
+    plain = gpu_linear.disk_key(("H100", torch.bfloat16, "tuned", (28672, 4096), (1,), False),
+                                fake_kernels())
     cache.store(plain, {}, {1: {"cublas": 79.3, "gemv4": 79.5}})
     measured = []
 
@@ -76,8 +74,8 @@ def test_a_gate_up_measured_with_its_activation_has_its_own_record(monkeypatch):
     key = ("H100", torch.bfloat16, "tuned", (28672, 4096), (1,), True)
     choice = gpu_linear._recall_or_measure(key, [], fake_kernels())
     assert measured == [True] and choice.configs[1].label == "gemv4"
-    fused = cache.key("H100", versions, str(torch.bfloat16), "tuned+silu", (28672, 4096), (1,))
-    assert cache.load(fused)["picks"] == {"1": "gemv4"}
+    fused = gpu_linear.disk_key(key, fake_kernels())
+    assert fused != plain and cache.load(fused)["picks"] == {"1": "gemv4"}
     assert cache.load(plain)["picks"] == {}  # the plain record is untouched
 
 
@@ -90,3 +88,11 @@ def test_corrupt_or_disabled_cache_costs_only_a_measurement(monkeypatch):
     assert cache.load("k") is None
     cache.store("other", {}, {})
     assert "other" not in json.loads(cache.path().read_text())
+
+
+def test_a_record_made_without_a_kernel_does_not_stand_in_for_a_choice_with_it():
+    """LIGHTVLLM_MMA_LINEAR unset measures the GEMV alone: that record must not answer a later run
+    whose candidates include the tensor-core kernel (it was never timed)."""
+    key = ("H100", torch.bfloat16, "tuned", (4096, 4096), (1, 2), False)
+    with_mma = fake_kernels() + [gpu_linear.Candidate("mma8", 16, lambda x, w: x @ w.T)]
+    assert gpu_linear.disk_key(key, fake_kernels()) != gpu_linear.disk_key(key, with_mma)

@@ -17,7 +17,7 @@ from phase1_kernels.ops import compiled, extension
 
 
 def test_modes_and_their_candidates(monkeypatch):
-    for mode in ("tuned", "gemv", "auto", "skinny", "cublas"):
+    for mode in ("tuned", "gemv", "mma", "auto", "skinny", "cublas"):
         assert gpu_linear.resolve_mode(mode) == mode
     monkeypatch.setenv(gpu_linear.ENV_VAR, "TUNED")
     assert gpu_linear.resolve_mode() == "tuned"
@@ -26,6 +26,10 @@ def test_modes_and_their_candidates(monkeypatch):
     labels = [c.label for c in gpu_linear.candidates("tuned")]
     assert labels == (["gemv1", "gemv2", "gemv4"] if has_cuda_kernels else [])
     assert all(c.max_rows == gpu_linear.GEMV_MAX_ROWS for c in gpu_linear.candidates("gemv"))
+    assert all(c.max_rows == 16 for c in gpu_linear.candidates("mma"))
+    monkeypatch.setenv(gpu_linear.MMA_ENV, "1")  # the tensor-core kernel measured too
+    with_mma = [c.label for c in gpu_linear.candidates("tuned")]
+    assert with_mma == (labels + ["mma4", "mma8"] if has_cuda_kernels else [])
 
 
 def test_what_the_kernel_refuses_is_named_before_any_launch():

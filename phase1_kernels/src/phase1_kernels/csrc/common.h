@@ -198,19 +198,21 @@ inline void check_rope(const at::Tensor& positions, const at::Tensor& query, con
   check_same_device(query, cache, "query", "cos_sin_cache");
 }
 
-// glu: small_batch_linear_silu (weight [2d, K] = gate rows then up rows, out [M, d]).
-inline void check_small_batch_linear(const at::Tensor& out, const at::Tensor& input,
-                                     const at::Tensor& weight, int64_t cols_per_warp, bool glu) {
+// What the weight-streaming GEMMs (small_batch_linear, mma_linear) share: fp16/bf16 of one
+// dtype, input [M <= max_rows, K], weight [N, K] contiguous, out [M, N] (glu: the _silu variants,
+// weight [2d, K] = gate rows then up rows, out [M, d]), one device.
+inline void check_stream_linear(const char* name, const at::Tensor& out, const at::Tensor& input,
+                                const at::Tensor& weight, int64_t max_rows, bool glu) {
   LIGHTVLLM_CHECK(input.scalar_type() == at::kHalf || input.scalar_type() == at::kBFloat16,
-              "small_batch_linear takes float16 or bfloat16, got ", input.scalar_type());
+              name, " takes float16 or bfloat16, got ", input.scalar_type());
   LIGHTVLLM_CHECK(weight.scalar_type() == input.scalar_type() && out.scalar_type() == input.scalar_type(),
               "input, weight and out must share one dtype");
   LIGHTVLLM_CHECK(input.dim() == 2 && weight.dim() == 2 && out.dim() == 2,
               "input [M, K], weight [N, K] and out [M, N] must be 2-D");
-  LIGHTVLLM_CHECK(input.size(0) <= 8, "small_batch_linear takes at most 8 rows, got ", input.size(0));
+  LIGHTVLLM_CHECK(input.size(0) <= max_rows, name, " takes at most ", max_rows, " rows, got ", input.size(0));
   LIGHTVLLM_CHECK(weight.size(1) == input.size(1), "weight is [", weight.size(0), ", ", weight.size(1),
               "] but input has ", input.size(1), " columns");
-  LIGHTVLLM_CHECK(!glu || weight.size(0) % 2 == 0, "small_batch_linear_silu needs an even number "
+  LIGHTVLLM_CHECK(!glu || weight.size(0) % 2 == 0, name, "_silu needs an even number "
               "of weight rows (gate then up), got ", weight.size(0));
   const int64_t n_out = glu ? weight.size(0) / 2 : weight.size(0);
   LIGHTVLLM_CHECK(out.size(0) == input.size(0) && out.size(1) == n_out, "out must be [",
@@ -219,10 +221,23 @@ inline void check_small_batch_linear(const at::Tensor& out, const at::Tensor& in
               "input and out need contiguous rows and weight must be contiguous");
   LIGHTVLLM_CHECK(weight.size(0) < (int64_t(1) << 31) && weight.size(1) < (int64_t(1) << 31),
               "weight dims must fit in 32 bits");
-  LIGHTVLLM_CHECK(cols_per_warp == 1 || cols_per_warp == 2 || cols_per_warp == 4,
-              "cols_per_warp must be 1, 2 or 4, got ", cols_per_warp);
   check_same_device(out, input, "out", "input");
   check_same_device(input, weight, "input", "weight");
+}
+
+inline void check_small_batch_linear(const at::Tensor& out, const at::Tensor& input,
+                                     const at::Tensor& weight, int64_t cols_per_warp, bool glu) {
+  check_stream_linear("small_batch_linear", out, input, weight, 8, glu);
+  LIGHTVLLM_CHECK(cols_per_warp == 1 || cols_per_warp == 2 || cols_per_warp == 4,
+              "cols_per_warp must be 1, 2 or 4, got ", cols_per_warp);
+}
+
+inline void check_mma_linear(const at::Tensor& out, const at::Tensor& input, const at::Tensor& weight,
+                             int64_t warps, bool glu) {
+  check_stream_linear("mma_linear", out, input, weight, 16, glu);
+  LIGHTVLLM_CHECK(weight.size(1) % 32 == 0, "mma_linear needs K to be a multiple of 32, got ",
+              weight.size(1));
+  LIGHTVLLM_CHECK(warps == 4 || warps == 8, "warps must be 4 or 8, got ", warps);
 }
 
 inline void check_vector_add(const at::Tensor& a, const at::Tensor& b) {

@@ -9,14 +9,19 @@ shape and each row count of 1, 2, 4, ..., 16 (the decode graph sizes), cycling t
 layer of that shape so the weights come from memory as in a real step (not from L2), and gives
 the layers of a shape an ``apply_linear`` that takes the winner. Rows above 16, prefill and the
 CPU keep ``F.linear``. The candidates: our CUDA weight-streaming kernel
-(``small_batch_linear``, one warp per 1/2/4 output columns, up to 8 rows) and the Triton skinny
-GEMM (up to 16 rows). Env ``LIGHTVLLM_GPU_LINEAR``:
+(``small_batch_linear``, one warp per 1/2/4 output columns, up to 8 rows; fastest at one row),
+the tensor-core weight stream (``mma_linear``, mma.sync with the weight as the A operand, blocks
+of 4 or 8 warps splitting K, up to 16 rows; for 2-16 rows, where the GEMV runs out of ALU) and
+the Triton skinny GEMM (up to 16 rows). Env ``LIGHTVLLM_MMA_LINEAR=1`` adds the tensor-core
+kernel to ``tuned`` and ``auto`` (off by default until it has run on a GPU; the defaults are then
+its same-run baseline). Env ``LIGHTVLLM_GPU_LINEAR``:
 
-* ``tuned`` (the default) — cuBLAS against the CUDA kernel (compiled with the extension, so
-  tuning costs ~0.3 s of the first start-up on a machine, no Triton compile);
+* ``tuned`` (the default) — cuBLAS against the CUDA GEMV (and the tensor-core weight stream
+  with ``LIGHTVLLM_MMA_LINEAR=1``; both compiled with the extension: tuning costs well under a
+  second of the first start-up on a machine, no Triton compile);
 * ``cublas`` — never ours, no tuning (the same-run baseline of ``tuned``);
 * ``auto`` — cuBLAS against both of ours (the Triton one adds ~6 s of start-up on a cold cache);
-* ``skinny`` / ``gemv`` — always the Triton / CUDA kernel where it applies (tests, comparisons).
+* ``skinny`` / ``gemv`` / ``mma`` — always that kernel where it applies (tests, comparisons).
 
 The pass also chains the tuned layers for ``weight_prefetch`` (after a decode-size GEMM, the
 next layer's weight into L2; off by default).
@@ -66,13 +71,17 @@ logger = logging.getLogger(__name__)
 
 ENV_VAR = "LIGHTVLLM_GPU_LINEAR"
 FUSE_SILU_ENV = "LIGHTVLLM_FUSE_SILU"
-MODES = ("auto", "tuned", "cublas", "skinny", "gemv")
+# "1": tuned/auto measure the tensor-core kernel too. Off by default until a GPU run has passed
+# its tests and timed it (written and compiled on the CPU machine; docs/phase1.md).
+MMA_ENV = "LIGHTVLLM_MMA_LINEAR"
+MODES = ("auto", "tuned", "cublas", "skinny", "gemv", "mma")
 DEFAULT_MODE = "tuned"  # H100: B2 +1.0-3.5 % in 4 of 5 same-call pairs, every GPU engine test passes
 MARGIN = 0.03  # ours must be this much faster than cuBLAS: a near-tie stays cuBLAS
 _CHOSEN: dict[tuple, "ShapeChoice"] = {}  # one measurement per process and shape: see remember()
 ROW_BUCKETS = (1, 2, 4, 8, 16)
 GEMV_MAX_ROWS = 8  # the CUDA kernel's limit (one accumulator per row and column per lane)
 GEMV_COLS = (1, 2, 4)  # output columns per warp
+MMA_WARPS = (4, 8)  # warps splitting K in a block of the tensor-core kernel
 
 
 @dataclass(frozen=True)
@@ -84,6 +93,8 @@ class Candidate:
     run: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     # gate|up [2d, K] -> silu(gate) * up [M, d] in the same kernel, where the kernel has it
     run_silu: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    # why the kernel cannot take (x, weight), "" if it can; None: any x of max_rows rows or fewer
+    refusal: Callable[[torch.Tensor, torch.Tensor], str] | None = None
 
     def fits(self, x: torch.Tensor, weight: torch.Tensor) -> bool:
         return 0 < x.shape[0] <= self.max_rows
@@ -93,7 +104,15 @@ def _gemv(cols: int) -> Candidate:
     # checked=False: every call goes through _accepts, which has just asked for the refusal
     return Candidate(f"gemv{cols}", GEMV_MAX_ROWS,
                      lambda x, w: compiled.small_batch_linear(x, w, cols, checked=False),
-                     lambda x, w: compiled.small_batch_linear_silu(x, w, cols, checked=False))
+                     lambda x, w: compiled.small_batch_linear_silu(x, w, cols, checked=False),
+                     lambda x, w: compiled.small_batch_linear_refusal(x, w, cols))
+
+
+def _mma(warps: int) -> Candidate:
+    return Candidate(f"mma{warps}", MAX_ROWS,
+                     lambda x, w: compiled.mma_linear(x, w, warps, checked=False),
+                     lambda x, w: compiled.mma_linear_silu(x, w, warps, checked=False),
+                     lambda x, w: compiled.mma_linear_refusal(x, w, warps))
 
 
 def _skinny(config: SkinnyConfig) -> Candidate:
@@ -103,9 +122,14 @@ def _skinny(config: SkinnyConfig) -> Candidate:
 
 def candidates(mode: str) -> list[Candidate]:
     """The kernels ``mode`` measures against cuBLAS (or forces, for skinny/gemv)."""
-    gemv = [_gemv(c) for c in GEMV_COLS] if not extension.why_unavailable("cuda") else []
+    ours = not extension.why_unavailable("cuda")
+    gemv = [_gemv(c) for c in GEMV_COLS] if ours else []
+    mma = [_mma(w) for w in MMA_WARPS] if ours else []
+    if mode in ("tuned", "auto") and os.environ.get(MMA_ENV, "0") != "1":
+        mma = []
     skinny = [_skinny(c) for c in skinny_gemm.CONFIGS] if not skinny_gemm.why_unavailable("cuda") else []
-    return {"tuned": gemv, "gemv": gemv, "skinny": skinny, "auto": gemv + skinny}.get(mode, [])
+    return {"tuned": gemv + mma, "gemv": gemv, "mma": mma, "skinny": skinny,
+            "auto": gemv + mma + skinny}.get(mode, [])
 
 
 @dataclass
@@ -130,7 +154,7 @@ def row_bucket(rows: int) -> int:
 def _accepts(kernel: Candidate, x: torch.Tensor, weight: torch.Tensor) -> bool:
     if not kernel.fits(x, weight):
         return False
-    return kernel.max_rows == MAX_ROWS or not compiled.small_batch_linear_refusal(x, weight)
+    return kernel.refusal is None or not kernel.refusal(x, weight)
 
 
 def _small_batch_linear(self: LinearBase, x: torch.Tensor, with_bias: bool = True) -> torch.Tensor:
@@ -212,30 +236,36 @@ def _measure_shape(weights: list[torch.Tensor], buckets: list[int], mode: str,
             times[kernel.label] = _time_us(lambda w, run=run: run(x, w), weights)
         if fitting:
             best = min(fitting, key=lambda c: times[c.label])
-            if mode in ("skinny", "gemv") or times[best.label] < (1 - MARGIN) * times["cublas"]:
+            if mode in ("skinny", "gemv", "mma") or times[best.label] < (1 - MARGIN) * times["cublas"]:
                 choice.configs[rows] = best
         choice.timings_us[rows] = times
     return choice
 
 
+def disk_key(key: tuple, kernels: list[Candidate]) -> str:
+    """The on-disk record's key for an in-process choice ``key``: the same plus the torch/CUDA
+    versions, ``+silu`` for a gate|up timed with its activation (another measurement than the
+    plain GEMM) and the candidates' labels (a record made without a kernel never stands in for a
+    choice that may pick it)."""
+    device_name, dtype, mode, shape, buckets, fused_silu = key
+    mode_key = (mode + "+silu" if fused_silu else mode) + " [" + " ".join(c.label for c in kernels) + "]"
+    versions = f"torch {torch.__version__} cuda {torch.version.cuda}"
+    return gemm_choice_cache.key(device_name, versions, str(dtype), mode_key, shape, buckets)
+
+
 def _recall_or_measure(key: tuple, weights: list[torch.Tensor], kernels: list[Candidate]) -> ShapeChoice:
     """The choice recorded on disk for this machine and shape (``gemm_choice_cache``), else a
     new measurement, recorded for the next run."""
-    device_name, dtype, mode, shape, buckets, fused_silu = key
-    if fused_silu:
-        mode_key = mode + "+silu"  # a different measurement: never the plain GEMM's record
-    else:
-        mode_key = mode
-    versions = f"torch {torch.__version__} cuda {torch.version.cuda}"
-    disk_key = gemm_choice_cache.key(device_name, versions, str(dtype), mode_key, shape, buckets)
-    recorded = gemm_choice_cache.load(disk_key)
+    _, _, mode, _, buckets, fused_silu = key
+    disk = disk_key(key, kernels)
+    recorded = gemm_choice_cache.load(disk)
     by_label = {c.label: c for c in kernels}
     if recorded is not None and set(recorded["picks"].values()) <= set(by_label):
         return ShapeChoice(
             configs={int(b): by_label[label] for b, label in recorded["picks"].items()},
             timings_us={int(b): t for b, t in recorded.get("timings_us", {}).items()})
     choice = _measure_shape(weights, list(buckets), mode, kernels, fused_silu)
-    gemm_choice_cache.store(disk_key, {b: c.label for b, c in choice.configs.items()},
+    gemm_choice_cache.store(disk, {b: c.label for b, c in choice.configs.items()},
                             choice.timings_us)
     return choice
 

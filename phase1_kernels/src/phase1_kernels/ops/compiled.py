@@ -71,6 +71,14 @@ def register_fakes() -> None:
     def _small_batch_linear_silu_fake(out, input, weight, cols_per_warp):
         return None
 
+    @torch.library.register_fake("lightvllm::mma_linear")
+    def _mma_linear_fake(out, input, weight, warps):
+        return None
+
+    @torch.library.register_fake("lightvllm::mma_linear_silu")
+    def _mma_linear_silu_fake(out, input, weight, warps):
+        return None
+
     @torch.library.register_fake("lightvllm::prefetch_l2")
     def _prefetch_l2_fake(tensor, max_bytes):
         return None
@@ -179,6 +187,45 @@ def small_batch_linear_silu(x: torch.Tensor, weight: torch.Tensor, cols_per_warp
     return out
 
 
+def mma_linear(x: torch.Tensor, weight: torch.Tensor, warps: int = 8, *,
+               checked: bool = True) -> torch.Tensor:
+    """``x`` [M <= 16, K] @ ``weight`` [N, K].T on CUDA by the tensor-core weight stream
+    (``csrc/cuda/mma_linear_kernel.cuh``; fp16/bf16, K a multiple of 32, ``x`` rows contiguous and
+    16-byte aligned, ``weight`` contiguous). ``warps`` (4 or 8) split K inside each block of 16
+    output columns. ``checked=False``: the caller has just asked ``mma_linear_refusal``."""
+    if checked:
+        _raise_if(mma_linear_refusal(x, weight, warps))
+    out = torch.empty(x.shape[0], weight.shape[0], dtype=x.dtype, device=x.device)
+    _ops().mma_linear(out, x, weight, int(warps))
+    return out
+
+
+def mma_linear_silu(x: torch.Tensor, weight: torch.Tensor, warps: int = 8, *,
+                    checked: bool = True) -> torch.Tensor:
+    """``silu(x @ gate.T) * (x @ up.T)`` for ``weight`` = [gate; up] [2d, K] in one tensor-core
+    weight stream: ``x`` [M <= 16, K] -> [M, d], bit for bit ``silu_and_mul(mma_linear(x, w))``."""
+    if checked:
+        if weight.dim() == 2 and weight.shape[0] % 2:
+            raise ValueError(f"mma_linear_silu needs an even number of weight rows (gate then up), "
+                             f"got {weight.shape[0]}")
+        _raise_if(mma_linear_refusal(x, weight, warps))
+    out = torch.empty(x.shape[0], weight.shape[0] // 2, dtype=x.dtype, device=x.device)
+    _ops().mma_linear_silu(out, x, weight, int(warps))
+    return out
+
+
+def mma_linear_refusal(x: torch.Tensor, weight: torch.Tensor, warps: int = 8) -> str:
+    """Why ``mma_linear`` cannot take these inputs, or "" if it can."""
+    if warps not in (4, 8):
+        return f"mma_linear's warps must be 4 or 8, got {warps}"
+    return _stream_refusal("mma_linear", x, weight, max_rows=16, k_multiple=32)
+
+
+def _raise_if(reason: str) -> None:
+    if reason:
+        raise ValueError(reason)
+
+
 def prefetch_l2(tensor: torch.Tensor, max_bytes: int) -> None:
     """Ask L2 for the first ``max_bytes`` of a contiguous CUDA ``tensor`` (a hint: nothing
     changes value). One small kernel that lets the next one start at once (Hopper PDL)."""
@@ -196,19 +243,26 @@ def _check_small_batch_linear(x: torch.Tensor, weight: torch.Tensor, cols_per_wa
 def small_batch_linear_refusal(x: torch.Tensor, weight: torch.Tensor,
                                cols_per_warp: int = 2) -> str:
     """Why ``small_batch_linear`` cannot take these inputs, or "" if it can."""
+    if cols_per_warp not in (1, 2, 4):
+        return f"cols_per_warp must be 1, 2 or 4, got {cols_per_warp}"
+    return _stream_refusal("small_batch_linear", x, weight, max_rows=8, k_multiple=8)
+
+
+def _stream_refusal(name: str, x: torch.Tensor, weight: torch.Tensor, max_rows: int,
+                    k_multiple: int) -> str:
+    """What the weight-streaming kernels share: fp16/bf16, ``x`` [M <= max_rows, K] with
+    contiguous 16-byte aligned rows, a contiguous aligned ``weight`` [N, K], one CUDA device."""
     if x.dtype not in (torch.float16, torch.bfloat16) or weight.dtype != x.dtype:
-        return (f"small_batch_linear takes float16 or bfloat16 x and weight of one dtype, "
+        return (f"{name} takes float16 or bfloat16 x and weight of one dtype, "
                 f"got {x.dtype} and {weight.dtype}")
     if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
         return f"x must be [M, K] and weight [N, K], got {tuple(x.shape)} and {tuple(weight.shape)}"
-    if x.shape[0] > 8:
-        return f"small_batch_linear takes at most 8 rows, got {x.shape[0]}"
-    if cols_per_warp not in (1, 2, 4):
-        return f"cols_per_warp must be 1, 2 or 4, got {cols_per_warp}"
-    if (x.shape[1] % 8 or x.stride(1) != 1 or x.stride(0) % 8 or not weight.is_contiguous()
+    if x.shape[0] > max_rows:
+        return f"{name} takes at most {max_rows} rows, got {x.shape[0]}"
+    if (x.shape[1] % k_multiple or x.stride(1) != 1 or x.stride(0) % 8 or not weight.is_contiguous()
             or x.data_ptr() % 16 or weight.data_ptr() % 16):
-        return ("small_batch_linear needs K and x's row stride to be multiples of 8, contiguous "
-                "rows, a contiguous weight and 16-byte aligned x and weight")
+        return (f"{name} needs K to be a multiple of {k_multiple}, x's row stride in multiples of 8, "
+                f"contiguous rows, a contiguous weight and 16-byte aligned x and weight")
     if x.device != weight.device or x.device.type != "cuda":
         return f"x and weight must be on one CUDA device, got {x.device} and {weight.device}"
     return ""

@@ -1,0 +1,157 @@
+// out[m, n] = sum_k x[m, k] * weight[n, k] for 1-16 rows on the tensor cores, streaming the weight.
+//
+// Why: at 2-16 rows our one-warp-per-column kernel (small_batch_linear) runs out of ALU before it
+// runs out of memory (each weight value is converted and multiplied against every row), and
+// cuBLAS's tiles leave the small shapes at 0.7-0.8 of the copy bandwidth (docs/benchmarks.md). A
+// decode step of 2-16 sequences is still a weight stream, so here the weight is the *A* operand
+// of mma.sync.m16n8k16 (16 weight rows = 16 output columns) and x the *B* operand (8 rows of x
+// per MMA, one or two MMAs): the multiply costs one instruction per 2,048 multiply-adds.
+//
+// The layout trick: an MMA sums over its 16 k positions, so which physical k sits in which
+// fragment slot does not matter as long as A and B agree. Each lane (group g = lane / 4, t =
+// lane % 4) loads 16 contiguous bytes (8 values) of weight rows g and g + 8 and the same 8 k of
+// x's row g, and hands values 0-3 to one MMA and 4-7 to the next: plain 16-byte loads, no shared
+// memory, no shuffles. A warp steps 32 k at a time (4 lanes x 8 values) and keeps U steps of
+// loads in flight.
+//
+// A block owns 16 output columns (8 for GLU) and its WARPS warps split K; their fp32 partial sums
+// meet in shared memory and warp 0 adds them in warp order (deterministic) and stores. Split-K
+// inside the block gives a 4,096-column layer 256 blocks x WARPS warps: enough loads in flight.
+//
+// GLU (gate|up with SiLU·mul, weight [2d, K]): A's rows g are gate rows j and rows g + 8 the
+// matching up rows d + j, so both halves of an output land in one lane's accumulators and the
+// activation is the epilogue (silu_mul, each half rounded to T first: the two-kernel bits).
+#pragma once
+
+#include <type_traits>
+
+#include "device_utils.cuh"
+
+namespace lightvllm {
+namespace {
+
+constexpr int kMmaStepK = 32;  // k values a warp consumes per step: 4 lanes x 8 values
+
+// d += a (16 x 16, row-major) * b (16 x 8, column-major), fp32 accumulators.
+template <typename T>
+__device__ __forceinline__ void mma_m16n8k16(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                             uint32_t a3, uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+#else
+  __trap();  // built for sm_90 only (extension.py); kept honest for other targets
+#endif
+}
+
+// Both MMAs of one 32-k step for one group of 8 rows of x: the lane's weight vectors `wa` (row g)
+// and `wb` (row g + 8) against its x vector `xv`, values 0-3 then 4-7.
+template <typename T>
+__device__ __forceinline__ void mma_step(float (&acc)[4], const uint4& wa, const uint4& wb,
+                                         const uint4& xv) {
+  mma_m16n8k16<T>(acc, wa.x, wb.x, wa.y, wb.y, xv.x, xv.y);
+  mma_m16n8k16<T>(acc, wa.z, wb.z, wa.w, wb.w, xv.z, xv.w);
+}
+
+// NT: groups of 8 rows of x (1: rows <= 8, 2: rows <= 16). WARPS: warps splitting K in a block.
+template <typename T, int NT, int WARPS, bool GLU>
+__global__ void __launch_bounds__(WARPS * 32) mma_linear_kernel(
+    T* __restrict__ out, const T* __restrict__ x, const T* __restrict__ weight, int rows,
+    int n_outputs, int k_steps, int64_t x_stride, int64_t out_stride, int64_t prefetch_bytes) {
+  constexpr int U = 4;                  // steps of loads in flight per warp
+  constexpr int OUTS = GLU ? 8 : 16;    // output columns per block
+  constexpr int VECS = kMmaStepK / 8;   // 16-byte vectors per row and step (one per lane t)
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int first = blockIdx.x * OUTS;
+  // This lane's two weight rows (A's rows g and g + 8); past the end: re-read, never stored.
+  const int row_a = min(first + g, n_outputs - 1);
+  const int row_b = GLU ? n_outputs + row_a : min(first + g + 8, n_outputs - 1);
+  const int64_t k = static_cast<int64_t>(k_steps) * kMmaStepK;
+  const uint4* wa = reinterpret_cast<const uint4*>(weight + row_a * k) + t;
+  const uint4* wb = reinterpret_cast<const uint4*>(weight + row_b * k) + t;
+  // This warp's share of K, in steps.
+  const int s_begin = static_cast<int>(static_cast<int64_t>(k_steps) * warp / WARPS);
+  const int s_end = static_cast<int>(static_cast<int64_t>(k_steps) * (warp + 1) / WARPS);
+  if (static_cast<int64_t>(row_a) * k * static_cast<int64_t>(sizeof(T)) < prefetch_bytes) {
+    // Weights do not depend on the kernel before: ask L2 for this lane's share before the wait.
+    const int64_t span = static_cast<int64_t>(s_end - s_begin) * kMmaStepK * sizeof(T);
+    const char* pa = reinterpret_cast<const char*>(weight + row_a * k + s_begin * kMmaStepK);
+    const char* pb = reinterpret_cast<const char*>(weight + row_b * k + s_begin * kMmaStepK);
+    for (int64_t off = t * 128; off < span; off += 4 * 128) {
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(pa + off));
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(pb + off));
+    }
+  }
+  // x's rows g and g + 8 (B's columns); rows past the end read the last row: their outputs are
+  // columns of D that nobody stores.
+  const uint4* x0 = reinterpret_cast<const uint4*>(x + min(g, rows - 1) * x_stride) + t;
+  const uint4* x1 = reinterpret_cast<const uint4*>(x + min(g + 8, rows - 1) * x_stride) + t;
+  pdl_wait();
+  pdl_launch_dependents();
+
+  float acc[NT][4] = {};
+  for (int s0 = s_begin; s0 < s_end; s0 += U) {
+    uint4 va[U], vb[U], vx[NT][U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (s0 + u < s_end) {
+        const int at = (s0 + u) * VECS;
+        va[u] = __ldcs(wa + at);
+        vb[u] = __ldcs(wb + at);
+        vx[0][u] = __ldg(x0 + at);
+        if constexpr (NT > 1) vx[NT - 1][u] = __ldg(x1 + at);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (s0 + u < s_end) {
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) mma_step<T>(acc[nt], va[u], vb[u], vx[nt][u]);
+      }
+    }
+  }
+
+  // acc[nt][0|1]: column row_a for x rows nt*8 + 2t, +1; acc[nt][2|3]: column row_b, same rows.
+  __shared__ float partial[WARPS][NT * 4][32];
+#pragma unroll
+  for (int i = 0; i < NT * 4; ++i) partial[warp][i][lane] = acc[i / 4][i % 4];
+  __syncthreads();
+  if (warp != 0) return;
+#pragma unroll
+  for (int i = 0; i < NT * 4; ++i) {
+    float sum = partial[0][i][lane];
+#pragma unroll
+    for (int w = 1; w < WARPS; ++w) sum += partial[w][i][lane];
+    acc[i / 4][i % 4] = sum;
+  }
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int m = nt * 8 + 2 * t + e;
+      if (m >= rows) continue;
+      T* o = out + m * out_stride;
+      if constexpr (GLU) {
+        if (first + g < n_outputs) o[first + g] = silu_mul<T>(acc[nt][e], acc[nt][2 + e]);
+      } else {
+        if (first + g < n_outputs) o[first + g] = from_float<T>(acc[nt][e]);
+        if (first + g + 8 < n_outputs) o[first + g + 8] = from_float<T>(acc[nt][2 + e]);
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace lightvllm
