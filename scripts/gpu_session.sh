@@ -55,7 +55,13 @@
 #            b4inf, b4inf256: its unlimited run alone (preset h200-inf), our default max_num_seqs
 #            (1024 on an 80 GB GPU) and the earlier 256 (its baseline)
 #   gemm     bench_decode_gemm.py: the 8B decode GEMMs at 1-16 rows in CUDA graphs, cuBLAS vs
-#            our CUDA (1-8 rows) and Triton (1-16) kernels
+#            our CUDA (GEMV 1-8 rows, tensor-core mma 1-16) and Triton (1-16) kernels; gemmfast:
+#            the same without the Triton kernel
+#   mmatest  test_mma_linear.py and test_small_batch_linear.py (the decode GEMMs' GPU tests)
+#   b4lowmma b4midmma stepsmma: B4's 4 and 16 req/s runs alone and the decode steps with
+#            LIGHTVLLM_MMA_LINEAR=1 (the tensor-core kernel in the measured choice; b4low, b4mid,
+#            steps are their same-run baselines). Run mmatest first: until a GPU has passed it
+#            the kernel is off by default
 #   attnsmall bench_attention.py --tune-small: decode attention at 1/4/16 x 512 tokens, splits and
 #            tiles in CUDA graphs (B4's batches)
 #   profileb4 b2_step_profile.py at 4 and 16 sequences of 512-token prompts (B4's decode steps)
@@ -284,7 +290,14 @@ EOF
   timeout $((DEADLINE - SECONDS > 120 ? DEADLINE - SECONDS - 60 : 60)) $PY -c "
 import time; t = time.time()
 from phase1_kernels.ops import extension as e
-print('extension', e.load(), e.why_unavailable('cuda'), f'{time.time() - t:.0f} s')"
+print('extension', e.load(), e.why_unavailable('cuda'), f'{time.time() - t:.0f} s')
+raise SystemExit(0 if e.load() else 1)" && return
+  # A failed build would leave every section below on the native fallbacks: show the compiler's
+  # errors (a verbose rebuild) and stop. scripts/cuda_compile_check.sh finds most of them on the
+  # CPU machine first.
+  $PY -c "from phase1_kernels.ops import extension as e; e.load(verbose=True)" 2>&1 \
+    | grep -E -A6 "error|Error" | head -80
+  die "the CUDA extension did not build: stopping before any GPU section"
 }
 
 gpu_test_files() {  # every test file with a gpu mark but FA4's (section fa4 runs those)
@@ -322,6 +335,14 @@ section() {  # the command of one section (run under timeout by run_sections)
     b3tuned) LIGHTVLLM_GPU_LINEAR=tuned $BENCH throughput $DUMMY8B --num-prompts 256 --input-len 100 \
           1024 --output-len 100 1024 --max-num-batched-tokens 8192 --workload B3 --out "$R/b3tuned.json" ;;
     gemm) $PY phase1_kernels/benchmarks/bench_decode_gemm.py --out "$R/gemm.json" ;;
+    gemmfast) $PY phase1_kernels/benchmarks/bench_decode_gemm.py --no-skinny --out "$R/gemmfast.json" ;;
+    mmatest) $PYTEST -m gpu phase1_kernels/tests/test_mma_linear.py phase1_kernels/tests/test_small_batch_linear.py ;;
+    b4lowmma) LIGHTVLLM_MMA_LINEAR=1 $PY phase5_server/benchmarks/run_b4.py --preset h200-4rps \
+          --out "$R/b4lowmma.json" --server-log "$R/b4lowmma_server.log" ;;
+    b4midmma) LIGHTVLLM_MMA_LINEAR=1 $PY phase5_server/benchmarks/run_b4.py --preset h200-16rps \
+          --out "$R/b4midmma.json" --server-log "$R/b4midmma_server.log" ;;
+    stepsmma) LIGHTVLLM_MMA_LINEAR=1 $PY phase3_scheduling/benchmarks/decode_steps.py $DUMMY8B \
+          --max-num-seqs 256 --max-num-batched-tokens 16384 --out "$R/stepsmma.json" ;;
     attnsmall) $PY phase2_attention/benchmarks/bench_attention.py --tune-small --out "$R/attnsmall.json" ;;
     b1nopdl) LIGHTVLLM_PDL=0 $PY phase1_kernels/benchmarks/bench_kernels.py \
           --ops rms_norm,fused_add_rms_norm --impls compile,cpp --out "$R/b1nopdl.json" ;;
@@ -377,7 +398,7 @@ try:
 except RuntimeError as e:
     print('raised:', str(e).splitlines()[0])"; g++ --version | head -1 ;;
     quick) $PYTEST -m gpu phase1_kernels/tests/test_skinny_gemm.py phase1_kernels/tests/test_pdl_gpu.py \
-          phase1_kernels/tests/test_small_batch_linear.py phase1_kernels/tests/test_op_errors.py \
+          phase1_kernels/tests/test_small_batch_linear.py phase1_kernels/tests/test_mma_linear.py phase1_kernels/tests/test_op_errors.py \
           phase2_attention/tests/test_rope_store.py \
           phase2_attention/tests/test_triton_paged.py \
           phase3_scheduling/tests/test_engine_gpu.py ;;
@@ -442,7 +463,8 @@ except RuntimeError as e:
 declare -A LIMIT=([tests]=420 [b1]=150 [b2]=150 [b2sync]=150 [b2hf]=150 [b3]=150 [b3sync]=150
                   [b3hf]=240 [b4]=330 [b4nocap]=330 [b4nomixed]=330 [b4cap]=330 [gaps]=200 [gaps256]=200 [b2nomixed]=150 [b3nomixed]=150 [b2fa4]=150 [b2cublas]=150 [b2noprefetch]=150 [b2nosilu]=150 [b2next]=150 [b2nofuse]=150 [b2auto]=150 [b2nopdl]=150 [b2tuned]=150 [b3tuned]=150 [gemm]=150 [b1norm]=200 [b1fused]=120 [b1inplace]=120 [b3cublas]=150 [b1nopdl]=120 [b4low]=180 [b4lowcublas]=180 [attnsmall]=150 [b4mid]=150 [b4midauto]=150 [b4midlead]=150 [b4lowlead]=180 [profiletuned]=180 [profileb3]=200 [quick]=180 [kernels]=150 [libdiag]=60 [fa4]=360
                   [profile]=180 [profile_fa4]=180 [parity]=240 [engine]=180
-                  [vb23]=360 [steps]=150 [vb4]=420 [vb4mid]=240 [vb4low]=240 [vb4inf]=240 [b4inf]=150 [b4inf256]=150 [stepsnofreeze]=150 [b3nofreeze]=150 [b2nofreeze]=150)
+                  [vb23]=360 [steps]=150 [vb4]=420 [vb4mid]=240 [vb4low]=240 [vb4inf]=240 [b4inf]=150 [b4inf256]=150 [stepsnofreeze]=150 [b3nofreeze]=150 [b2nofreeze]=150
+                  [gemmfast]=150 [mmatest]=150 [b4lowmma]=180 [b4midmma]=150 [stepsmma]=150)
 
 run_sections() {
   local status=()
@@ -492,6 +514,7 @@ case $mode in
     [ "${PIPESTATUS[0]}" = 0 ] || exit 3
     embedded_model 2>&1 | tee -a "$LOG"
     { echo "=== smoke $(date -u +%H:%M:%S)"; smoke; } 2>&1 | tee -a "$LOG"
+    [ "${PIPESTATUS[0]}" = 0 ] || exit 3  # the extension did not build (smoke printed why)
     run_sections
     ;;
   *) sed -n '2,30p' "$0"; exit 2 ;;
