@@ -26,6 +26,7 @@ def test_what_the_kernel_refuses_is_named_before_any_launch():
     assert "multiples of 8" in refusal(torch.randn(4, 70, **bf16)[:, :64], w)  # row stride 70
     assert "float16 or bfloat16" in refusal(torch.randn(2, 64), w.float())
     assert "warps" in refusal(torch.randn(2, 64, **bf16), w, 6)
+    assert "tiles" in refusal(torch.randn(2, 64, **bf16), w, 8, 3)
     with pytest.raises(ValueError, match="at most 16 rows"):
         compiled.mma_linear(torch.randn(17, 64, **bf16), w)
     with pytest.raises(ValueError, match="even number"):
@@ -36,12 +37,12 @@ def test_what_the_kernel_refuses_is_named_before_any_launch():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 7, 8, 9, 12, 16])
 @pytest.mark.parametrize("n,k", [(4096, 4096), (6144, 4096), (4096, 14336), (1000, 768), (13, 64)])
-@pytest.mark.parametrize("warps", [4, 8])
-def test_matches_float64_on_gpu(rows, n, k, dtype, warps):
+@pytest.mark.parametrize("warps,tiles", [(4, 1), (8, 1), (8, 2)])
+def test_matches_float64_on_gpu(rows, n, k, dtype, warps, tiles):
     gen = torch.Generator(device="cuda").manual_seed(rows * 7 + n + k)
     x = torch.randn(rows, k, generator=gen, device="cuda").to(dtype)
     w = torch.randn(n, k, generator=gen, device="cuda").to(dtype)
-    check(x, w, compiled.mma_linear(x, w, warps))
+    check(x, w, compiled.mma_linear(x, w, warps, tiles))
 
 
 @pytest.mark.gpu
@@ -51,7 +52,7 @@ def test_strided_rows_and_the_rows_it_must_not_touch():
     x = big[::2, :1024]  # 11 rows, row stride 2176 elements: a multiple of 8, 16-byte aligned
     w = torch.randn(300, 1024, generator=gen, device="cuda").bfloat16()
     out = torch.full((13, 300), 7.0, device="cuda", dtype=torch.bfloat16)
-    torch.ops.lightvllm.mma_linear(out[1:12], x, w, 8)
+    torch.ops.lightvllm.mma_linear(out[1:12], x, w, 8, 2)
     check(x, w, out[1:12])
     assert bool((out[0] == 7).all()) and bool((out[12] == 7).all())
 
@@ -60,17 +61,17 @@ def test_strided_rows_and_the_rows_it_must_not_touch():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("rows", [1, 3, 8, 11, 16])
 @pytest.mark.parametrize("d,k", [(14336, 4096), (300, 1024), (7, 64)])
-@pytest.mark.parametrize("warps", [4, 8])
-def test_fused_silu_is_the_two_kernels_bit_for_bit(rows, d, k, dtype, warps):
+@pytest.mark.parametrize("warps,tiles", [(4, 1), (8, 2)])
+def test_fused_silu_is_the_two_kernels_bit_for_bit(rows, d, k, dtype, warps, tiles):
     """The epilogue gives exactly mma_linear then silu_and_mul (the gate and up sums are the same
     MMAs in another row of the tile), and SiLU·mul of the float64 product to rounding."""
     gen = torch.Generator(device="cuda").manual_seed(rows + d)
     x = torch.randn(rows, k, generator=gen, device="cuda").to(dtype)
     w = (0.05 * torch.randn(2 * d, k, generator=gen, device="cuda")).to(dtype)
-    fused = compiled.mma_linear_silu(x, w, warps)
+    fused = compiled.mma_linear_silu(x, w, warps, tiles)
     assert fused.shape == (rows, d) and fused.dtype == dtype
     two = torch.empty_like(fused)
-    torch.ops.lightvllm.silu_and_mul(two, compiled.mma_linear(x, w, warps))
+    torch.ops.lightvllm.silu_and_mul(two, compiled.mma_linear(x, w, warps, tiles))
     assert torch.equal(fused, two)
     h = x.double() @ w.double().T
     ref = F.silu(h[:, :d]) * h[:, d:]

@@ -40,10 +40,10 @@ CUDA_ONLY = {
                                    "dtype=torch.bfloat16), w, 4)",
     "mma_linear_rows": "w = torch.randn(32, 64, device=dev, dtype=torch.bfloat16)\n"
                        "out = torch.empty(17, 32, device=dev, dtype=torch.bfloat16)\n"
-                       "ops.mma_linear(out, torch.randn(17, 64, device=dev, dtype=torch.bfloat16), w, 8)",
+                       "ops.mma_linear(out, torch.randn(17, 64, device=dev, dtype=torch.bfloat16), w, 8, 1)",
     "mma_linear_k": "w = torch.randn(32, 48, device=dev, dtype=torch.bfloat16)\n"
                     "out = torch.empty(2, 32, device=dev, dtype=torch.bfloat16)\n"
-                    "ops.mma_linear(out, torch.randn(2, 48, device=dev, dtype=torch.bfloat16), w, 8)",
+                    "ops.mma_linear(out, torch.randn(2, 48, device=dev, dtype=torch.bfloat16), w, 8, 1)",
 }
 
 CHILD = """

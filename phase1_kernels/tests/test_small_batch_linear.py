@@ -29,7 +29,7 @@ def test_modes_and_their_candidates(monkeypatch):
     assert all(c.max_rows == 16 for c in gpu_linear.candidates("mma"))
     monkeypatch.setenv(gpu_linear.MMA_ENV, "1")  # the tensor-core kernel measured too
     with_mma = [c.label for c in gpu_linear.candidates("tuned")]
-    assert with_mma == (labels + ["mma4", "mma8"] if has_cuda_kernels else [])
+    assert with_mma == (labels + ["mma4", "mma8", "mma4x2", "mma8x2"] if has_cuda_kernels else [])
 
 
 def test_what_the_kernel_refuses_is_named_before_any_launch():

@@ -233,11 +233,12 @@ inline void check_small_batch_linear(const at::Tensor& out, const at::Tensor& in
 }
 
 inline void check_mma_linear(const at::Tensor& out, const at::Tensor& input, const at::Tensor& weight,
-                             int64_t warps, bool glu) {
+                             int64_t warps, int64_t tiles, bool glu) {
   check_stream_linear("mma_linear", out, input, weight, 16, glu);
   LIGHTVLLM_CHECK(weight.size(1) % 32 == 0, "mma_linear needs K to be a multiple of 32, got ",
               weight.size(1));
   LIGHTVLLM_CHECK(warps == 4 || warps == 8, "warps must be 4 or 8, got ", warps);
+  LIGHTVLLM_CHECK(tiles == 1 || tiles == 2, "tiles must be 1 or 2, got ", tiles);
 }
 
 inline void check_vector_add(const at::Tensor& a, const at::Tensor& b) {

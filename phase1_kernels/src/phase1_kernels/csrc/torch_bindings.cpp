@@ -46,12 +46,12 @@ TORCH_LIBRARY(lightvllm, m) {
   // small_batch_linear then silu_and_mul). cols_per_warp: 2 (one output per warp) or 4 (two).
   m.def("small_batch_linear_silu(Tensor! out, Tensor input, Tensor weight, int cols_per_warp) -> ()");
   // out [M, N] = input [M <= 16, K] @ weight [N, K]^T on the tensor cores (mma.sync, the weight as
-  // the A operand), a block of `warps` (4 or 8) warps per 16 output columns splitting K. K a
-  // multiple of 32. CUDA only, float16/bfloat16.
-  m.def("mma_linear(Tensor! out, Tensor input, Tensor weight, int warps) -> ()");
+  // the A operand), a block of `warps` (4 or 8) warps splitting K per `tiles` (1 or 2) x 16 output
+  // columns. K a multiple of 32. CUDA only, float16/bfloat16.
+  m.def("mma_linear(Tensor! out, Tensor input, Tensor weight, int warps, int tiles) -> ()");
   // The same for gate_up with SiLU·mul as the epilogue (weight [2d, K], out [M, d]), each half
   // rounded to the dtype first: the bits of mma_linear then silu_and_mul.
-  m.def("mma_linear_silu(Tensor! out, Tensor input, Tensor weight, int warps) -> ()");
+  m.def("mma_linear_silu(Tensor! out, Tensor input, Tensor weight, int warps, int tiles) -> ()");
   // Ask L2 for the first max_bytes of a tensor (a hint: no value changes). CUDA only.
   m.def("prefetch_l2(Tensor tensor, int max_bytes) -> ()");
   // Pin intra-op thread i to cpus[i] (no tensors: one kernel for every backend). Returns them.

@@ -11,7 +11,7 @@ the layers of a shape an ``apply_linear`` that takes the winner. Rows above 16, 
 CPU keep ``F.linear``. The candidates: our CUDA weight-streaming kernel
 (``small_batch_linear``, one warp per 1/2/4 output columns, up to 8 rows; fastest at one row),
 the tensor-core weight stream (``mma_linear``, mma.sync with the weight as the A operand, blocks
-of 4 or 8 warps splitting K, up to 16 rows; for 2-16 rows, where the GEMV runs out of ALU) and
+of 4 or 8 warps splitting K over 1 or 2 tiles of 16 columns, up to 16 rows; for 2-16 rows, where the GEMV runs out of ALU) and
 the Triton skinny GEMM (up to 16 rows). Env ``LIGHTVLLM_MMA_LINEAR=1`` adds the tensor-core
 kernel to ``tuned`` and ``auto`` (off by default until it has run on a GPU; the defaults are then
 its same-run baseline). Env ``LIGHTVLLM_GPU_LINEAR``:
@@ -81,7 +81,7 @@ _CHOSEN: dict[tuple, "ShapeChoice"] = {}  # one measurement per process and shap
 ROW_BUCKETS = (1, 2, 4, 8, 16)
 GEMV_MAX_ROWS = 8  # the CUDA kernel's limit (one accumulator per row and column per lane)
 GEMV_COLS = (1, 2, 4)  # output columns per warp
-MMA_WARPS = (4, 8)  # warps splitting K in a block of the tensor-core kernel
+MMA_CONFIGS = ((4, 1), (8, 1), (4, 2), (8, 2))  # tensor-core kernel: (warps splitting K, tiles)
 
 
 @dataclass(frozen=True)
@@ -108,11 +108,11 @@ def _gemv(cols: int) -> Candidate:
                      lambda x, w: compiled.small_batch_linear_refusal(x, w, cols))
 
 
-def _mma(warps: int) -> Candidate:
-    return Candidate(f"mma{warps}", MAX_ROWS,
-                     lambda x, w: compiled.mma_linear(x, w, warps, checked=False),
-                     lambda x, w: compiled.mma_linear_silu(x, w, warps, checked=False),
-                     lambda x, w: compiled.mma_linear_refusal(x, w, warps))
+def _mma(warps: int, tiles: int) -> Candidate:
+    return Candidate(f"mma{warps}" + (f"x{tiles}" if tiles > 1 else ""), MAX_ROWS,
+                     lambda x, w: compiled.mma_linear(x, w, warps, tiles, checked=False),
+                     lambda x, w: compiled.mma_linear_silu(x, w, warps, tiles, checked=False),
+                     lambda x, w: compiled.mma_linear_refusal(x, w, warps, tiles))
 
 
 def _skinny(config: SkinnyConfig) -> Candidate:
@@ -124,7 +124,7 @@ def candidates(mode: str) -> list[Candidate]:
     """The kernels ``mode`` measures against cuBLAS (or forces, for skinny/gemv)."""
     ours = not extension.why_unavailable("cuda")
     gemv = [_gemv(c) for c in GEMV_COLS] if ours else []
-    mma = [_mma(w) for w in MMA_WARPS] if ours else []
+    mma = [_mma(w, t) for w, t in MMA_CONFIGS] if ours else []
     if mode in ("tuned", "auto") and os.environ.get(MMA_ENV, "0") != "1":
         mma = []
     skinny = [_skinny(c) for c in skinny_gemm.CONFIGS] if not skinny_gemm.why_unavailable("cuda") else []

@@ -72,11 +72,11 @@ def register_fakes() -> None:
         return None
 
     @torch.library.register_fake("lightvllm::mma_linear")
-    def _mma_linear_fake(out, input, weight, warps):
+    def _mma_linear_fake(out, input, weight, warps, tiles):
         return None
 
     @torch.library.register_fake("lightvllm::mma_linear_silu")
-    def _mma_linear_silu_fake(out, input, weight, warps):
+    def _mma_linear_silu_fake(out, input, weight, warps, tiles):
         return None
 
     @torch.library.register_fake("lightvllm::prefetch_l2")
@@ -187,20 +187,21 @@ def small_batch_linear_silu(x: torch.Tensor, weight: torch.Tensor, cols_per_warp
     return out
 
 
-def mma_linear(x: torch.Tensor, weight: torch.Tensor, warps: int = 8, *,
+def mma_linear(x: torch.Tensor, weight: torch.Tensor, warps: int = 8, tiles: int = 1, *,
                checked: bool = True) -> torch.Tensor:
     """``x`` [M <= 16, K] @ ``weight`` [N, K].T on CUDA by the tensor-core weight stream
     (``csrc/cuda/mma_linear_kernel.cuh``; fp16/bf16, K a multiple of 32, ``x`` rows contiguous and
-    16-byte aligned, ``weight`` contiguous). ``warps`` (4 or 8) split K inside each block of 16
-    output columns. ``checked=False``: the caller has just asked ``mma_linear_refusal``."""
+    16-byte aligned, ``weight`` contiguous). ``warps`` (4 or 8) split K inside each block of
+    ``tiles`` (1 or 2) x 16 output columns. ``checked=False``: the caller has just asked
+    ``mma_linear_refusal``."""
     if checked:
-        _raise_if(mma_linear_refusal(x, weight, warps))
+        _raise_if(mma_linear_refusal(x, weight, warps, tiles))
     out = torch.empty(x.shape[0], weight.shape[0], dtype=x.dtype, device=x.device)
-    _ops().mma_linear(out, x, weight, int(warps))
+    _ops().mma_linear(out, x, weight, int(warps), int(tiles))
     return out
 
 
-def mma_linear_silu(x: torch.Tensor, weight: torch.Tensor, warps: int = 8, *,
+def mma_linear_silu(x: torch.Tensor, weight: torch.Tensor, warps: int = 8, tiles: int = 1, *,
                     checked: bool = True) -> torch.Tensor:
     """``silu(x @ gate.T) * (x @ up.T)`` for ``weight`` = [gate; up] [2d, K] in one tensor-core
     weight stream: ``x`` [M <= 16, K] -> [M, d], bit for bit ``silu_and_mul(mma_linear(x, w))``."""
@@ -208,16 +209,18 @@ def mma_linear_silu(x: torch.Tensor, weight: torch.Tensor, warps: int = 8, *,
         if weight.dim() == 2 and weight.shape[0] % 2:
             raise ValueError(f"mma_linear_silu needs an even number of weight rows (gate then up), "
                              f"got {weight.shape[0]}")
-        _raise_if(mma_linear_refusal(x, weight, warps))
+        _raise_if(mma_linear_refusal(x, weight, warps, tiles))
     out = torch.empty(x.shape[0], weight.shape[0] // 2, dtype=x.dtype, device=x.device)
-    _ops().mma_linear_silu(out, x, weight, int(warps))
+    _ops().mma_linear_silu(out, x, weight, int(warps), int(tiles))
     return out
 
 
-def mma_linear_refusal(x: torch.Tensor, weight: torch.Tensor, warps: int = 8) -> str:
+def mma_linear_refusal(x: torch.Tensor, weight: torch.Tensor, warps: int = 8, tiles: int = 1) -> str:
     """Why ``mma_linear`` cannot take these inputs, or "" if it can."""
     if warps not in (4, 8):
         return f"mma_linear's warps must be 4 or 8, got {warps}"
+    if tiles not in (1, 2):
+        return f"mma_linear's tiles must be 1 or 2, got {tiles}"
     return _stream_refusal("mma_linear", x, weight, max_rows=16, k_multiple=32)
 
 

@@ -14,9 +14,10 @@
 // memory, no shuffles. A warp steps 32 k at a time (4 lanes x 8 values) and keeps U steps of
 // loads in flight.
 //
-// A block owns 16 output columns (8 for GLU) and its WARPS warps split K; their fp32 partial sums
-// meet in shared memory and warp 0 adds them in warp order (deterministic) and stores. Split-K
-// inside the block gives a 4,096-column layer 256 blocks x WARPS warps: enough loads in flight.
+// A block owns CG tiles of 16 output columns (8 for GLU) and its WARPS warps split K; their fp32
+// partial sums meet in shared memory and warp 0 adds them in warp order (deterministic) and
+// stores. Split-K inside the block gives a 4,096-column layer 256 blocks x WARPS warps at CG = 1:
+// enough loads in flight. CG = 2 halves the x bytes per weight byte (one x load, two tiles).
 //
 // GLU (gate|up with SiLU·mul, weight [2d, K]): A's rows g are gate rows j and rows g + 8 the
 // matching up rows d + j, so both halves of an output land in one lane's accumulators and the
@@ -64,34 +65,49 @@ __device__ __forceinline__ void mma_step(float (&acc)[4], const uint4& wa, const
   mma_m16n8k16<T>(acc, wa.z, wb.z, wa.w, wb.w, xv.z, xv.w);
 }
 
+// The weight rows of tile c (0 <= c < CG) of a block whose first output column is `first`: A's
+// row g (the returned .x) and row g + 8 (.y). Past the end: the last row, re-read, never stored.
+template <int CG, bool GLU>
+__device__ __forceinline__ int2 tile_rows(int first, int c, int g, int n_outputs) {
+  constexpr int TILE = GLU ? 8 : 16;  // output columns of one 16-row A tile
+  const int a = min(first + c * TILE + g, n_outputs - 1);
+  const int b = GLU ? n_outputs + a : min(first + c * TILE + g + 8, n_outputs - 1);
+  return make_int2(a, b);
+}
+
 // NT: groups of 8 rows of x (1: rows <= 8, 2: rows <= 16). WARPS: warps splitting K in a block.
-template <typename T, int NT, int WARPS, bool GLU>
+// CG: 16-row weight tiles per warp (each x load then feeds CG tiles' MMAs: at CG = 1 and 16 rows
+// of x the lanes read as many bytes of x, from L1/L2, as of the weight from memory).
+template <typename T, int NT, int WARPS, int CG, bool GLU>
 __global__ void __launch_bounds__(WARPS * 32) mma_linear_kernel(
     T* __restrict__ out, const T* __restrict__ x, const T* __restrict__ weight, int rows,
     int n_outputs, int k_steps, int64_t x_stride, int64_t out_stride, int64_t prefetch_bytes) {
-  constexpr int U = 4;                  // steps of loads in flight per warp
-  constexpr int OUTS = GLU ? 8 : 16;    // output columns per block
-  constexpr int VECS = kMmaStepK / 8;   // 16-byte vectors per row and step (one per lane t)
+  constexpr int U = CG == 1 ? 4 : 2;   // steps of loads in flight per warp (8 weight vectors)
+  constexpr int TILE = GLU ? 8 : 16;   // output columns per tile
+  constexpr int VECS = kMmaStepK / 8;  // 16-byte vectors per row and step (one per lane t)
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
-  const int first = blockIdx.x * OUTS;
-  // This lane's two weight rows (A's rows g and g + 8); past the end: re-read, never stored.
-  const int row_a = min(first + g, n_outputs - 1);
-  const int row_b = GLU ? n_outputs + row_a : min(first + g + 8, n_outputs - 1);
+  const int first = blockIdx.x * TILE * CG;
   const int64_t k = static_cast<int64_t>(k_steps) * kMmaStepK;
-  const uint4* wa = reinterpret_cast<const uint4*>(weight + row_a * k) + t;
-  const uint4* wb = reinterpret_cast<const uint4*>(weight + row_b * k) + t;
   // This warp's share of K, in steps.
   const int s_begin = static_cast<int>(static_cast<int64_t>(k_steps) * warp / WARPS);
   const int s_end = static_cast<int>(static_cast<int64_t>(k_steps) * (warp + 1) / WARPS);
-  if (static_cast<int64_t>(row_a) * k * static_cast<int64_t>(sizeof(T)) < prefetch_bytes) {
-    // Weights do not depend on the kernel before: ask L2 for this lane's share before the wait.
-    const int64_t span = static_cast<int64_t>(s_end - s_begin) * kMmaStepK * sizeof(T);
-    const char* pa = reinterpret_cast<const char*>(weight + row_a * k + s_begin * kMmaStepK);
-    const char* pb = reinterpret_cast<const char*>(weight + row_b * k + s_begin * kMmaStepK);
-    for (int64_t off = t * 128; off < span; off += 4 * 128) {
-      asm volatile("prefetch.global.L2 [%0];" ::"l"(pa + off));
-      asm volatile("prefetch.global.L2 [%0];" ::"l"(pb + off));
+  const uint4* wa[CG];
+  const uint4* wb[CG];
+#pragma unroll
+  for (int c = 0; c < CG; ++c) {
+    const int2 r = tile_rows<CG, GLU>(first, c, g, n_outputs);
+    wa[c] = reinterpret_cast<const uint4*>(weight + r.x * k) + t;
+    wb[c] = reinterpret_cast<const uint4*>(weight + r.y * k) + t;
+    if (static_cast<int64_t>(r.x) * k * static_cast<int64_t>(sizeof(T)) < prefetch_bytes) {
+      // Weights do not depend on the kernel before: ask L2 for this lane's share before the wait.
+      const int64_t span = static_cast<int64_t>(s_end - s_begin) * kMmaStepK * sizeof(T);
+      const char* pa = reinterpret_cast<const char*>(weight + r.x * k + s_begin * kMmaStepK);
+      const char* pb = reinterpret_cast<const char*>(weight + r.y * k + s_begin * kMmaStepK);
+      for (int64_t off = t * 128; off < span; off += 4 * 128) {
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(pa + off));
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(pb + off));
+      }
     }
   }
   // x's rows g and g + 8 (B's columns); rows past the end read the last row: their outputs are
@@ -101,53 +117,63 @@ __global__ void __launch_bounds__(WARPS * 32) mma_linear_kernel(
   pdl_wait();
   pdl_launch_dependents();
 
-  float acc[NT][4] = {};
+  float acc[CG][NT][4] = {};
   for (int s0 = s_begin; s0 < s_end; s0 += U) {
-    uint4 va[U], vb[U], vx[NT][U];
+    uint4 va[U][CG], vb[U][CG], vx[U][NT];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       if (s0 + u < s_end) {
         const int at = (s0 + u) * VECS;
-        va[u] = __ldcs(wa + at);
-        vb[u] = __ldcs(wb + at);
-        vx[0][u] = __ldg(x0 + at);
-        if constexpr (NT > 1) vx[NT - 1][u] = __ldg(x1 + at);
+#pragma unroll
+        for (int c = 0; c < CG; ++c) {
+          va[u][c] = __ldcs(wa[c] + at);
+          vb[u][c] = __ldcs(wb[c] + at);
+        }
+        vx[u][0] = __ldg(x0 + at);
+        if constexpr (NT > 1) vx[u][NT - 1] = __ldg(x1 + at);
       }
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       if (s0 + u < s_end) {
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) mma_step<T>(acc[nt], va[u], vb[u], vx[nt][u]);
+        for (int c = 0; c < CG; ++c)
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt) mma_step<T>(acc[c][nt], va[u][c], vb[u][c], vx[u][nt]);
       }
     }
   }
 
-  // acc[nt][0|1]: column row_a for x rows nt*8 + 2t, +1; acc[nt][2|3]: column row_b, same rows.
-  __shared__ float partial[WARPS][NT * 4][32];
+  // acc[c][nt][0|1]: tile c's column of A row g for x rows nt*8 + 2t, +1; [2|3]: row g + 8.
+  constexpr int PER_LANE = CG * NT * 4;
+  __shared__ float partial[WARPS][PER_LANE][32];
 #pragma unroll
-  for (int i = 0; i < NT * 4; ++i) partial[warp][i][lane] = acc[i / 4][i % 4];
+  for (int i = 0; i < PER_LANE; ++i) partial[warp][i][lane] = acc[i / (NT * 4)][(i / 4) % NT][i % 4];
   __syncthreads();
   if (warp != 0) return;
 #pragma unroll
-  for (int i = 0; i < NT * 4; ++i) {
+  for (int i = 0; i < PER_LANE; ++i) {
     float sum = partial[0][i][lane];
 #pragma unroll
-    for (int w = 1; w < WARPS; ++w) sum += partial[w][i][lane];
-    acc[i / 4][i % 4] = sum;
+    for (int w = 1; w < WARPS; ++w) sum += partial[w][i][lane];  // in warp order: deterministic
+    acc[i / (NT * 4)][(i / 4) % NT][i % 4] = sum;
   }
 #pragma unroll
-  for (int nt = 0; nt < NT; ++nt) {
+  for (int c = 0; c < CG; ++c) {
+    const int col = first + c * TILE + g;  // A row g's output column (GLU: the output itself)
 #pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      const int m = nt * 8 + 2 * t + e;
-      if (m >= rows) continue;
-      T* o = out + m * out_stride;
-      if constexpr (GLU) {
-        if (first + g < n_outputs) o[first + g] = silu_mul<T>(acc[nt][e], acc[nt][2 + e]);
-      } else {
-        if (first + g < n_outputs) o[first + g] = from_float<T>(acc[nt][e]);
-        if (first + g + 8 < n_outputs) o[first + g + 8] = from_float<T>(acc[nt][2 + e]);
+    for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int m = nt * 8 + 2 * t + e;
+        if (m >= rows) continue;
+        T* o = out + m * out_stride;
+        if constexpr (GLU) {
+          if (col < n_outputs) o[col] = silu_mul<T>(acc[c][nt][e], acc[c][nt][2 + e]);
+        } else {
+          if (col < n_outputs) o[col] = from_float<T>(acc[c][nt][e]);
+          if (col + 8 < n_outputs) o[col + 8] = from_float<T>(acc[c][nt][2 + e]);
+        }
       }
     }
   }
