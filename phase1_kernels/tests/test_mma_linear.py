@@ -109,3 +109,21 @@ def test_forced_layers_give_f_linear_and_the_same_bits_in_a_graph(monkeypatch):
         static_out = plain(static_x), gate_up.forward_act(static_x, act)
     graph.replay()
     assert all(torch.equal(a, b) for a, b in zip(static_out, eager))
+
+
+@pytest.mark.gpu
+def test_switching_the_kernel_on_measures_again_in_the_same_process(monkeypatch):
+    """The per-process memory of choices is keyed by the candidates too: a choice made without
+    the tensor-core kernel does not answer once LIGHTVLLM_MMA_LINEAR=1 adds it."""
+    def model():
+        layer = ReplicatedLinear(1024, 1536).to("cuda", torch.bfloat16)
+        layer.weight.data.normal_(std=0.02)
+        return layer
+
+    monkeypatch.setenv(gpu_linear.MMA_ENV, "0")
+    without = gpu_linear.tune_small_batch_linears(model(), mode="tuned")[(1536, 1024)]
+    monkeypatch.setenv(gpu_linear.MMA_ENV, "1")
+    with_mma = gpu_linear.tune_small_batch_linears(model(), mode="tuned")[(1536, 1024)]
+    assert with_mma is not without
+    assert any(label.startswith("mma") for label in with_mma.timings_us[16])
+    assert not any(label.startswith("mma") for label in without.timings_us[16])

@@ -11,8 +11,8 @@ the layers of a shape an ``apply_linear`` that takes the winner. Rows above 16, 
 CPU keep ``F.linear``. The candidates: our CUDA weight-streaming kernel
 (``small_batch_linear``, one warp per 1/2/4 output columns, up to 8 rows; fastest at one row),
 the tensor-core weight stream (``mma_linear``, mma.sync with the weight as the A operand, blocks
-of 4 or 8 warps splitting K over 1 or 2 tiles of 16 columns, up to 16 rows; for 2-16 rows, where the GEMV runs out of ALU) and
-the Triton skinny GEMM (up to 16 rows). Env ``LIGHTVLLM_MMA_LINEAR=1`` adds the tensor-core
+of 4 or 8 warps splitting K over 1 or 2 tiles of 16 columns, up to 16 rows; for 2-16 rows,
+where the GEMV runs out of ALU) and the Triton skinny GEMM (up to 16 rows). Env ``LIGHTVLLM_MMA_LINEAR=1`` adds the tensor-core
 kernel to ``tuned`` and ``auto`` (off by default until it has run on a GPU; the defaults are then
 its same-run baseline). Env ``LIGHTVLLM_GPU_LINEAR``:
 
@@ -291,9 +291,10 @@ def tune_small_batch_linears(model: nn.Module, max_rows: int = MAX_ROWS,
         fused_silu = all(_fusable_gate_up(m) for m in modules)
         key = (torch.cuda.get_device_name(weight.device), weight.dtype, mode, shape, tuple(buckets),
                fused_silu)
-        if key not in _CHOSEN:
-            _CHOSEN[key] = _recall_or_measure(key, [m.weight for m in modules], kernels)
-        choice = choices[shape] = _CHOSEN[key]
+        chosen = (key, tuple(c.label for c in kernels))  # another candidate set: another choice
+        if chosen not in _CHOSEN:
+            _CHOSEN[chosen] = _recall_or_measure(key, [m.weight for m in modules], kernels)
+        choice = choices[shape] = _CHOSEN[chosen]
         for module in modules:
             module.__dict__["skinny_choice"] = choice
             module.__dict__["apply_linear"] = types.MethodType(_small_batch_linear, module)
