@@ -129,8 +129,8 @@ __global__ void __launch_bounds__(WARPS * 32) mma_linear_kernel(
           va[u][c] = __ldcs(wa[c] + at);
           vb[u][c] = __ldcs(wb[c] + at);
         }
-        vx[u][0] = __ldg(x0 + at);
-        if constexpr (NT > 1) vx[u][NT - 1] = __ldg(x1 + at);
+        vx[u][0] = x0[at];  // plain loads, as small_batch_linear's: x is the last kernel's output
+        if constexpr (NT > 1) vx[u][NT - 1] = x1[at];
       }
     }
 #pragma unroll
