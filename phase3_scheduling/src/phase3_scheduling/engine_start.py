@@ -1,9 +1,9 @@
 """The API process's side of an engine-core process's start-up, until its READY message.
 
 ``EngineStart(args, log_level, launch)`` adopts a process started earlier (``EngineLaunch``) or
-starts one, binds the two sockets, resolves the config while that process imports, sends it
-the config, and loads the tokenizer while it builds the engine; ``wait_ready()`` returns its
-``ReadyInfo``. A failure before the wait (a bad model directory) is kept and raised by ``wait_ready``: ``lightvllm serve``
+starts one, binds the two sockets, resolves the config and loads the tokenizer while that
+process imports, and sends it the config; ``wait_ready()`` returns its ``ReadyInfo``. A failure
+before the wait (a bad model directory) is kept and raised by ``wait_ready``: ``lightvllm serve``
 begins the start-up as soon as its arguments are parsed, before it imports its web stack, and
 still reports a failure where it always did (the server's model loader, one paragraph).
 """
@@ -90,11 +90,11 @@ class EngineStart:
     def _configure(self, args: EngineArgs) -> None:
         with self.timeline.phase("api_config"):
             config = self.config = resolve_engine_config(args)
+        with self.timeline.phase("api_tokenizer"):
+            self.tokenizer = load_tokenizer(config)
         with self.timeline.phase("api_send_config"):  # waits for the process to connect
             self._wait_connected()
             self.inbox.send_multipart([CONFIG, encode_config(config)])
-        with self.timeline.phase("api_tokenizer"):  # while the engine loads the model
-            self.tokenizer = load_tokenizer(config)
 
     def _wait_connected(self) -> None:
         """Until the engine process has connected (a PUSH send blocks until then), or died."""
