@@ -7,8 +7,8 @@ graph, as the engine replays them; µs per call is the replay time over the numb
 GB/s counts the weight bytes (x and the output are negligible), next to the device's copy
 bandwidth measured in the same run: the weights' floor. Kernels: ``cublas`` (``F.linear``),
 ``gemv1/2/4`` (``small_batch_linear`` with 1, 2, 4 output columns per warp; up to 8 rows),
-``mmaWxT`` (``mma_linear``, the tensor-core weight stream with W = 4 or 8 warps splitting K in
-a block of T = 1 or 2 tiles of 16 columns; up to 16 rows) and ``skinnyNxK`` (the Triton skinny GEMM, ``tl.dot`` on rows padded to 16, one config each; up to
+``mma4/8``, ``mma4x2/8x2`` (``mma_linear``, the tensor-core weight stream with 4 or 8 warps
+splitting K in a block of one or two tiles of 16 columns; up to 16 rows) and ``skinnyNxK`` (the Triton skinny GEMM, ``tl.dot`` on rows padded to 16, one config each; up to
 16 rows: ``LIGHTVLLM_GPU_LINEAR=auto`` lets the engine choose it).
 
     python phase1_kernels/benchmarks/bench_decode_gemm.py --out decode_gemm.json
@@ -29,8 +29,9 @@ for p in (ROOT / "shared" / "src", ROOT / "phase1_kernels" / "src"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from phase1_kernels.layers.gpu_linear import GEMV_COLS, GEMV_MAX_ROWS, MMA_CONFIGS  # noqa: E402
-from phase1_kernels.ops import compiled, extension, skinny_gemm  # noqa: E402
+from phase1_kernels.layers import gpu_linear  # noqa: E402
+from phase1_kernels.layers.gpu_linear import GEMV_COLS, GEMV_MAX_ROWS  # noqa: E402
+from phase1_kernels.ops import compiled, skinny_gemm  # noqa: E402
 from shared.bench import copy_bandwidth_gbs, hardware, markdown_table  # noqa: E402
 
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096),
@@ -44,10 +45,9 @@ def kernels(rows: int, skinny: bool = True) -> dict:
     if rows <= GEMV_MAX_ROWS:
         for cols in GEMV_COLS:
             runs[f"gemv{cols}"] = lambda x, w, cols=cols: compiled.small_batch_linear(x, w, cols)
-    if rows <= 16 and not extension.why_unavailable("cuda"):
-        for warps, tiles in MMA_CONFIGS:
-            runs[f"mma{warps}x{tiles}"] = (
-                lambda x, w, warps=warps, tiles=tiles: compiled.mma_linear(x, w, warps, tiles))
+    for kernel in gpu_linear.candidates("mma"):  # the engine's own candidates and labels
+        if rows <= kernel.max_rows:
+            runs[kernel.label] = kernel.run
     if skinny and rows <= skinny_gemm.MAX_ROWS and not skinny_gemm.why_unavailable("cuda"):
         for c in skinny_gemm.CONFIGS:
             runs[f"skinny{c.block_n}x{c.block_k}"] = (
