@@ -31,6 +31,10 @@ against our kernel with SiLU·mul as its epilogue (``small_batch_linear_silu``: 
 gate and the up row of its outputs), the same bits as the two kernels; env
 ``LIGHTVLLM_FUSE_SILU=0`` measures and runs the plain GEMM (the same-run baseline).
 
+Before a kernel is timed its output is compared with cuBLAS's on the same operands
+(``disagreement``): one that differs by more than rounding is logged and never picked, so a kernel
+that is fast because it is wrong cannot win.
+
 A choice by timing can flip between runs where two kernels are within noise, and a different
 kernel sums in a different order: in bf16 greedy tokens may then differ from one engine to the
 next (the H100 engine test that compares an eager and a graphed engine failed that way). So ours
@@ -82,6 +86,10 @@ ROW_BUCKETS = (1, 2, 4, 8, 16)
 GEMV_MAX_ROWS = 8  # the CUDA kernel's limit (one accumulator per row and column per lane)
 GEMV_COLS = (1, 2, 4)  # output columns per warp
 MMA_CONFIGS = ((4, 1), (8, 1), (4, 2), (8, 2))  # tensor-core kernel: (warps splitting K, tiles)
+# a candidate whose output is further than this from cuBLAS's (max abs difference over the
+# reference's max abs value) is never timed: a correct kernel differs by rounding (~1e-3 in bf16),
+# a wrong one by O(1)
+AGREEMENT_TOLERANCE = 2e-2
 
 
 @dataclass(frozen=True)
@@ -157,6 +165,40 @@ def _accepts(kernel: Candidate, x: torch.Tensor, weight: torch.Tensor) -> bool:
     return kernel.refusal is None or not kernel.refusal(x, weight)
 
 
+def _reference(x: torch.Tensor, weight: torch.Tensor, fused_silu: bool) -> torch.Tensor:
+    out = F.linear(x, weight)
+    return compiled.silu_and_mul(out) if fused_silu else out
+
+
+def disagreement(kernel: Candidate, x: torch.Tensor, weight: torch.Tensor, fused_silu: bool) -> str:
+    """Why ``kernel``'s output for (x, weight) cannot stand in for cuBLAS's, "" if it can: the
+    gate before a kernel is timed, so that a fast but wrong one is never picked."""
+    run = kernel.run_silu if fused_silu else kernel.run
+    assert run is not None  # callers keep only kernels with the epilogue when fused
+    expected = _reference(x, weight, fused_silu).float()
+    got = run(x, weight)
+    if got.shape != expected.shape:
+        return f"{kernel.label} gave shape {tuple(got.shape)}, cuBLAS {tuple(expected.shape)}"
+    scale = expected.abs().max().clamp_min(torch.finfo(torch.float32).tiny)
+    error = ((got.float() - expected).abs().max() / scale).item()
+    if not error <= AGREEMENT_TOLERANCE:  # also NaN
+        return f"{kernel.label} differs from cuBLAS by {error:.3g} of the output's range"
+    return ""
+
+
+def _agreeing(kernels: list[Candidate], x: torch.Tensor, weight: torch.Tensor,
+              fused_silu: bool) -> list[Candidate]:
+    """``kernels`` less those whose output disagrees with cuBLAS's, each logged."""
+    kept = []
+    for kernel in kernels:
+        why = disagreement(kernel, x, weight, fused_silu)
+        if why:
+            logger.warning("small-batch GEMM %s: not used: %s", tuple(weight.shape), why)
+        else:
+            kept.append(kernel)
+    return kept
+
+
 def _small_batch_linear(self: LinearBase, x: torch.Tensor, with_bias: bool = True) -> torch.Tensor:
     bias = self.bias if with_bias else None
     if x.dim() == 2 and 0 < x.shape[0] <= MAX_ROWS and x.stride(1) == 1:
@@ -217,15 +259,15 @@ def _time_us(run, weights: list[torch.Tensor], reps: int = 3) -> float:
 
 def _measure_shape(weights: list[torch.Tensor], buckets: list[int], mode: str,
                    kernels: list[Candidate], fused_silu: bool = False) -> ShapeChoice:
-    """Per row bucket, cuBLAS against each kernel that fits. ``fused_silu`` (a gate|up shape whose
+    """Per row bucket, cuBLAS against each kernel that fits and agrees with it. ``fused_silu`` (a gate|up shape whose
     SiLU·mul our kernel takes as its epilogue): cuBLAS is timed with the silu_and_mul kernel after
     it and ours with the epilogue, the two ways the MLP can run."""
     choice = ShapeChoice()
     k = weights[0].shape[1]
     for rows in buckets:
         x = torch.randn(rows, k, dtype=weights[0].dtype, device=weights[0].device)
-        fitting = [c for c in kernels if _accepts(c, x, weights[0])
-                   and (not fused_silu or c.run_silu is not None)]
+        fitting = _agreeing([c for c in kernels if _accepts(c, x, weights[0])
+                             and (not fused_silu or c.run_silu is not None)], x, weights[0], fused_silu)
         if fused_silu:
             times = {"cublas": _time_us(lambda w: compiled.silu_and_mul(F.linear(x, w)), weights)}
         else:
