@@ -57,9 +57,15 @@ __device__ __forceinline__ V load_streaming(const V* p) {
 // weight rows before pdl_wait(): while a one-row norm or the attention merge before it runs, the
 // first `prefetch_bytes` of the matrix are already on their way from HBM. A prefetch is a hint
 // (L2 is where every write becomes visible), so it can never return stale data.
+__device__ __forceinline__ void prefetch_l2_line(const char* p) {
+#if defined(__CUDA_ARCH__)
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+#endif
+}
+
 __device__ __forceinline__ void prefetch_to_l2(const char* p, int64_t bytes, int lane) {
   for (int64_t off = static_cast<int64_t>(lane) * 128; off < bytes; off += 32 * 128)
-    asm volatile("prefetch.global.L2 [%0];" ::"l"(p + off));
+    prefetch_l2_line(p + off);
 }
 
 // float <-> T for torch's types (c10::Half, c10::BFloat16: their own conversions) and CUDA's

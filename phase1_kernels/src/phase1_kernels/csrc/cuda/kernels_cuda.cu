@@ -654,7 +654,7 @@ __global__ void prefetch_l2_kernel(const char* __restrict__ p, int64_t bytes) {
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x * 128;
   for (int64_t off = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * 128; off < bytes;
        off += step)
-    asm volatile("prefetch.global.L2 [%0];" ::"l"(p + off));
+    prefetch_l2_line(p + off);
   pdl_wait();
 }
 

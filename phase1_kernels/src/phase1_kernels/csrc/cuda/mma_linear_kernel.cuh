@@ -51,6 +51,10 @@ __device__ __forceinline__ void mma_m16n8k16(float (&d)[4], uint32_t a0, uint32_
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
   }
+#elif defined(LIGHTVLLM_WARP_EMULATION)
+  // The CPU's emulation of a warp (phase1_kernels/tests/cuda_emulation): PTX's fragment tables
+  // computed by the 32 lanes' threads, so this file's own code is tested on a GPU-less machine.
+  emulated_mma_m16n8k16<T>(d, a0, a1, a2, a3, b0, b1);
 #else
   __trap();  // built for sm_90 only (extension.py); kept honest for other targets
 #endif
@@ -105,8 +109,8 @@ __global__ void __launch_bounds__(WARPS * 32) mma_linear_kernel(
       const char* pa = reinterpret_cast<const char*>(weight + r.x * k + s_begin * kMmaStepK);
       const char* pb = reinterpret_cast<const char*>(weight + r.y * k + s_begin * kMmaStepK);
       for (int64_t off = t * 128; off < span; off += 4 * 128) {
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(pa + off));
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(pb + off));
+        prefetch_l2_line(pa + off);
+        prefetch_l2_line(pb + off);
       }
     }
   }
