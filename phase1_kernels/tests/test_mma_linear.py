@@ -89,6 +89,7 @@ def test_forced_layers_give_f_linear_and_the_same_bits_in_a_graph(monkeypatch):
     gate_up = MergedLinear(1024, [512, 512]).to("cuda", torch.bfloat16)
     for layer in (plain, gate_up):
         layer.weight.data.normal_(std=0.02)
+    plain.bias.data.normal_(std=0.02)  # the layer allocates it uninitialised (values to 1e27 seen)
     choices = gpu_linear.tune_small_batch_linears(torch.nn.ModuleList([plain, gate_up]), mode="mma")
     assert {r: c.label[:3] for r, c in choices[(2048, 1024)].configs.items()} == {
         r: "mma" for r in gpu_linear.ROW_BUCKETS}
@@ -114,7 +115,7 @@ def test_forced_layers_give_f_linear_and_the_same_bits_in_a_graph(monkeypatch):
 @pytest.mark.gpu
 def test_switching_the_kernel_on_measures_again_in_the_same_process(monkeypatch):
     """The per-process memory of choices is keyed by the candidates too: a choice made without
-    the tensor-core kernel does not answer once LIGHTVLLM_MMA_LINEAR=1 adds it."""
+    the tensor-core kernel (LIGHTVLLM_MMA_LINEAR=0) does not answer once the default adds it."""
     def model():
         layer = ReplicatedLinear(1024, 1536).to("cuda", torch.bfloat16)
         layer.weight.data.normal_(std=0.02)
@@ -122,7 +123,7 @@ def test_switching_the_kernel_on_measures_again_in_the_same_process(monkeypatch)
 
     monkeypatch.setenv(gpu_linear.MMA_ENV, "0")
     without = gpu_linear.tune_small_batch_linears(model(), mode="tuned")[(1536, 1024)]
-    monkeypatch.setenv(gpu_linear.MMA_ENV, "1")
+    monkeypatch.delenv(gpu_linear.MMA_ENV)
     with_mma = gpu_linear.tune_small_batch_linears(model(), mode="tuned")[(1536, 1024)]
     assert with_mma is not without
     assert any(label.startswith("mma") for label in with_mma.timings_us[16])
