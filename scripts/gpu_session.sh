@@ -58,10 +58,9 @@
 #            our CUDA (GEMV 1-8 rows, tensor-core mma 1-16) and Triton (1-16) kernels; gemmfast:
 #            the same without the Triton kernel
 #   mmatest  test_mma_linear.py and test_small_batch_linear.py (the decode GEMMs' GPU tests)
-#   b4lowmma b4midmma stepsmma: B4's 4 and 16 req/s runs alone and the decode steps with
-#            LIGHTVLLM_MMA_LINEAR=1 (the tensor-core kernel in the measured choice; b4low, b4mid,
-#            steps are their same-run baselines). Run mmatest first: until a GPU has passed it
-#            the kernel is off by default
+#   b4lownomma b4midnomma stepsnomma b2nomma b3nomma: B4's 4 and 16 req/s runs alone, the decode
+#            steps, B2 and B3 with LIGHTVLLM_MMA_LINEAR=0 (the tensor-core kernel left out of the
+#            measured choice: the same-run baseline of b4low, b4mid, steps, b2, b3)
 #   attnsmall bench_attention.py --tune-small: decode attention at 1/4/16 x 512 tokens, splits and
 #            tiles in CUDA graphs (B4's batches)
 #   profileb4 b2_step_profile.py at 4 and 16 sequences of 512-token prompts (B4's decode steps)
@@ -315,14 +314,16 @@ sync_flag() {  # sections named *sync run the engine without async scheduling (t
 }
 
 gc_env() {  # sections named *nofreeze: the offline engine's heap not frozen (the freeze's baseline)
-  case $1 in *nofreeze) echo LIGHTVLLM_GC_FREEZE=0 ;; *) echo LIGHTVLLM_GC_FREEZE=${LIGHTVLLM_GC_FREEZE:-1} ;; esac
+  # (*nomma: the tensor-core GEMM left out of the measured choice, its baseline)
+  case $1 in *nofreeze) echo LIGHTVLLM_GC_FREEZE=0 ;; *nomma) echo LIGHTVLLM_MMA_LINEAR=0 ;;
+    *) echo LIGHTVLLM_GC_FREEZE=${LIGHTVLLM_GC_FREEZE:-1} ;; esac
 }
 
 section() {  # the command of one section (run under timeout by run_sections)
   case $1 in
     tests) $PYTEST -m gpu $(gpu_test_files | tr '\n' ' ') ;;
     b1) $PY phase1_kernels/benchmarks/bench_kernels.py --out "$R/b1.json" ;;
-    b2|b2sync|b2nomixed|b2nofreeze) env $(gc_env $1) $BENCH latency $DUMMY8B --input-len 128 --output-len 256 --num-iters 3 \
+    b2|b2sync|b2nomixed|b2nofreeze|b2nomma) env $(gc_env $1) $BENCH latency $DUMMY8B --input-len 128 --output-len 256 --num-iters 3 \
           --max-num-seqs 8 $(sync_flag $1) --workload B2 --out "$R/$1.json" ;;
     b2nofuse) LIGHTVLLM_FUSE_ROPE_STORE=0 $BENCH latency $DUMMY8B --input-len 128 --output-len 256 \
           --num-iters 3 --max-num-seqs 8 --workload B2 --out "$R/b2nofuse.json" ;;
@@ -337,12 +338,12 @@ section() {  # the command of one section (run under timeout by run_sections)
     gemm) $PY phase1_kernels/benchmarks/bench_decode_gemm.py --out "$R/gemm.json" ;;
     gemmfast) $PY phase1_kernels/benchmarks/bench_decode_gemm.py --no-skinny --out "$R/gemmfast.json" ;;
     mmatest) $PYTEST -m gpu phase1_kernels/tests/test_mma_linear.py phase1_kernels/tests/test_small_batch_linear.py ;;
-    b4lowmma) LIGHTVLLM_MMA_LINEAR=1 $PY phase5_server/benchmarks/run_b4.py --preset h200-4rps \
-          --out "$R/b4lowmma.json" --server-log "$R/b4lowmma_server.log" ;;
-    b4midmma) LIGHTVLLM_MMA_LINEAR=1 $PY phase5_server/benchmarks/run_b4.py --preset h200-16rps \
-          --out "$R/b4midmma.json" --server-log "$R/b4midmma_server.log" ;;
-    stepsmma) LIGHTVLLM_MMA_LINEAR=1 $PY phase3_scheduling/benchmarks/decode_steps.py $DUMMY8B \
-          --max-num-seqs 256 --max-num-batched-tokens 16384 --out "$R/stepsmma.json" ;;
+    b4lownomma) LIGHTVLLM_MMA_LINEAR=0 $PY phase5_server/benchmarks/run_b4.py --preset h200-4rps \
+          --out "$R/b4lownomma.json" --server-log "$R/b4lownomma_server.log" ;;
+    b4midnomma) LIGHTVLLM_MMA_LINEAR=0 $PY phase5_server/benchmarks/run_b4.py --preset h200-16rps \
+          --out "$R/b4midnomma.json" --server-log "$R/b4midnomma_server.log" ;;
+    stepsnomma) LIGHTVLLM_MMA_LINEAR=0 $PY phase3_scheduling/benchmarks/decode_steps.py $DUMMY8B \
+          --max-num-seqs 256 --max-num-batched-tokens 16384 --out "$R/stepsnomma.json" ;;
     attnsmall) $PY phase2_attention/benchmarks/bench_attention.py --tune-small --out "$R/attnsmall.json" ;;
     b1nopdl) LIGHTVLLM_PDL=0 $PY phase1_kernels/benchmarks/bench_kernels.py \
           --ops rms_norm,fused_add_rms_norm --impls compile,cpp --out "$R/b1nopdl.json" ;;
@@ -407,7 +408,7 @@ except RuntimeError as e:
           --out "$R/b2fa4.json" ;;
     b2hf) $BENCH latency $DUMMY8B --input-len 128 --output-len 256 --num-iters 3 --max-num-seqs 8 \
           --hf --hf-output-len 32 --workload B2 --out "$R/b2hf.json" ;;
-    b3|b3sync|b3nomixed|b3nofreeze) env $(gc_env $1) $BENCH throughput $DUMMY8B --num-prompts 256 --input-len 100 1024 --output-len 100 \
+    b3|b3sync|b3nomixed|b3nofreeze|b3nomma) env $(gc_env $1) $BENCH throughput $DUMMY8B --num-prompts 256 --input-len 100 1024 --output-len 100 \
           1024 --max-num-batched-tokens 8192 $(sync_flag $1) --workload B3 --out "$R/$1.json" ;;
     b3hf) $BENCH throughput $DUMMY8B --num-prompts 128 --input-len 128 --output-len 128 \
           --max-num-seqs 128 --hf --workload B3-128x128 --out "$R/b3hf.json" ;;
@@ -464,7 +465,7 @@ declare -A LIMIT=([tests]=420 [b1]=150 [b2]=150 [b2sync]=150 [b2hf]=150 [b3]=150
                   [b3hf]=240 [b4]=330 [b4nocap]=330 [b4nomixed]=330 [b4cap]=330 [gaps]=200 [gaps256]=200 [b2nomixed]=150 [b3nomixed]=150 [b2fa4]=150 [b2cublas]=150 [b2noprefetch]=150 [b2nosilu]=150 [b2next]=150 [b2nofuse]=150 [b2auto]=150 [b2nopdl]=150 [b2tuned]=150 [b3tuned]=150 [gemm]=150 [b1norm]=200 [b1fused]=120 [b1inplace]=120 [b3cublas]=150 [b1nopdl]=120 [b4low]=180 [b4lowcublas]=180 [attnsmall]=150 [b4mid]=150 [b4midauto]=150 [b4midlead]=150 [b4lowlead]=180 [profiletuned]=180 [profileb3]=200 [quick]=180 [kernels]=150 [libdiag]=60 [fa4]=360
                   [profile]=180 [profile_fa4]=180 [parity]=240 [engine]=180
                   [vb23]=360 [steps]=150 [vb4]=420 [vb4mid]=240 [vb4low]=240 [vb4inf]=240 [b4inf]=150 [b4inf256]=150 [stepsnofreeze]=150 [b3nofreeze]=150 [b2nofreeze]=150
-                  [gemmfast]=150 [mmatest]=150 [b4lowmma]=180 [b4midmma]=150 [stepsmma]=150)
+                  [gemmfast]=150 [mmatest]=150 [b4lownomma]=180 [b4midnomma]=150 [stepsnomma]=150 [b2nomma]=150 [b3nomma]=150)
 
 run_sections() {
   local status=()

@@ -91,7 +91,7 @@ def test_corrupt_or_disabled_cache_costs_only_a_measurement(monkeypatch):
 
 
 def test_a_record_made_without_a_kernel_does_not_stand_in_for_a_choice_with_it():
-    """LIGHTVLLM_MMA_LINEAR unset measures the GEMV alone: that record must not answer a later run
+    """LIGHTVLLM_MMA_LINEAR=0 measures the GEMV alone: that record must not answer a later run
     whose candidates include the tensor-core kernel (it was never timed)."""
     key = ("H100", torch.bfloat16, "tuned", (4096, 4096), (1, 2), False)
     with_mma = fake_kernels() + [gpu_linear.Candidate("mma8", 16, lambda x, w: x @ w.T)]

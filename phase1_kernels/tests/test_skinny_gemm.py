@@ -51,10 +51,10 @@ def test_refuses_what_it_cannot_do():
         skinny_linear(torch.randn(32, 2).T, w)
 
 
-def test_tuned_is_the_default_and_measures_only_the_cuda_kernel(monkeypatch):
+def test_tuned_is_the_default_and_measures_only_the_cuda_kernels(monkeypatch):
     monkeypatch.delenv(gpu_linear.ENV_VAR, raising=False)
     assert gpu_linear.resolve_mode() == "tuned"  # docs/phase1.md: what it gives, and why margins
-    assert all(c.label.startswith("gemv") for c in gpu_linear.candidates("tuned"))
+    assert all(c.label.startswith(("gemv", "mma")) for c in gpu_linear.candidates("tuned"))
     monkeypatch.setenv(gpu_linear.ENV_VAR, "CUBLAS")
     assert gpu_linear.resolve_mode() == "cublas"
 

@@ -23,13 +23,14 @@ def test_modes_and_their_candidates(monkeypatch):
     assert gpu_linear.resolve_mode() == "tuned"
     assert gpu_linear.candidates("cublas") == []
     has_cuda_kernels = extension.why_unavailable("cuda") == ""
+    monkeypatch.delenv(gpu_linear.MMA_ENV, raising=False)  # the default: the tensor-core kernel too
+    with_mma = [c.label for c in gpu_linear.candidates("tuned")]
+    monkeypatch.setenv(gpu_linear.MMA_ENV, "0")  # its baseline: the GEMV alone
     labels = [c.label for c in gpu_linear.candidates("tuned")]
     assert labels == (["gemv1", "gemv2", "gemv4"] if has_cuda_kernels else [])
+    assert with_mma == (labels + ["mma4", "mma8", "mma4x2", "mma8x2"] if has_cuda_kernels else [])
     assert all(c.max_rows == gpu_linear.GEMV_MAX_ROWS for c in gpu_linear.candidates("gemv"))
     assert all(c.max_rows == 16 for c in gpu_linear.candidates("mma"))
-    monkeypatch.setenv(gpu_linear.MMA_ENV, "1")  # the tensor-core kernel measured too
-    with_mma = [c.label for c in gpu_linear.candidates("tuned")]
-    assert with_mma == (labels + ["mma4", "mma8", "mma4x2", "mma8x2"] if has_cuda_kernels else [])
 
 
 def test_what_the_kernel_refuses_is_named_before_any_launch():

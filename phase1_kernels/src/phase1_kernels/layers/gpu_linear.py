@@ -12,12 +12,13 @@ CPU keep ``F.linear``. The candidates: our CUDA weight-streaming kernel
 (``small_batch_linear``, one warp per 1/2/4 output columns, up to 8 rows; fastest at one row),
 the tensor-core weight stream (``mma_linear``, mma.sync with the weight as the A operand, blocks
 of 4 or 8 warps splitting K over 1 or 2 tiles of 16 columns, up to 16 rows; for 2-16 rows,
-where the GEMV runs out of ALU) and the Triton skinny GEMM (up to 16 rows). Env ``LIGHTVLLM_MMA_LINEAR=1`` adds the tensor-core
-kernel to ``tuned`` and ``auto`` (off by default until it has run on a GPU; the defaults are then
-its same-run baseline). Env ``LIGHTVLLM_GPU_LINEAR``:
+where the GEMV runs out of ALU) and the Triton skinny GEMM (up to 16 rows). The tensor-core kernel
+is a candidate of ``tuned`` and ``auto`` by default (H100: 1-14 % faster than cuBLAS on 2-16-row
+shapes, B4's 4 req/s decode step 6.26 -> 5.98 ms); env ``LIGHTVLLM_MMA_LINEAR=0`` leaves it out
+(its same-run baseline). Env ``LIGHTVLLM_GPU_LINEAR``:
 
-* ``tuned`` (the default) — cuBLAS against the CUDA GEMV (and the tensor-core weight stream
-  with ``LIGHTVLLM_MMA_LINEAR=1``; both compiled with the extension: tuning costs well under a
+* ``tuned`` (the default) — cuBLAS against the CUDA GEMV and the tensor-core weight stream
+  (unless ``LIGHTVLLM_MMA_LINEAR=0``; both compiled with the extension: tuning costs about a
   second of the first start-up on a machine, no Triton compile);
 * ``cublas`` — never ours, no tuning (the same-run baseline of ``tuned``);
 * ``auto`` — cuBLAS against both of ours (the Triton one adds ~6 s of start-up on a cold cache);
@@ -75,8 +76,8 @@ logger = logging.getLogger(__name__)
 
 ENV_VAR = "LIGHTVLLM_GPU_LINEAR"
 FUSE_SILU_ENV = "LIGHTVLLM_FUSE_SILU"
-# "1": tuned/auto measure the tensor-core kernel too. Off by default until a GPU run has passed
-# its tests and timed it (written and compiled on the CPU machine; docs/phase1.md).
+# "0": tuned/auto leave the tensor-core kernel out (the baseline of its measured gain; the H100 run
+# that made it a default candidate: docs/benchmarks.md, sixteenth session)
 MMA_ENV = "LIGHTVLLM_MMA_LINEAR"
 MODES = ("auto", "tuned", "cublas", "skinny", "gemv", "mma")
 DEFAULT_MODE = "tuned"  # H100: B2 +1.0-3.5 % in 4 of 5 same-call pairs, every GPU engine test passes
@@ -133,7 +134,7 @@ def candidates(mode: str) -> list[Candidate]:
     ours = not extension.why_unavailable("cuda")
     gemv = [_gemv(c) for c in GEMV_COLS] if ours else []
     mma = [_mma(w, t) for w, t in MMA_CONFIGS] if ours else []
-    if mode in ("tuned", "auto") and os.environ.get(MMA_ENV, "0") != "1":
+    if mode in ("tuned", "auto") and os.environ.get(MMA_ENV, "1") == "0":
         mma = []
     skinny = [_skinny(c) for c in skinny_gemm.CONFIGS] if not skinny_gemm.why_unavailable("cuda") else []
     return {"tuned": gemv + mma, "gemv": gemv, "mma": mma, "skinny": skinny,
