@@ -313,10 +313,11 @@ sync_flag() {  # sections named *sync run the engine without async scheduling (t
   case $1 in *sync) echo --no-async-scheduling ;; *nomixed) echo --mixed-cuda-graph-max-tokens 0 ;; esac
 }
 
-gc_env() {  # sections named *nofreeze: the offline engine's heap not frozen (the freeze's baseline)
-  # (*nomma: the tensor-core GEMM left out of the measured choice, its baseline)
-  case $1 in *nofreeze) echo LIGHTVLLM_GC_FREEZE=0 ;; *nomma) echo LIGHTVLLM_MMA_LINEAR=0 ;;
-    *) echo LIGHTVLLM_GC_FREEZE=${LIGHTVLLM_GC_FREEZE:-1} ;; esac
+gc_env() {  # sections named *nofreeze: the offline engine's heap not frozen (the freeze's baseline);
+  # *nomma: the tensor-core GEMM left out of the measured choice (its baseline), all else the same
+  local freeze=LIGHTVLLM_GC_FREEZE=${LIGHTVLLM_GC_FREEZE:-1}
+  case $1 in *nofreeze) echo LIGHTVLLM_GC_FREEZE=0 ;; *nomma) echo "$freeze LIGHTVLLM_MMA_LINEAR=0" ;;
+    *) echo "$freeze" ;; esac
 }
 
 section() {  # the command of one section (run under timeout by run_sections)

@@ -293,3 +293,18 @@ def test_a_model_with_prefetches_gives_the_same_bits_also_in_a_graph(monkeypatch
             static = on(x)
         graph.replay()
         assert torch.equal(static, off(x))
+
+
+def test_the_tensor_core_kernel_is_a_default_candidate_and_opts_out(monkeypatch):
+    """On a machine with the CUDA kernels, ``tuned`` and ``auto`` time the tensor-core kernel
+    unless LIGHTVLLM_MMA_LINEAR=0; the forced modes ignore the switch. (``candidates`` only builds
+    closures, so the extension's availability can stand in for a GPU here.)"""
+    monkeypatch.setattr(extension, "why_unavailable", lambda device: "")
+    mma = ["mma4", "mma8", "mma4x2", "mma8x2"]
+    monkeypatch.delenv(gpu_linear.MMA_ENV, raising=False)
+    assert [c.label for c in gpu_linear.candidates("tuned")] == ["gemv1", "gemv2", "gemv4"] + mma
+    assert [c.label for c in gpu_linear.candidates("auto")][3:7] == mma
+    monkeypatch.setenv(gpu_linear.MMA_ENV, "0")
+    assert [c.label for c in gpu_linear.candidates("tuned")] == ["gemv1", "gemv2", "gemv4"]
+    assert not any(c.label.startswith("mma") for c in gpu_linear.candidates("auto"))
+    assert [c.label for c in gpu_linear.candidates("mma")] == mma
