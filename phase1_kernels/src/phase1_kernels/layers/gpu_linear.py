@@ -13,8 +13,8 @@ CPU keep ``F.linear``. The candidates: our CUDA weight-streaming kernel
 the tensor-core weight stream (``mma_linear``, mma.sync with the weight as the A operand, blocks
 of 4 or 8 warps splitting K over 1 or 2 tiles of 16 columns, up to 16 rows; for 2-16 rows,
 where the GEMV runs out of ALU) and the Triton skinny GEMM (up to 16 rows). The tensor-core kernel
-is a candidate of ``tuned`` and ``auto`` by default (H100: 1-14 % faster than cuBLAS on 2-16-row
-shapes, B4's 4 req/s decode step 6.26 -> 5.98 ms); env ``LIGHTVLLM_MMA_LINEAR=0`` leaves it out
+is a candidate of ``tuned`` and ``auto`` by default (H100: 1-14 % faster than cuBLAS in 19 of the
+8B shapes' 20 cases at 2-16 rows, qkv at 16 rows 3 % slower; B4's 4 req/s decode step 6.26 -> 5.98 ms); env ``LIGHTVLLM_MMA_LINEAR=0`` leaves it out
 (its same-run baseline). Env ``LIGHTVLLM_GPU_LINEAR``:
 
 * ``tuned`` (the default) — cuBLAS against the CUDA GEMV and the tensor-core weight stream
