@@ -57,10 +57,14 @@
 #   gemm     bench_decode_gemm.py: the 8B decode GEMMs at 1-16 rows in CUDA graphs, cuBLAS vs
 #            our CUDA (GEMV 1-8 rows, tensor-core mma 1-16) and Triton (1-16) kernels; gemmfast:
 #            the same without the Triton kernel
+#   tunetest the measured GEMM choice's GPU test, eager and graph timing
 #   mmatest  test_mma_linear.py and test_small_batch_linear.py (the decode GEMMs' GPU tests)
 #   b4lownomma b4midnomma stepsnomma b2nomma b3nomma: B4's 4 and 16 req/s runs alone, the decode
 #            steps, B2 and B3 with LIGHTVLLM_MMA_LINEAR=0 (the tensor-core kernel left out of the
 #            measured choice: the same-run baseline of b4low, b4mid, steps, b2, b3)
+#   b4lowgraph b4midgraph stepsgraph b2graph b3graph: the same with LIGHTVLLM_GEMM_TIMING=graph
+#            (the GEMM choice timed in CUDA graphs, not by eager launches: b4low, b4mid, steps,
+#            b2, b3 are their same-run baselines)
 #   attnsmall bench_attention.py --tune-small: decode attention at 1/4/16 x 512 tokens, splits and
 #            tiles in CUDA graphs (B4's batches)
 #   profileb4 b2_step_profile.py at 4 and 16 sequences of 512-token prompts (B4's decode steps)
@@ -316,7 +320,9 @@ sync_flag() {  # sections named *sync run the engine without async scheduling (t
 gc_env() {  # sections named *nofreeze: the offline engine's heap not frozen (the freeze's baseline);
   # *nomma: the tensor-core GEMM left out of the measured choice (its baseline), all else the same
   local freeze=LIGHTVLLM_GC_FREEZE=${LIGHTVLLM_GC_FREEZE:-1}
+  # *graph: the GEMM choice timed in CUDA graphs
   case $1 in *nofreeze) echo LIGHTVLLM_GC_FREEZE=0 ;; *nomma) echo "$freeze LIGHTVLLM_MMA_LINEAR=0" ;;
+    *graph) echo "$freeze LIGHTVLLM_GEMM_TIMING=graph" ;;
     *) echo "$freeze" ;; esac
 }
 
@@ -324,7 +330,7 @@ section() {  # the command of one section (run under timeout by run_sections)
   case $1 in
     tests) $PYTEST -m gpu $(gpu_test_files | tr '\n' ' ') ;;
     b1) $PY phase1_kernels/benchmarks/bench_kernels.py --out "$R/b1.json" ;;
-    b2|b2sync|b2nomixed|b2nofreeze|b2nomma) env $(gc_env $1) $BENCH latency $DUMMY8B --input-len 128 --output-len 256 --num-iters 3 \
+    b2|b2sync|b2nomixed|b2nofreeze|b2nomma|b2graph) env $(gc_env $1) $BENCH latency $DUMMY8B --input-len 128 --output-len 256 --num-iters 3 \
           --max-num-seqs 8 $(sync_flag $1) --workload B2 --out "$R/$1.json" ;;
     b2nofuse) LIGHTVLLM_FUSE_ROPE_STORE=0 $BENCH latency $DUMMY8B --input-len 128 --output-len 256 \
           --num-iters 3 --max-num-seqs 8 --workload B2 --out "$R/b2nofuse.json" ;;
@@ -338,6 +344,7 @@ section() {  # the command of one section (run under timeout by run_sections)
           1024 --output-len 100 1024 --max-num-batched-tokens 8192 --workload B3 --out "$R/b3tuned.json" ;;
     gemm) $PY phase1_kernels/benchmarks/bench_decode_gemm.py --out "$R/gemm.json" ;;
     gemmfast) $PY phase1_kernels/benchmarks/bench_decode_gemm.py --no-skinny --out "$R/gemmfast.json" ;;
+    tunetest) $PYTEST -m gpu phase1_kernels/tests/test_small_batch_linear.py -k tuned_layers ;;
     mmatest) $PYTEST -m gpu phase1_kernels/tests/test_mma_linear.py phase1_kernels/tests/test_small_batch_linear.py ;;
     b4lownomma) LIGHTVLLM_MMA_LINEAR=0 $PY phase5_server/benchmarks/run_b4.py --preset h200-4rps \
           --out "$R/b4lownomma.json" --server-log "$R/b4lownomma_server.log" ;;
@@ -345,6 +352,11 @@ section() {  # the command of one section (run under timeout by run_sections)
           --out "$R/b4midnomma.json" --server-log "$R/b4midnomma_server.log" ;;
     stepsnomma) LIGHTVLLM_MMA_LINEAR=0 $PY phase3_scheduling/benchmarks/decode_steps.py $DUMMY8B \
           --max-num-seqs 256 --max-num-batched-tokens 16384 --out "$R/stepsnomma.json" ;;
+    b4lowgraph|b4midgraph) LIGHTVLLM_GEMM_TIMING=graph $PY phase5_server/benchmarks/run_b4.py \
+          --preset $(case $1 in b4low*) echo h200-4rps;; *) echo h200-16rps;; esac) \
+          --out "$R/$1.json" --server-log "$R/$1_server.log" ;;
+    stepsgraph) env $(gc_env $1) $PY phase3_scheduling/benchmarks/decode_steps.py $DUMMY8B \
+          --max-num-seqs 256 --max-num-batched-tokens 16384 --out "$R/stepsgraph.json" ;;
     attnsmall) $PY phase2_attention/benchmarks/bench_attention.py --tune-small --out "$R/attnsmall.json" ;;
     b1nopdl) LIGHTVLLM_PDL=0 $PY phase1_kernels/benchmarks/bench_kernels.py \
           --ops rms_norm,fused_add_rms_norm --impls compile,cpp --out "$R/b1nopdl.json" ;;
@@ -409,7 +421,7 @@ except RuntimeError as e:
           --out "$R/b2fa4.json" ;;
     b2hf) $BENCH latency $DUMMY8B --input-len 128 --output-len 256 --num-iters 3 --max-num-seqs 8 \
           --hf --hf-output-len 32 --workload B2 --out "$R/b2hf.json" ;;
-    b3|b3sync|b3nomixed|b3nofreeze|b3nomma) env $(gc_env $1) $BENCH throughput $DUMMY8B --num-prompts 256 --input-len 100 1024 --output-len 100 \
+    b3|b3sync|b3nomixed|b3nofreeze|b3nomma|b3graph) env $(gc_env $1) $BENCH throughput $DUMMY8B --num-prompts 256 --input-len 100 1024 --output-len 100 \
           1024 --max-num-batched-tokens 8192 $(sync_flag $1) --workload B3 --out "$R/$1.json" ;;
     b3hf) $BENCH throughput $DUMMY8B --num-prompts 128 --input-len 128 --output-len 128 \
           --max-num-seqs 128 --hf --workload B3-128x128 --out "$R/b3hf.json" ;;

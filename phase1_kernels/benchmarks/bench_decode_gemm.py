@@ -32,7 +32,8 @@ for p in (ROOT / "shared" / "src", ROOT / "phase1_kernels" / "src"):
 from phase1_kernels.layers import gpu_linear  # noqa: E402
 from phase1_kernels.layers.gpu_linear import GEMV_COLS, GEMV_MAX_ROWS  # noqa: E402
 from phase1_kernels.ops import compiled, skinny_gemm  # noqa: E402
-from shared.bench import copy_bandwidth_gbs, hardware, markdown_table  # noqa: E402
+from shared.bench import (copy_bandwidth_gbs, cuda_graph_seconds_per_call, hardware,  # noqa: E402
+                          markdown_table)
 
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096),
           "down": (4096, 14336), "lm_head": (128256, 4096)}
@@ -59,19 +60,12 @@ def graph_us_per_call(run, x: torch.Tensor, weights: list[torch.Tensor], replays
     """µs per GEMM of a CUDA graph that multiplies ``x`` by every weight in turn."""
     for w in weights[:2]:
         run(x, w)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+
+    def every_layer() -> None:
         for w in weights:
             run(x, w)
-    graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(replays):
-        graph.replay()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) * 1e3 / replays / len(weights)
+
+    return 1e6 * cuda_graph_seconds_per_call(every_layer, replays) / len(weights)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -96,3 +96,43 @@ def test_a_record_made_without_a_kernel_does_not_stand_in_for_a_choice_with_it()
     key = ("H100", torch.bfloat16, "tuned", (4096, 4096), (1, 2), False)
     with_mma = fake_kernels() + [gpu_linear.Candidate("mma8", 16, lambda x, w: x @ w.T)]
     assert gpu_linear.disk_key(key, fake_kernels()) != gpu_linear.disk_key(key, with_mma)
+
+
+def test_a_record_timed_eagerly_does_not_stand_in_for_graph_timing(monkeypatch):
+    """Eager timing counts a short GEMM's Python launch; a choice measured that way must not
+    answer a run that times in CUDA graphs (and the eager key stays what earlier runs wrote)."""
+    key = ("H100", torch.bfloat16, "tuned", (4096, 4096), (1, 2), False)
+    monkeypatch.setenv(gpu_linear.TIMING_ENV, "eager")
+    eager = gpu_linear.disk_key(key, fake_kernels())
+    assert "] graph|" not in eager
+    cache.store(eager, {1: "gemv1"}, {1: {"cublas": 25.0, "gemv1": 16.0}})
+    monkeypatch.setenv(gpu_linear.TIMING_ENV, "GRAPH")
+    graph = gpu_linear.disk_key(key, fake_kernels())
+    assert graph != eager and "] graph|" in graph
+    measured = []
+
+    def measure(weights, buckets, mode, kernels, fused_silu=False):
+        measured.append(gpu_linear.timing_mode())
+        return gpu_linear.ShapeChoice(configs={}, timings_us={1: {"cublas": 15.5, "gemv1": 16.0}})
+
+    monkeypatch.setattr(gpu_linear, "_measure_shape", measure)
+    choice = gpu_linear._recall_or_measure(key, [], fake_kernels())
+    assert measured == ["graph"] and choice.configs == {}
+    assert cache.load(eager)["picks"] == {"1": "gemv1"}  # untouched
+
+
+def test_an_unknown_timing_is_refused_by_name(monkeypatch):
+    monkeypatch.setenv(gpu_linear.TIMING_ENV, "wallclock")
+    with pytest.raises(ValueError, match=gpu_linear.TIMING_ENV):
+        gpu_linear.timing_mode()
+
+
+def test_the_log_line_names_every_candidates_time(monkeypatch):
+    monkeypatch.setenv(gpu_linear.TIMING_ENV, "graph")
+    kernels = {k.label: k for k in fake_kernels()}
+    choice = gpu_linear.ShapeChoice(
+        configs={4: kernels["gemv4"]},
+        timings_us={1: {"cublas": 15.5, "gemv1": 15.3}, 4: {"cublas": 15.1, "gemv1": 19.8, "gemv4": 13.4}})
+    line = gpu_linear.describe({(4096, 4096): choice})
+    assert line == ("graph timing; [4096x4096] M=1: cublas 15.5 -> cublas (gemv1 15.3), "
+                    "M=4: cublas 15.1 -> gemv4 13.4 (gemv1 19.8)")

@@ -95,8 +95,11 @@ def test_refuses_what_it_cannot_do():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("timing", ["eager", "graph"])
 @pytest.mark.parametrize("mode", ["tuned", "gemv"])
-def test_tuned_layers_give_f_linear_and_replay_in_a_graph(mode):
+def test_tuned_layers_give_f_linear_and_replay_in_a_graph(mode, timing, monkeypatch):
+    monkeypatch.setenv(gpu_linear.TIMING_ENV, timing)
+    monkeypatch.setenv("LIGHTVLLM_GPU_LINEAR_CACHE", "0")  # measure here, in this timing
     torch.manual_seed(0)
     layers = [ReplicatedLinear(1024, 2048, bias=b).to("cuda", torch.bfloat16) for b in (False, True)]
     for layer in layers:
@@ -105,6 +108,7 @@ def test_tuned_layers_give_f_linear_and_replay_in_a_graph(mode):
     choices = gpu_linear.tune_small_batch_linears(torch.nn.ModuleList(layers), mode=mode)
     choice = choices[(2048, 1024)]
     assert set(choice.timings_us) == set(gpu_linear.ROW_BUCKETS)
+    assert all(0 < us < 1e4 for times in choice.timings_us.values() for us in times.values())
     if mode == "gemv":  # forced where it applies: every bucket of up to 8 rows
         assert {r: c.label[:4] for r, c in choice.configs.items()} == {1: "gemv", 2: "gemv",
                                                                          4: "gemv", 8: "gemv"}

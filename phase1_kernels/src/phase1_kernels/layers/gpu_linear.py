@@ -64,7 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.bench import cuda_seconds_per_call
+from shared.bench import cuda_graph_seconds_per_call, cuda_seconds_per_call
 
 from ..ops import compiled, extension, skinny_gemm
 from ..ops.skinny_gemm import MAX_ROWS, SkinnyConfig
@@ -79,6 +79,13 @@ FUSE_SILU_ENV = "LIGHTVLLM_FUSE_SILU"
 # "0": tuned/auto leave the tensor-core kernel out (the baseline of its measured gain; the H100 run
 # that made it a default candidate: docs/benchmarks.md, sixteenth session)
 MMA_ENV = "LIGHTVLLM_MMA_LINEAR"
+# how each candidate is timed: "graph" replays a CUDA graph of the calls (device time only, as a
+# decode step runs); "eager" launches them from Python, where a short GEMM (o_proj, ~15 µs on an
+# H100) is timed by its launch cost: cuBLAS's o_proj read 25 µs eager, 15.5 µs in a graph
+# (docs/benchmarks.md, seventeenth session)
+TIMING_ENV = "LIGHTVLLM_GEMM_TIMING"
+TIMINGS = ("graph", "eager")
+DEFAULT_TIMING = "eager"
 MODES = ("auto", "tuned", "cublas", "skinny", "gemv", "mma")
 DEFAULT_MODE = "tuned"  # H100: B2 +1.0-3.5 % in 4 of 5 same-call pairs, every GPU engine test passes
 MARGIN = 0.03  # ours must be this much faster than cuBLAS: a near-tie stays cuBLAS
@@ -246,8 +253,17 @@ def _eligible(module: nn.Module) -> bool:
             and weight.stride(1) == 1)
 
 
+def timing_mode() -> str:
+    """How candidates are timed (``TIMING_ENV``): ``graph`` or ``eager``."""
+    timing = os.environ.get(TIMING_ENV, DEFAULT_TIMING).lower()
+    if timing not in TIMINGS:
+        raise ValueError(f"{TIMING_ENV}={timing!r} is not one of {TIMINGS}")
+    return timing
+
+
 def _time_us(run, weights: list[torch.Tensor], reps: int = 3) -> float:
-    """Mean µs per call of ``run(w)`` over every weight in turn (cold L2, as in a real step)."""
+    """Mean µs per call of ``run(w)`` over every weight in turn (cold L2, as in a real step),
+    replayed from a CUDA graph or launched eagerly (``timing_mode``)."""
     for w in weights[:2]:
         run(w)  # compile / pick the algorithm
 
@@ -255,7 +271,8 @@ def _time_us(run, weights: list[torch.Tensor], reps: int = 3) -> float:
         for w in weights:
             run(w)
 
-    return 1e6 * cuda_seconds_per_call(every_layer, reps) / len(weights)
+    per_call = cuda_graph_seconds_per_call if timing_mode() == "graph" else cuda_seconds_per_call
+    return 1e6 * per_call(every_layer, reps) / len(weights)
 
 
 def _measure_shape(weights: list[torch.Tensor], buckets: list[int], mode: str,
@@ -288,10 +305,11 @@ def _measure_shape(weights: list[torch.Tensor], buckets: list[int], mode: str,
 def disk_key(key: tuple, kernels: list[Candidate]) -> str:
     """The on-disk record's key for an in-process choice ``key``: the same plus the torch/CUDA
     versions, ``+silu`` for a gate|up timed with its activation (another measurement than the
-    plain GEMM) and the candidates' labels (a record made without a kernel never stands in for a
-    choice that may pick it)."""
+    plain GEMM), the candidates' labels (a record made without a kernel never stands in for a
+    choice that may pick it) and the timing where it is not the eager one (``timing_mode``)."""
     device_name, dtype, mode, shape, buckets, fused_silu = key
-    mode_key = (mode + "+silu" if fused_silu else mode) + " [" + " ".join(c.label for c in kernels) + "]"
+    mode_key = ((mode + "+silu" if fused_silu else mode) + " [" + " ".join(c.label for c in kernels)
+                + "]" + ("" if timing_mode() == "eager" else " " + timing_mode()))
     versions = f"torch {torch.__version__} cuda {torch.version.cuda}"
     return gemm_choice_cache.key(device_name, versions, str(dtype), mode_key, shape, buckets)
 
@@ -334,7 +352,8 @@ def tune_small_batch_linears(model: nn.Module, max_rows: int = MAX_ROWS,
         fused_silu = all(_fusable_gate_up(m) for m in modules)
         key = (torch.cuda.get_device_name(weight.device), weight.dtype, mode, shape, tuple(buckets),
                fused_silu)
-        chosen = (key, tuple(c.label for c in kernels))  # another candidate set: another choice
+        # another candidate set or timing: another choice
+        chosen = (key, tuple(c.label for c in kernels), timing_mode())
         if chosen not in _CHOSEN:
             _CHOSEN[chosen] = _recall_or_measure(key, [m.weight for m in modules], kernels)
         choice = choices[shape] = _CHOSEN[chosen]
@@ -352,13 +371,17 @@ def tune_small_batch_linears(model: nn.Module, max_rows: int = MAX_ROWS,
 
 
 def describe(choices: dict[tuple[int, int], ShapeChoice]) -> str:
-    """One line per shape: per row bucket the µs of cuBLAS and of the chosen kernel."""
+    """One part per shape: per row bucket the µs of cuBLAS and of the chosen kernel, then in
+    brackets every other candidate's (why it lost is then in the log, not only that it did)."""
     parts = []
     for (n, k), choice in choices.items():
         cells = []
         for rows, times in choice.timings_us.items():
             config = choice.configs.get(rows)
             picked = f"{config.label} {times[config.label]:.1f}" if config else "cublas"
-            cells.append(f"M={rows}: cublas {times['cublas']:.1f} -> {picked}")
+            losers = " ".join(f"{label} {us:.1f}" for label, us in times.items()
+                              if label != "cublas" and (config is None or label != config.label))
+            cells.append(f"M={rows}: cublas {times['cublas']:.1f} -> {picked}"
+                         + (f" ({losers})" if losers else ""))
         parts.append(f"[{n}x{k}] " + ", ".join(cells))
-    return "; ".join(parts)
+    return f"{timing_mode()} timing; " + "; ".join(parts)
