@@ -24,6 +24,10 @@ is a candidate of ``tuned`` and ``auto`` by default (H100: 1-14 % faster than cu
 * ``auto`` — cuBLAS against both of ours (the Triton one adds ~6 s of start-up on a cold cache);
 * ``skinny`` / ``gemv`` / ``mma`` — always that kernel where it applies (tests, comparisons).
 
+Each candidate is timed over every layer of its shape, launched eagerly (the default) or, with
+``LIGHTVLLM_GEMM_TIMING=graph``, replayed from a CUDA graph: eager timing counts a short GEMM's
+Python launch (see ``TIMING_ENV``), which a graphed decode step never pays.
+
 The pass also chains the tuned layers for ``weight_prefetch`` (after a decode-size GEMM, the
 next layer's weight into L2; off by default).
 
