@@ -27,15 +27,41 @@ def test_cpu_kernels_are_available_and_registered():
 
 def test_cuda_kernels_report_why_not():
     if torch.cuda.is_available() and torch.version.cuda and extension.find_nvcc():
-        assert extension.is_available("cuda")
+        assert extension.is_available("cuda"), extension.why_unavailable("cuda")
     else:
         assert not extension.is_available("cuda")
         assert extension.why_unavailable("cuda")
 
 
+def test_cuda_home_found_behind_an_nvcc_wrapper(tmp_path, monkeypatch):
+    """An ``nvcc`` on PATH that is a wrapper script: its own parent has no runtime library, so
+    the toolkit is the known directory that has one (linking ``-lcudart`` fails otherwise)."""
+    wrapper = tmp_path / "local" / "bin" / "nvcc"
+    wrapper.parent.mkdir(parents=True)
+    wrapper.write_text("#!/bin/sh\nexec /opt/toolkit/bin/nvcc \"$@\"\n")
+    toolkit = tmp_path / "cuda-13.0"
+    (toolkit / "lib").mkdir(parents=True)
+    (toolkit / "lib" / "libcudart.so").touch()
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.setattr(extension, "TOOLKIT_DIRS", (tmp_path / "missing", toolkit))
+    assert extension._cuda_home_for(str(wrapper)) == str(toolkit)
+    (tmp_path / "local" / "lib64").mkdir()
+    (tmp_path / "local" / "lib64" / "libcudart.so").touch()  # a real toolkit at nvcc's parent
+    assert extension._cuda_home_for(str(wrapper)) == str(tmp_path / "local")
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "chosen"))
+    assert extension._cuda_home_for(str(wrapper)) == str(tmp_path / "chosen")
+
+
 def test_unknown_device_type():
     assert not extension.is_available("meta")
     assert "meta" in extension.why_unavailable("meta")
+
+
+def test_the_baton_style_matches_this_torch():
+    from torch.utils import cpp_extension
+
+    source = Path(cpp_extension.__file__).read_text()
+    assert extension._baton_is_a_file(cpp_extension) == ("FileBaton(" in source)
 
 
 def test_build_tag_tracks_sources_and_versions():
@@ -70,17 +96,21 @@ def test_disabled_by_env_falls_back_with_one_line():
     assert len(lines) == 1, proc.stderr
 
 
-def test_a_build_killed_earlier_does_not_block_the_next(tmp_path):
-    """torch's baton file left by a killed build is removed under our flock (a hang before)."""
+@pytest.mark.parametrize("stale_baton", [True, False], ids=["file_baton", "advisory_lock"])
+def test_a_build_killed_earlier_does_not_block_the_next(tmp_path, stale_baton, caplog):
+    """torch's baton file left by a killed build is removed under our flock (a hang before); a
+    torch that locks the file instead (2.14) keeps it after every build: left alone, no warning."""
     from phase1_kernels.ops.extension import _exclusive_build
 
     import fcntl
 
     (tmp_path / "lock").write_text("")
-    with _exclusive_build(tmp_path):
-        assert not (tmp_path / "lock").exists()
-        with open(tmp_path / "lightvllm.flock") as other:  # held: a second builder must wait
-            with pytest.raises(BlockingIOError):
-                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with caplog.at_level("WARNING", logger="phase1_kernels.ops.extension"):
+        with _exclusive_build(tmp_path, stale_baton=stale_baton):
+            assert (tmp_path / "lock").exists() != stale_baton
+            assert bool(caplog.records) == stale_baton
+            with open(tmp_path / "lightvllm.flock") as other:  # held: a second builder waits
+                with pytest.raises(BlockingIOError):
+                    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
     with open(tmp_path / "lightvllm.flock") as other:  # released after the build
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)

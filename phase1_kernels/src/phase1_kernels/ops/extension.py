@@ -3,7 +3,8 @@
 ``torch.utils.cpp_extension.load`` compiles the sources with ninja into a cache directory keyed
 by the torch version, the CUDA version and a hash of the sources, so an edit rebuilds and an
 unchanged tree reuses the previous build (torch's file baton serialises concurrent builds).
-CPU sources are always built; CUDA sources only when this torch has CUDA and ``nvcc`` is found.
+CPU sources are always built; CUDA sources only when this torch has CUDA, a GPU is visible and
+``nvcc`` is found (a CUDA build of torch on a machine with no GPU builds the CPU kernels alone).
 If the build fails the reason is printed once and ``is_available`` answers False, so callers fall
 back to the native ops. Env ``LIGHTVLLM_NO_EXTENSION=1`` skips the build altogether.
 """
@@ -37,6 +38,7 @@ DEFAULT_CUDA_ARCH_FLAGS = (
 )
 
 _lock = threading.Lock()
+TOOLKIT_DIRS = (Path("/usr/local/cuda"),)  # where a CUDA toolkit usually lies, after nvcc's own
 _state: dict[str, object] = {"tried": False, "ok": False, "cuda": False, "error": None}
 
 
@@ -56,7 +58,41 @@ def find_nvcc() -> str | None:
 
 
 def _cuda_home_for(nvcc: str) -> str:
-    return os.environ.get("CUDA_HOME") or str(Path(nvcc).resolve().parent.parent)
+    """``CUDA_HOME`` if set, else the toolkit directory that holds ``nvcc``'s runtime library:
+    ``nvcc`` on PATH may be a wrapper script (``/usr/local/bin/nvcc`` running
+    ``/usr/local/cuda-13.0/bin/nvcc``), whose parent has no ``libcudart`` to link against."""
+    if os.environ.get("CUDA_HOME"):
+        return os.environ["CUDA_HOME"]
+    candidates = [Path(nvcc).resolve().parent.parent, *TOOLKIT_DIRS]
+    for home in candidates:
+        if any((home / lib / "libcudart.so").exists() for lib in ("lib64", "lib")):
+            return str(home)
+    return str(candidates[0])
+
+
+def _import_builder(quiet: bool):
+    """``torch.utils.cpp_extension``; ``quiet``: without its import-time warning that no CUDA
+    runtime is found (said on every machine with ``nvcc`` and no GPU, where we build for the CPU
+    alone: nothing for a user to act on)."""
+    builder_log = logging.getLogger("torch.utils.cpp_extension")
+    level = builder_log.level
+    if quiet:
+        builder_log.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        builder_log.setLevel(level)
+    return cpp_extension
+
+
+def _use_cuda_home(home: str) -> None:
+    """Tell torch's extension builder where the toolkit is. It reads ``CUDA_HOME`` once, when
+    ``torch.utils.cpp_extension`` is first imported (else from ``nvcc``'s parent directory, the
+    wrapper's); if something imported it already, its module-level copy is set as well."""
+    os.environ.setdefault("CUDA_HOME", home)
+    builder = sys.modules.get("torch.utils.cpp_extension")
+    if builder is not None and getattr(builder, "CUDA_HOME", None) != os.environ["CUDA_HOME"]:
+        setattr(builder, "CUDA_HOME", os.environ["CUDA_HOME"])  # mypy: a typed module
 
 
 def _cpu_model() -> str:
@@ -103,33 +139,41 @@ def load(verbose: bool = False) -> bool:
 def _build_and_load(verbose: bool) -> None:
     if os.environ.get("LIGHTVLLM_NO_EXTENSION", "") not in ("", "0"):
         raise RuntimeError("disabled by LIGHTVLLM_NO_EXTENSION")
-    from torch.utils import cpp_extension
-
     from shared.paths import cache_dir
 
     cpu_src, cuda_src = _sources()
-    nvcc = find_nvcc() if torch.version.cuda else None
+    nvcc = find_nvcc() if torch.version.cuda and torch.cuda.is_available() else None
     with_cuda = bool(cuda_src) and nvcc is not None
     cuda_flags = os.environ.get("LIGHTVLLM_CUDA_ARCH_FLAGS", DEFAULT_CUDA_ARCH_FLAGS)
     cpu_flags = os.environ.get("LIGHTVLLM_CPU_ARCH_FLAGS", DEFAULT_CPU_ARCH_FLAGS)
     if with_cuda:
         assert nvcc is not None  # with_cuda implies it
-        os.environ.setdefault("CUDA_HOME", _cuda_home_for(nvcc))
+        _use_cuda_home(_cuda_home_for(nvcc))
+    cpp_extension = _import_builder(quiet=not with_cuda)
+
     sources = cpu_src + (cuda_src if with_cuda else [])
     build_dir = cache_dir("torch_extensions", _build_tag(sources, with_cuda, cuda_flags, cpu_flags))
-    with _exclusive_build(build_dir):
+    with _exclusive_build(build_dir, stale_baton=_baton_is_a_file(cpp_extension)):
         _load(cpp_extension, sources, build_dir, cpu_flags, cuda_flags, with_cuda, verbose)
 
 
+def _baton_is_a_file(cpp_extension) -> bool:
+    """Whether this torch's builder waits while its ``lock`` file merely exists (``FileBaton``,
+    torch 2.13 and older) rather than on an advisory lock held in it (torch 2.14: the file stays
+    after every build, and only a live holder blocks)."""
+    return hasattr(cpp_extension, "FileBaton")
+
+
 @contextlib.contextmanager
-def _exclusive_build(build_dir: Path) -> Iterator[None]:
+def _exclusive_build(build_dir: Path, stale_baton: bool = True) -> Iterator[None]:
     """One build per directory at a time, with a lock the kernel drops when its holder dies.
-    torch's own baton (a ``lock`` file) is left behind by a build that was killed, and every
-    later process then waits on it forever; holding our flock proves that file is stale."""
+    With ``stale_baton`` (torch's ``FileBaton``), torch's ``lock`` file left behind by a build
+    that was killed makes every later process wait on it forever; holding our flock proves that
+    file is stale, so it is removed. Otherwise the file is torch's own advisory lock: left alone."""
     with open(build_dir / "lightvllm.flock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         baton = build_dir / "lock"
-        if baton.exists():
+        if stale_baton and baton.exists():
             logger.warning("removing %s, left by a build that did not finish", baton)
             baton.unlink(missing_ok=True)
         try:
@@ -180,4 +224,6 @@ def why_unavailable(device: torch.device | str = "cpu") -> str:
         return f"the extension did not build or load: {_state['error']}"
     if not torch.version.cuda:
         return "this torch build has no CUDA, so the CUDA kernels were not built"
+    if not torch.cuda.is_available():
+        return "no CUDA device is visible, so the CUDA kernels were not built"
     return "nvcc was not found (set CUDA_HOME or put nvcc on PATH), so the CUDA kernels were not built"
