@@ -83,7 +83,9 @@ def test_smollm2_logits_match_hf(smollm2_pair):
     with torch.no_grad():
         expected = ref(ids).logits
     diff = (ours(ids).logits - expected).abs().max().item()
-    assert diff <= 1e-4, diff
+    # float32 rounding of 30 layers at logits up to ~28: 0.9e-4 (native ops) to 1.1e-4 (C++)
+    # under torch 2.14, 7e-6 of the largest logit; a wrong kernel is off by 1e-2 or more
+    assert diff <= 2e-4, diff
 
 
 def test_smollm2_greedy_batch_matches_hf(smollm2_pair):

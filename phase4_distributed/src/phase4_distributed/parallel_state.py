@@ -114,7 +114,9 @@ def _make_group(name: str, all_ranks: list[list[int]], rank: int, backend: str,
         device_group = dist.new_group(ranks, backend=backend, timeout=timeout)
         cpu_group = (device_group if backend == "gloo"
                      else dist.new_group(ranks, backend="gloo", timeout=timeout))
-        if rank in ranks:
+        if rank in ranks:  # a member gets a ProcessGroup (others a NON_GROUP_MEMBER marker)
+            assert isinstance(device_group, dist.ProcessGroup)
+            assert isinstance(cpu_group, dist.ProcessGroup)
             mine = GroupCoordinator(name, ranks, rank, device_group, cpu_group, device)
     assert mine is not None  # the groups partition the world, so one holds rank
     return mine
