@@ -2,7 +2,7 @@
 
 ``torch.utils.cpp_extension.load`` compiles the sources with ninja into a cache directory keyed
 by the torch version, the CUDA version and a hash of the sources, so an edit rebuilds and an
-unchanged tree reuses the previous build (torch's file baton serialises concurrent builds).
+unchanged tree reuses the previous build (our flock, then torch's own lock, serialise builds).
 CPU sources are always built; CUDA sources only when this torch has CUDA, a GPU is visible and
 ``nvcc`` is found (a CUDA build of torch on a machine with no GPU builds the CPU kernels alone).
 If the build fails the reason is printed once and ``is_available`` answers False, so callers fall
