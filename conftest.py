@@ -2,6 +2,7 @@
 
 import gc
 import os
+import platform
 
 import pytest
 import torch
@@ -10,6 +11,24 @@ if not torch.cuda.is_available():
     # Triton kernels run on the CPU only through its interpreter; set before triton is imported.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The machine the numbers came from, at the end where a CI log's tail shows it: float32
+    results differ in their last bits by CPU (and its ISA picks torch's kernels)."""
+    model = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")),
+                 platform.machine())
+    terminalreporter.write_line(
+        f"cpu: {model} ({platform.machine()}), {os.cpu_count()} cores; torch {torch.__version__}, "
+        f"{torch.backends.cpu.get_cpu_capability()} kernels, {torch.get_num_threads()} threads")
+
+
+def _cpuinfo() -> list[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return f.read().splitlines()
+    except OSError:
+        return []
 
 
 def pytest_collection_modifyitems(config, items):

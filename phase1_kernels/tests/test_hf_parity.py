@@ -1,8 +1,13 @@
 """The roadmap's Milestone-1 check: our LLaMA against HuggingFace transformers.
 
 fp32 logits within 1e-4 and identical 32-token greedy continuations, on random tiny configs
-(MHA/GQA, tied/untied, head_dim 64/128, llama3 rope scaling, hub-style config keys, sharded
+(MHA/GQA, tied/untied, head_dim 16/64/128, llama3 rope scaling, hub-style config keys, sharded
 files) and on the real embedded SmolLM2 model.
+
+On the random configs the reference is HF's model in float64, not its float32 forward: one CI
+machine put HF's fp32 logits and ours 2.5e-4 apart (1e-7 at the first position, growing along the
+sequence: the attention), where this machine measures 2e-6. Our fp32 is held to the exact answer,
+and a failure reports HF's own fp32 error beside ours, so it tells which side drifted.
 """
 
 import pytest
@@ -26,10 +31,10 @@ CONFIGS = {
 }
 
 
-def hf_model(path):
+def hf_model(path, dtype=torch.float32):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
 
 
 def hf_greedy(model, prompt, new_tokens):
@@ -45,15 +50,19 @@ def test_random_configs_match_hf(tmp_path, name):
     path = write_random_llama(tmp_path, seed=len(name), **CONFIGS[name])
     if name == "sharded":
         assert (path / "model.safetensors.index.json").is_file()
-    ref, ours = hf_model(path), LightvLLM.from_pretrained(path, dtype=torch.float32, device="cpu")
-    ids = torch.randint(0, ref.config.vocab_size, (3, 40), generator=torch.Generator().manual_seed(1))
+    exact = hf_model(path, torch.float64)
+    ours = LightvLLM.from_pretrained(path, dtype=torch.float32, device="cpu")
+    ids = torch.randint(0, exact.config.vocab_size, (3, 40), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        expected = ref(ids).logits
+        expected = exact(ids).logits
+        hf_fp32 = hf_model(path)(ids).logits
     got = ours(ids).logits
     assert got.shape == expected.shape
-    assert (got - expected).abs().max().item() <= 1e-4
+    ours_err = (got.double() - expected).abs().max().item()
+    hf_err = (hf_fp32.double() - expected).abs().max().item()
+    assert ours_err <= 1e-4, f"ours {ours_err:.3g} from HF's float64 logits (HF's float32: {hf_err:.3g})"
     prompts = [ids[0, :5].tolist(), ids[1, :17].tolist()]
-    hf_tokens = [hf_greedy(ref, p, 32) for p in prompts]
+    hf_tokens = [hf_greedy(exact, p, 32) for p in prompts]
     assert ours.generate(prompts, max_new_tokens=32, stop_token_ids=[]) == hf_tokens
 
 
