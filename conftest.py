@@ -13,14 +13,18 @@ if not torch.cuda.is_available():
 torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_terminal_summary(terminalreporter):
-    """The machine the numbers came from, at the end where a CI log's tail shows it: float32
-    results differ in their last bits by CPU (and its ISA picks torch's kernels)."""
+    """The machine the numbers came from, after the short summary, where a CI log's tail shows
+    it: float32 results differ in their last bits by CPU (and its ISA picks torch's kernels).
+    The outermost wrapper: its code after ``yield`` runs after every other summary."""
+    result = yield
     model = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")),
                  platform.machine())
     terminalreporter.write_line(
         f"cpu: {model} ({platform.machine()}), {os.cpu_count()} cores; torch {torch.__version__}, "
         f"{torch.backends.cpu.get_cpu_capability()} kernels, {torch.get_num_threads()} threads")
+    return result
 
 
 def _cpuinfo() -> list[str]:
